@@ -1,0 +1,40 @@
+"""The Flask edge: auth, limits, idempotency, one store write, one send."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+
+from worker.celery_app import configure
+from worker.settings import Settings
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from api import assistants, auth, errors, health, jobs
+
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["assistant_ingest.settings"] = settings
+    configure(settings)  # the Celery app, for sending; no connection yet
+
+    @app.before_request
+    def assign_request_id() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.match(given) else "req_" + uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    errors.register(app)
+    auth.register(app)
+    for blueprint in (assistants.bp, jobs.bp, health.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,74 @@
+"""`/v1/assistants`: accept creates as jobs; read what the workers stored."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from api import inputs, queries
+from api.context import request_id, runtime, settings, store, tenant
+from api.errors import ApiError, not_found, unprocessable
+from api.jsonbody import JsonInvalid, parse, decode_text
+from api.responses import accepted
+from api.submissions import submit_single
+from api.waiting import parse_prefer
+from api.jobs import wait_for_job
+from worker import assistants
+
+bp = Blueprint("assistants", __name__, url_prefix="/v1")
+
+
+@bp.post("/assistants")
+def create_assistant() -> Response:
+    inputs.require_content_type("application/json")
+    raw = inputs.read_body(settings().max_body_bytes)
+    key = inputs.idempotency_key()
+    callback = inputs.callback_url()
+    if not raw:
+        raise unprocessable(["body"], "missing", "Field required", input=None)
+    try:
+        parse(raw)
+    except JsonInvalid as exc:
+        raise ApiError(422, [exc.detail]) from exc
+    done = submit_single(
+        runtime(),
+        tenant=tenant(),
+        body_text=decode_text(raw),
+        raw=raw,
+        callback_url=callback,
+        idempotency_key=key,
+        request_id=request_id(),
+    )
+    wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
+    job = done.job
+    if wait is not None:
+        job = wait_for_job(job["id"], wait) or job
+    return accepted(job, replayed=done.replayed, waited=wait)
+
+
+@bp.get("/assistants/<assistant_id>")
+def get_assistant(assistant_id: str) -> Response:
+    doc = assistants.get(store(), tenant(), assistant_id)
+    if doc is None:
+        raise not_found("No assistant found")
+    return jsonify(assistants.public(doc))
+
+
+@bp.delete("/assistants/<assistant_id>")
+def delete_assistant(assistant_id: str) -> Response:
+    if not assistants.delete(store(), tenant(), assistant_id):
+        raise not_found("No assistant found")
+    return jsonify({"id": assistant_id, "object": "assistant.deleted", "deleted": True})
+
+
+@bp.get("/assistants")
+def list_assistants() -> Response:
+    queries.allow_only(("limit", "order", "after", "before"))
+    limit = queries.limit()
+    order = queries.choice("order", ("asc", "desc"), "desc") or "desc"
+    after, before = queries.text("after"), queries.text("before")
+    page = assistants.list_page(store(), tenant(), limit=limit, order=order, after=after, before=before)
+    if page is None:
+        name = "after" if after is not None and assistants.get(store(), tenant(), after) is None else "before"
+        raise queries.unknown_cursor(name, after if name == "after" else before)
+    docs, has_more = page
+    return jsonify(queries.list_object([assistants.public(doc) for doc in docs], has_more))

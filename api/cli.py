@@ -1,0 +1,229 @@
+"""The `assistant-ingest` command: run the stack, the edge, workers; manage keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="assistant-ingest")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run everything locally with embedded Redis and MongoDB")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--data-dir", type=Path, default=Path(".data"))
+    dev.add_argument("--tenant", default="dev")
+
+    api = sub.add_parser("api", help="run the HTTP edge under gunicorn")
+    api.add_argument("--host", default="0.0.0.0")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=2)
+    api.add_argument("--threads", type=int, default=32)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="single,bulk,webhooks,maintenance")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
+    worker.add_argument("--pool", default="prefork")
+    worker.add_argument("--hostname", default=None)
+
+    beat = sub.add_parser("beat", help="run the periodic scheduler (reconciler, webhook sweep)")
+    beat.add_argument("--schedule", default="celerybeat-schedule")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints one line of JSON")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--webhook-url", default=None)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("api_key")
+
+    args = parser.parse_args(argv)
+    command: Any = {
+        "dev": run_dev,
+        "api": run_api,
+        "worker": run_worker,
+        "beat": run_beat,
+        "keys": run_keys,
+    }[args.command]
+    result: int = command(args)
+    return result
+
+
+def run_api(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from api.app import create_app
+    from worker.store import Store
+
+    settings = Settings()
+    store = Store.connect(settings, timeout_ms=30_000)
+    store.ensure_indexes()
+    store.close()
+
+    class Edge(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            # Threads hold `Prefer: wait` requests and result streams cheaply.
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)
+            # Above the longest wait (60 s) and a long results stream.
+            self.cfg.set("timeout", 300)
+            self.cfg.set("graceful_timeout", 30)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    Edge().run()
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import SINGLE_QUEUE, app, configure
+    from worker.store import Store
+
+    settings = Settings()
+    configure(settings)
+    store = Store.connect(settings, timeout_ms=30_000)
+    store.ensure_indexes()
+    store.close()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    concurrency = args.concurrency or settings.worker_concurrency
+    # celery-batches buffers single creates unacknowledged until it flushes,
+    # so that queue needs a prefetch of at least the flush size; chunks are
+    # big, so a bulk-only worker takes one at a time per process.
+    prefetch = 1
+    if SINGLE_QUEUE in queues:
+        prefetch = max(1, math.ceil(2 * settings.single_flush_every / concurrency))
+    app.conf.worker_prefetch_multiplier = prefetch
+    argv = [
+        "worker",
+        "--queues", ",".join(queues),
+        "--concurrency", str(concurrency),
+        "--pool", args.pool,
+        "--loglevel", settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    if args.beat:
+        argv += ["--beat", "--schedule", str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}")]
+    app.worker_main(argv)
+    return 0
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    from worker.celery_app import app, configure
+
+    settings = Settings()
+    configure(settings)
+    app.start(["beat", "--schedule", args.schedule, "--loglevel", settings.log_level])
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from worker import tenants
+    from worker.store import Store
+
+    settings = Settings()
+    store = Store.connect(settings, timeout_ms=10_000)
+    store.ensure_indexes()
+    if args.keys_command == "create":
+        if args.webhook_url is not None:
+            from worker import urlguard
+
+            try:
+                urlguard.check_submitted(args.webhook_url, settings.webhook_allow_private)
+            except urlguard.UrlRefused as exc:
+                print(f"error: --webhook-url: {exc}", file=sys.stderr)
+                return 2
+        created = tenants.create_key(store, args.tenant, args.webhook_url)
+        print(json.dumps({"tenant": created.tenant, "api_key": created.api_key,
+                          "webhook_secret": created.webhook_secret}))
+        return 0
+    if not tenants.revoke_key(store, args.api_key):
+        print("error: no such live key", file=sys.stderr)
+        return 1
+    print(json.dumps({"revoked": True}))
+    return 0
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Valkey, SecantusDB, the edge and workers as child processes; Ctrl-C stops all."""
+    from api.embedded import start_mongo, start_valkey, wait_for_port
+
+    data = args.data_dir.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    valkey = start_valkey(data / "valkey")
+    mongo = start_mongo(data / "mongo")
+    env = {
+        **os.environ,
+        "MONGODB_URI": f"mongodb://127.0.0.1:{mongo.port}/assistant_ingest",
+        "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0",
+        "WEBHOOK_ALLOW_PRIVATE": os.environ.get("WEBHOOK_ALLOW_PRIVATE", "true"),
+    }
+    me = [sys.executable, "-m", "api.cli"]
+    children: list[subprocess.Popen[bytes]] = []
+    logs = data / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def spawn(name: str, *extra: str) -> subprocess.Popen[bytes]:
+        out = (logs / f"{name}.log").open("ab")
+        child = subprocess.Popen([*me, *extra], env=env, stdout=out, stderr=subprocess.STDOUT)
+        children.append(child)
+        return child
+
+    try:
+        key = subprocess.run(
+            [*me, "keys", "create", "--tenant", args.tenant], env=env, check=True,
+            capture_output=True, text=True,
+        ).stdout.strip()
+        edge = spawn("api", "api", "--host", "127.0.0.1", "--port", str(args.port))
+        spawn("worker-single", "worker", "--queues", "single,webhooks,maintenance", "--beat",
+              "--hostname", "single@%h")
+        spawn("worker-bulk", "worker", "--queues", "bulk", "--hostname", "bulk@%h")
+        wait_for_port(args.port, edge, timeout=60)
+        info = json.loads(key)
+        print(f"assistant-ingest is running on http://127.0.0.1:{args.port}")
+        print(f"  tenant:         {info['tenant']}")
+        print(f"  API key:        {info['api_key']}")
+        print(f"  webhook secret: {info['webhook_secret']}")
+        print(f"  data and logs:  {data}")
+        print("Press Ctrl-C to stop.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a child process exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        mongo.stop()
+        valkey.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

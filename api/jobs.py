@@ -1,0 +1,62 @@
+"""`/v1/jobs`: a job's state, read from MongoDB only; long-polled with `Prefer: wait`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from api import queries
+from api.context import runtime, settings, store, tenant
+from api.errors import not_found
+from api.responses import job_headers
+from api.waiting import FinishedListener, parse_prefer
+from worker import jobs
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1")
+
+
+def listener() -> FinishedListener:
+    extensions = current_app.extensions
+    existing: FinishedListener | None = extensions.get("assistant_ingest.listener")
+    if existing is None:
+        rt = runtime()
+        existing = FinishedListener(rt.redis, rt.finished_channel)
+        extensions["assistant_ingest.listener"] = existing
+    return existing
+
+
+def wait_for_job(job_id: str, seconds: int) -> dict[str, Any] | None:
+    owner, db = tenant(), store()
+    return listener().wait(
+        job_id, seconds, lambda: jobs.get_job(db, owner, job_id), jobs.is_finished
+    )
+
+
+@bp.get("/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
+    if wait:
+        job = wait_for_job(job_id, wait)
+    else:
+        job = jobs.get_job(store(), tenant(), job_id)
+    if job is None:
+        raise not_found("No job found")
+    response = jsonify(job)
+    response.headers.update(job_headers(job))
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    queries.allow_only(("batch_id", "status", "limit", "after"))
+    limit = queries.limit()
+    status = queries.choice("status", jobs.JOB_STATUSES)
+    batch_id, after = queries.text("batch_id"), queries.text("after")
+    page = jobs.list_jobs(store(), tenant(), batch_id=batch_id, status=status, limit=limit, after=after)
+    if page is None:
+        raise queries.unknown_cursor("after", after)
+    data, has_more = page
+    return jsonify(queries.list_object(data, has_more))

@@ -1,0 +1,33 @@
+"""Answering with a job: 202 while it runs, or, after a wait, as the origin API would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, url_for
+
+from worker.store import Doc
+
+
+def job_headers(job: Doc) -> dict[str, str]:
+    headers = {"Location": url_for("jobs.get_job", job_id=job["id"])}
+    if job["status"] in ("queued", "in_progress"):
+        headers["Retry-After"] = "1"
+    return headers
+
+
+def accepted(job: Doc, *, replayed: bool, waited: int | None) -> Response:
+    """The answer to a create: the result if the job finished in the wait, else 202."""
+    body: Any = job
+    status = 202
+    if waited is not None and job["result"] is not None:
+        body = job["result"]["body"]
+        status = job["result"]["status_code"]
+    response = jsonify(body)
+    response.status_code = status
+    response.headers.update(job_headers(job))
+    if waited is not None:
+        response.headers["Preference-Applied"] = f"wait={waited}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response

@@ -1,0 +1,160 @@
+"""Processing units: claim, validate, persist, record; in bulk, idempotently.
+
+One call handles any number of units (a burst of single creates or one batch
+chunk) with a fixed number of round trips: one claim, one read, one
+`insert_many` of assistants, one `bulk_write` of results, one publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from worker import assistants, batches, webhooks
+from worker.retention import expire_at
+from worker.runtime import Runtime
+from worker.schema import AssistantCreate, validate_create
+from worker.store import Doc
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+
+
+def process(rt: Runtime, unit_ids: list[str]) -> int:
+    """Process the queued units among `unit_ids`; returns how many were finished."""
+    units = claim(rt, unit_ids)
+    if not units:
+        return 0
+    now = int(time.time())
+    outcomes: dict[str, list[tuple[int, Any]]] = {}
+    requests: list[tuple[str, int, AssistantCreate]] = []
+    for unit in units:
+        results: list[tuple[int, Any]] = []
+        if unit["attempts"] > rt.settings.max_attempts:
+            # This unit has been claimed again and again without finishing:
+            # it likely kills its worker. Fail it instead of looping forever.
+            detail = {"detail": "processing did not complete after repeated attempts"}
+            results = [(500, detail)] * len(unit["items"])
+        else:
+            for index, item in enumerate(unit["items"]):
+                checked = validate_create(json.loads(item["body"]), rt.settings.models)
+                if isinstance(checked, list):
+                    results.append((422, {"detail": checked}))
+                else:
+                    results.append((200, None))
+                    requests.append((unit["_id"], index, checked))
+        outcomes[unit["_id"]] = results
+    tenants = {unit["_id"]: unit["tenant"] for unit in units}
+    items = {unit["_id"]: unit["items"] for unit in units}
+    created = persist(
+        rt,
+        [
+            assistants.new_document(
+                request, tenant=tenants[uid], job_id=items[uid][index]["id"], now=now
+            )
+            for uid, index, request in requests
+        ],
+    )
+    for uid, index, _ in requests:
+        outcomes[uid][index] = (200, created[items[uid][index]["id"]])
+    finished = record(rt, units, outcomes, now)
+    done_units = [unit for unit in units if unit["_id"] in finished]
+    rt.publish_finished([item["id"] for unit in done_units for item in unit["items"]])
+    webhooks.flush_unit_events(rt, [unit["_id"] for unit in done_units])
+    batch_ids = {unit["batch_id"] for unit in done_units if unit.get("batch_id")}
+    for batch_id in batch_ids:
+        batches.refresh(rt, batch_id)
+    return len(finished)
+
+
+def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
+    """Take the queued units under a fresh lease token; only this call may finish them."""
+    token = secrets.token_hex(16)
+    now = time.time()
+    rt.store.jobs.update_many(
+        {"_id": {"$in": unit_ids}, "status": "queued"},
+        [
+            {
+                "$set": {
+                    "status": "in_progress",
+                    "lease": token,
+                    "lease_expires": now + rt.settings.lease_seconds,
+                    "attempts": {"$add": ["$attempts", 1]},
+                    # The first attempt's start is the job's start.
+                    "started_at": {"$ifNull": ["$started_at", int(now)]},
+                }
+            }
+        ],
+    )
+    return list(rt.store.jobs.find({"lease": token}, {"results": 0}))
+
+
+def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
+    """Insert the assistants; returns the assistant object of each job id.
+
+    The unique index on job_id makes this idempotent: a job processed before
+    (its result lost to a crash) finds the assistant it made then.
+    """
+    created: dict[str, Any] = {}
+    if not docs:
+        return created
+    duplicates: list[str] = []
+    try:
+        rt.store.assistants.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        failed = {err["index"]: err for err in exc.details["writeErrors"]}
+        if any(err["code"] != DUPLICATE_KEY for err in failed.values()):
+            raise
+        duplicates = [docs[i]["job_id"] for i in failed]
+        docs = [doc for i, doc in enumerate(docs) if i not in failed]
+    for doc in docs:
+        created[doc["job_id"]] = assistants.public(doc)
+    if duplicates:
+        for doc in rt.store.assistants.find({"job_id": {"$in": duplicates}}):
+            created[doc["job_id"]] = assistants.public(doc)
+        missing = set(duplicates) - created.keys()
+        if missing:
+            # A duplicate of the random assistant id, not of the job: try again.
+            raise RuntimeError(f"assistant insert collided for jobs {sorted(missing)}")
+    return created
+
+
+def record(
+    rt: Runtime, units: list[Doc], outcomes: dict[str, list[tuple[int, Any]]], now: int
+) -> set[str]:
+    """Write results, fenced by the lease; returns the ids of units this call finished."""
+    expires = expire_at(rt.settings, now)
+    ops = []
+    for unit in units:
+        results = outcomes[unit["_id"]]
+        ops.append(
+            UpdateOne(
+                {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
+                {
+                    "$set": {
+                        "status": "done",
+                        "codes": [code for code, _ in results],
+                        "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
+                        "completed_at": now,
+                        "expire_at": expires,
+                        # The outbox: the events to send are owed in the same
+                        # write as the result they report.
+                        "events_pending": True,
+                        "done_by": unit["lease"],
+                    },
+                    "$unset": {"lease": "", "lease_expires": ""},
+                },
+            )
+        )
+    rt.store.jobs.bulk_write(ops, ordered=False)
+    # Which writes matched is not reported per operation; read back which
+    # units this lease finished (a reclaimed unit's stale write matched nothing).
+    token = units[0]["lease"]
+    return {doc["_id"] for doc in rt.store.jobs.find({"done_by": token}, {"_id": 1})}

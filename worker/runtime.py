@@ -1,0 +1,57 @@
+"""What a process needs to do work: settings, the store, Redis.
+
+Built once per process, after fork: pymongo and redis-py clients must not
+cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import redis
+
+from worker.settings import Settings
+from worker.store import Store
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    store: Store
+    redis: redis.Redis
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        return cls(
+            settings=settings,
+            store=Store.connect(settings),
+            redis=redis.Redis.from_url(
+                settings.redis_url, socket_timeout=5, socket_connect_timeout=2
+            ),
+        )
+
+    @property
+    def finished_channel(self) -> str:
+        return f"{self.settings.redis_prefix}:finished"
+
+    def publish_finished(self, job_ids: list[str]) -> None:
+        """Tell waiting requests (`Prefer: wait`) which jobs just finished."""
+        if job_ids:
+            self.redis.publish(self.finished_channel, " ".join(job_ids))
+
+    def close(self) -> None:
+        self.store.close()
+        self.redis.close()
+
+
+_per_process: dict[int, Runtime] = {}
+
+
+def for_process(settings: Settings) -> Runtime:
+    """This process's runtime, made on first use after any fork."""
+    pid = os.getpid()
+    runtime = _per_process.get(pid)
+    if runtime is None:
+        runtime = _per_process[pid] = Runtime.build(settings)
+    return runtime

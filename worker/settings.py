@@ -1,0 +1,73 @@
+"""Settings: one object, built once by an entry point and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    mongodb_uri: str = "mongodb://127.0.0.1:27017/assistant_ingest"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and channel, so several deployments (or tests)
+    # can share one Redis.
+    redis_prefix: str = "ai"
+
+    max_body_bytes: int = 1024 * 1024
+    max_batch_bytes: int = 100 * 1024 * 1024
+    max_batch_requests: int = 50_000
+    # Requests per chunk document and task; a chunk also closes early once its
+    # bodies pass chunk_max_bytes, which keeps every chunk far below BSON's 16 MiB.
+    chunk_size: int = 500
+    chunk_max_bytes: int = 2 * 1024 * 1024
+
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_private: bool = False
+
+    idempotency_window_seconds: int = 24 * 3600
+    retention_days: int = 30
+
+    # Leases and reconciliation.
+    lease_seconds: int = 120
+    max_attempts: int = 5
+    resend_after_seconds: int = 30
+    reconcile_interval_seconds: float = 10.0
+    webhook_sweep_interval_seconds: float = 1.0
+
+    # Celery single-create grouping (celery-batches): flush this many, or
+    # whatever is buffered after this long.
+    single_flush_every: int = 100
+    single_flush_interval: float = 0.02
+    worker_concurrency: int = 2
+
+    # Webhooks: seconds to wait before each attempt; the first is sent at once.
+    webhook_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_retry_after_seconds: int = 3600
+    webhook_secret_overlap_seconds: int = 24 * 3600
+
+    # Edge
+    store_timeout_ms: int = 2000
+    max_wait_seconds: int = 60
+    rate_limit: str = "6000/minute"
+    log_level: str = "INFO"
+
+    @field_validator("models", "webhook_schedule", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        # Lists come from the environment as "a,b,c".
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def database_name(self) -> str:
+        from pymongo.uri_parser import parse_uri
+
+        return parse_uri(self.mongodb_uri).get("database") or "assistant_ingest"

@@ -1,0 +1,74 @@
+"""The MongoDB store: one client per process, made after fork, and its indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from worker.settings import Settings
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Store:
+    client: MongoClient[Doc]
+    db: Database[Doc]
+
+    @classmethod
+    def connect(cls, settings: Settings, timeout_ms: int | None = None) -> Store:
+        # A short server-selection timeout turns a store outage into a fast
+        # error (503 at the edge, a retry in a worker) instead of a 30 s hang.
+        timeout = timeout_ms if timeout_ms is not None else settings.store_timeout_ms
+        client: MongoClient[Doc] = MongoClient(
+            settings.mongodb_uri,
+            serverSelectionTimeoutMS=timeout,
+            connectTimeoutMS=timeout,
+            tz_aware=False,
+        )
+        return cls(client=client, db=client[settings.database_name])
+
+    @property
+    def jobs(self) -> Collection[Doc]:
+        return self.db["jobs"]
+
+    @property
+    def batches(self) -> Collection[Doc]:
+        return self.db["batches"]
+
+    @property
+    def assistants(self) -> Collection[Doc]:
+        return self.db["assistants"]
+
+    @property
+    def tenants(self) -> Collection[Doc]:
+        return self.db["tenants"]
+
+    @property
+    def api_keys(self) -> Collection[Doc]:
+        return self.db["api_keys"]
+
+    @property
+    def idempotency(self) -> Collection[Doc]:
+        return self.db["idempotency_keys"]
+
+    @property
+    def deliveries(self) -> Collection[Doc]:
+        return self.db["webhook_deliveries"]
+
+    def ping(self) -> None:
+        self.client.admin.command("ping")
+
+    def ensure_indexes(self) -> None:
+        # Each module declares the indexes its queries need.
+        from worker import assistants, batches, idempotency, jobs, tenants, webhooks
+
+        for module in (assistants, batches, idempotency, jobs, tenants, webhooks):
+            module.ensure_indexes(self)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,110 @@
+"""Tenants, their API keys (stored only as SHA-256 hashes) and webhook secrets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from pymongo import ASCENDING
+
+from worker.store import Doc, Store
+
+KEY_PREFIX = "aik_"
+
+
+def ensure_indexes(store: Store) -> None:
+    store.api_keys.create_index([("tenant", ASCENDING)])
+
+
+def hash_key(api_key: str) -> str:
+    # Keys are 256 random bits, so a fast hash is enough; a slow password hash
+    # would only cost every request time.
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@dataclass(frozen=True)
+class Created:
+    tenant: str
+    api_key: str
+    webhook_secret: str
+
+
+def create_key(store: Store, tenant: str, webhook_url: str | None = None) -> Created:
+    """Make a key for `tenant`, creating the tenant on first use."""
+    now = int(time.time())
+    secret = new_webhook_secret()
+    store.tenants.update_one(
+        {"_id": tenant},
+        {"$setOnInsert": {"created_at": now, "secrets": [{"secret": secret, "expires_at": None}]}},
+        upsert=True,
+    )
+    if webhook_url is not None:
+        store.tenants.update_one({"_id": tenant}, {"$set": {"webhook_url": webhook_url}})
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    store.api_keys.insert_one(
+        {"_id": hash_key(api_key), "tenant": tenant, "created_at": now, "revoked_at": None}
+    )
+    doc = store.tenants.find_one({"_id": tenant})
+    assert doc is not None
+    return Created(tenant=tenant, api_key=api_key, webhook_secret=current_secrets(doc)[0])
+
+
+def revoke_key(store: Store, api_key: str) -> bool:
+    result = store.api_keys.update_one(
+        {"_id": hash_key(api_key), "revoked_at": None}, {"$set": {"revoked_at": int(time.time())}}
+    )
+    return result.modified_count == 1
+
+
+def authenticate(store: Store, api_key: str) -> str | None:
+    """The tenant of a live key, else None."""
+    digest = hash_key(api_key)
+    doc = store.api_keys.find_one({"_id": digest})
+    if doc is None or doc.get("revoked_at") is not None:
+        return None
+    # The lookup is by hash; comparing in constant time as well costs nothing.
+    if not hmac.compare_digest(doc["_id"], digest):
+        return None
+    return str(doc["tenant"])
+
+
+def get(store: Store, tenant: str) -> Doc | None:
+    return store.tenants.find_one({"_id": tenant})
+
+
+def current_secrets(doc: Doc, now: float | None = None) -> list[str]:
+    """The secrets that sign now: the newest first, then any still overlapping."""
+    now = time.time() if now is None else now
+    return [
+        entry["secret"]
+        for entry in doc.get("secrets", [])
+        if entry.get("expires_at") is None or entry["expires_at"] > now
+    ]
+
+
+def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> str:
+    doc = get(store, tenant)
+    assert doc is not None
+    now = time.time()
+    secret = new_webhook_secret()
+    kept = [
+        {"secret": entry["secret"], "expires_at": entry.get("expires_at") or now + overlap_seconds}
+        for entry in doc.get("secrets", [])
+        if entry.get("expires_at") is None or entry["expires_at"] > now
+    ]
+    store.tenants.update_one(
+        {"_id": tenant}, {"$set": {"secrets": [{"secret": secret, "expires_at": None}, *kept]}}
+    )
+    return secret
+
+
+def set_webhook_url(store: Store, tenant: str, url: str | None) -> None:
+    store.tenants.update_one({"_id": tenant}, {"$set": {"webhook_url": url}})

@@ -1,0 +1,110 @@
+"""Callback URLs: http(s) only, and only to public addresses (SSRF guard).
+
+A name is resolved once and every address it resolves to is checked; the
+caller then connects to a checked address, so DNS cannot change between the
+check and the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class UrlRefused(ValueError):
+    """The URL may not be used; `kind` is the 422 error type to report."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as sent on the request line
+
+
+def parse(url: str) -> Target:
+    if len(url) > 2048:
+        raise UrlRefused("url_too_long", "URL should have at most 2048 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UrlRefused("url_parsing", f"Input should be a valid URL, {exc}") from exc
+    if parts.scheme and parts.scheme not in ("http", "https"):
+        raise UrlRefused("url_scheme", "URL scheme should be 'http' or 'https'")
+    if not parts.scheme or not parts.netloc:
+        raise UrlRefused("url_parsing", "Input should be a valid URL, relative URL without a base")
+    if not parts.hostname or parts.username is not None or any(c.isspace() for c in url):
+        raise UrlRefused("url_parsing", "Input should be a valid URL, invalid host or characters")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path)
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4-mapped and 6to4/NAT64-embedded forms are judged by the IPv4 inside.
+        if ip.ipv4_mapped is not None:
+            return is_public(str(ip.ipv4_mapped))
+        if ip.sixtofour is not None:
+            return is_public(str(ip.sixtofour))
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_reserved
+        or ip.is_private or ip.is_unspecified
+    )
+
+
+def literal_address(host: str) -> str | None:
+    """The address a host names by itself: dotted, decimal, hex or IPv6 forms."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        # inet_aton accepts what C resolvers accept: "2130706433", "0x7f.1", "127.1".
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def check_submitted(url: str, allow_private: bool) -> Target:
+    """At submission: a name that does not resolve is accepted (checked again at delivery)."""
+    target = parse(url)
+    if allow_private:
+        return target
+    try:
+        resolve(target, allow_private=False)
+    except UrlRefused as exc:
+        if exc.kind != "callback_url_unresolved":
+            raise
+    return target
+
+
+def resolve(target: Target, allow_private: bool) -> list[str]:
+    """The addresses to connect to, every one of them allowed."""
+    literal = literal_address(target.host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise UrlRefused("callback_url_unresolved", f"host does not resolve: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not allow_private:
+        refused = [a for a in addresses if not is_public(a)]
+        if refused:
+            raise UrlRefused(
+                "callback_url_forbidden",
+                "Callback URL must resolve to public addresses only",
+            )
+    return addresses
