@@ -7,11 +7,11 @@ from flask import Blueprint, Response, jsonify, request
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
-from api.jsonbody import JsonInvalid, parse, decode_text
+from api.jobs import wait_for_job
+from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.submissions import submit_single
 from api.waiting import parse_prefer
-from api.jobs import wait_for_job
 from worker import assistants
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
@@ -66,9 +66,15 @@ def list_assistants() -> Response:
     limit = queries.limit()
     order = queries.choice("order", ("asc", "desc"), "desc") or "desc"
     after, before = queries.text("after"), queries.text("before")
-    page = assistants.list_page(store(), tenant(), limit=limit, order=order, after=after, before=before)
+    page = assistants.list_page(
+        store(), tenant(), limit=limit, order=order, after=after, before=before
+    )
     if page is None:
-        name = "after" if after is not None and assistants.get(store(), tenant(), after) is None else "before"
+        name = (
+            "after"
+            if after is not None and assistants.get(store(), tenant(), after) is None
+            else "before"
+        )
         raise queries.unknown_cursor(name, after if name == "after" else before)
     docs, has_more = page
     return jsonify(queries.list_object([assistants.public(doc) for doc in docs], has_more))

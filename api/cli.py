@@ -84,6 +84,9 @@ def run_api(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 300)
             self.cfg.set("graceful_timeout", 30)
             self.cfg.set("accesslog", None)
+            if "control_socket_disable" in self.cfg.settings:
+                # One control socket per user would be shared by every edge on the host.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return create_app(settings)
@@ -112,17 +115,25 @@ def run_worker(args: argparse.Namespace) -> int:
     app.conf.worker_prefetch_multiplier = prefetch
     argv = [
         "worker",
-        "--queues", ",".join(queues),
-        "--concurrency", str(concurrency),
-        "--pool", args.pool,
-        "--loglevel", settings.log_level,
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        args.pool,
+        "--loglevel",
+        settings.log_level,
         "--without-gossip",
         "--without-mingle",
     ]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     if args.beat:
-        argv += ["--beat", "--schedule", str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}")]
+        argv += [
+            "--beat",
+            "--schedule",
+            str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}"),
+        ]
     app.worker_main(argv)
     return 0
 
@@ -153,8 +164,15 @@ def run_keys(args: argparse.Namespace) -> int:
                 print(f"error: --webhook-url: {exc}", file=sys.stderr)
                 return 2
         created = tenants.create_key(store, args.tenant, args.webhook_url)
-        print(json.dumps({"tenant": created.tenant, "api_key": created.api_key,
-                          "webhook_secret": created.webhook_secret}))
+        print(
+            json.dumps(
+                {
+                    "tenant": created.tenant,
+                    "api_key": created.api_key,
+                    "webhook_secret": created.webhook_secret,
+                }
+            )
+        )
         return 0
     if not tenants.revoke_key(store, args.api_key):
         print("error: no such live key", file=sys.stderr)
@@ -190,12 +208,22 @@ def run_dev(args: argparse.Namespace) -> int:
 
     try:
         key = subprocess.run(
-            [*me, "keys", "create", "--tenant", args.tenant], env=env, check=True,
-            capture_output=True, text=True,
+            [*me, "keys", "create", "--tenant", args.tenant],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         edge = spawn("api", "api", "--host", "127.0.0.1", "--port", str(args.port))
-        spawn("worker-single", "worker", "--queues", "single,webhooks,maintenance", "--beat",
-              "--hostname", "single@%h")
+        spawn(
+            "worker-single",
+            "worker",
+            "--queues",
+            "single,webhooks,maintenance",
+            "--beat",
+            "--hostname",
+            "single@%h",
+        )
         spawn("worker-bulk", "worker", "--queues", "bulk", "--hostname", "bulk@%h")
         wait_for_port(args.port, edge, timeout=60)
         info = json.loads(key)

@@ -86,16 +86,24 @@ def start_valkey(data_dir: Path, port: int | None = None) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         str(get_binary_path()),
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", str(data_dir),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
         # Durable like production: every write in the append-only file, and
         # never evict queued messages under memory pressure.
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--maxmemory-policy", "noeviction",
-        "--protected-mode", "no",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+        "--protected-mode",
+        "no",
     ]
     return _spawn("valkey", args, port, data_dir / "valkey.log")
 
@@ -105,9 +113,13 @@ def start_mongo(data_dir: Path, port: int | None = None) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         executable("secantusd-py"),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--storage-path", str(data_dir / "db"),
-        "--log-level", "WARNING",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(data_dir / "db"),
+        "--log-level",
+        "WARNING",
     ]
     return _spawn("secantusdb", args, port, data_dir / "secantusdb.log")

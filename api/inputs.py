@@ -49,5 +49,7 @@ def callback_url() -> str | None:
     try:
         urlguard.check_submitted(url, allow_private=settings().webhook_allow_private)
     except urlguard.UrlRefused as exc:
-        raise unprocessable(["header", "callback-url"], exc.kind, str(exc), input=url[:2048]) from exc
+        raise unprocessable(
+            ["header", "callback-url"], exc.kind, str(exc), input=url[:2048]
+        ) from exc
     return url

@@ -36,10 +36,7 @@ def wait_for_job(job_id: str, seconds: int) -> dict[str, Any] | None:
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
-    if wait:
-        job = wait_for_job(job_id, wait)
-    else:
-        job = jobs.get_job(store(), tenant(), job_id)
+    job = wait_for_job(job_id, wait) if wait else jobs.get_job(store(), tenant(), job_id)
     if job is None:
         raise not_found("No job found")
     response = jsonify(job)
@@ -55,7 +52,9 @@ def list_jobs() -> Response:
     limit = queries.limit()
     status = queries.choice("status", jobs.JOB_STATUSES)
     batch_id, after = queries.text("batch_id"), queries.text("after")
-    page = jobs.list_jobs(store(), tenant(), batch_id=batch_id, status=status, limit=limit, after=after)
+    page = jobs.list_jobs(
+        store(), tenant(), batch_id=batch_id, status=status, limit=limit, after=after
+    )
     if page is None:
         raise queries.unknown_cursor("after", after)
     data, has_more = page

@@ -22,9 +22,13 @@ def allow_only(names: Iterable[str]) -> None:
     known = set(names)
     for name in request.args:
         if name not in known:
-            raise _error(name, "extra_forbidden", "Extra inputs are not permitted", request.args[name])
+            raise _error(
+                name, "extra_forbidden", "Extra inputs are not permitted", request.args[name]
+            )
         if len(request.args.getlist(name)) > 1:
-            raise _error(name, "too_long", "Give this parameter at most once", request.args.getlist(name))
+            raise _error(
+                name, "too_long", "Give this parameter at most once", request.args.getlist(name)
+            )
 
 
 def limit(default: int = 20, maximum: int = 100) -> int:
@@ -35,13 +39,22 @@ def limit(default: int = 20, maximum: int = 100) -> int:
         value = int(raw)
     except ValueError:
         raise _error(
-            "limit", "int_parsing", "Input should be a valid integer, unable to parse string as an integer", raw
+            "limit",
+            "int_parsing",
+            "Input should be a valid integer, unable to parse string as an integer",
+            raw,
         ) from None
     if value < 1:
-        raise _error("limit", "greater_than_equal", "Input should be greater than or equal to 1", raw, ge=1)
+        raise _error(
+            "limit", "greater_than_equal", "Input should be greater than or equal to 1", raw, ge=1
+        )
     if value > maximum:
         raise _error(
-            "limit", "less_than_equal", f"Input should be less than or equal to {maximum}", raw, le=maximum
+            "limit",
+            "less_than_equal",
+            f"Input should be less than or equal to {maximum}",
+            raw,
+            le=maximum,
         )
     return value
 

@@ -20,7 +20,9 @@ from worker.store import Doc
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = ApiError(503, "The job could not be stored; nothing was accepted", {"Retry-After": "2"})
+UNAVAILABLE = ApiError(
+    503, "The job could not be stored; nothing was accepted", {"Retry-After": "2"}
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ def submit_single(
     try:
         tasks.send_single(job_id)
     except Exception:
-        log.warning("job %s stored but not sent; the reconciler will send it", job_id, exc_info=True)
+        log.warning(
+            "job %s stored but not sent; the reconciler will send it", job_id, exc_info=True
+        )
     return Accepted(job=jobs.job_public(unit, 0), replayed=False)
 
 

@@ -8,6 +8,7 @@ waiter to read again, for the same reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,13 +32,15 @@ class FinishedListener:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="finished-listener", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="finished-listener", daemon=True
+                )
                 self._thread.start()
         self._subscribed.wait(timeout=2)
 
     def _run(self) -> None:
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
                 self._subscribed.set()
@@ -50,10 +53,8 @@ class FinishedListener:
             finally:
                 self._subscribed.clear()
                 self._wake_all()
-                try:
+                with contextlib.suppress(Exception):
                     pubsub.close()
-                except Exception:
-                    pass
             time.sleep(0.5)
 
     def _wake(self, job_ids: list[str]) -> None:

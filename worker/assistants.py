@@ -85,9 +85,7 @@ def list_page(
     for cursor_id, forward in ((after, True), (before, False)):
         if cursor_id is None:
             continue
-        anchor = store.assistants.find_one(
-            {"id": cursor_id, "tenant": tenant}, {"created_at": 1}
-        )
+        anchor = store.assistants.find_one({"id": cursor_id, "tenant": tenant}, {"created_at": 1})
         if anchor is None:
             return None
         # "after" continues in the list's own order, "before" goes against it.

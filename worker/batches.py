@@ -23,7 +23,9 @@ OPEN_UNIT_STATES = ("queued", "in_progress")
 
 
 def ensure_indexes(store: Store) -> None:
-    store.batches.create_index([("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+    store.batches.create_index(
+        [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
+    )
     store.batches.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
     store.batches.create_index("expire_at", expireAfterSeconds=0)
 
@@ -138,7 +140,13 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
     if doc["status"] == "cancelling":
         rt.store.jobs.update_many(
             {"batch_id": batch_id, "status": "queued"},
-            {"$set": {"status": "cancelled", "completed_at": now, "expire_at": expire_at(rt.settings, now)}},
+            {
+                "$set": {
+                    "status": "cancelled",
+                    "completed_at": now,
+                    "expire_at": expire_at(rt.settings, now),
+                }
+            },
         )
         refresh(rt, batch_id)
         doc = get(rt.store, tenant, batch_id)

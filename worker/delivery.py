@@ -103,7 +103,7 @@ def post(rt: Runtime, doc: Doc, signing: list[str]) -> Outcome:
         if time.monotonic() > deadline:
             return Outcome(None, "timeout: no complete answer within the deadline")
         return Outcome(response.status, None, _retry_after(response.getheader("Retry-After")))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Outcome(None, "timeout: no answer within the deadline")
     except (OSError, http.client.HTTPException) as exc:
         return Outcome(None, f"network: {type(exc).__name__}: {exc}")
@@ -111,7 +111,9 @@ def post(rt: Runtime, doc: Doc, signing: list[str]) -> Outcome:
         conn.close()
 
 
-def _connection(target: urlguard.Target, address: str, timeout: float) -> http.client.HTTPConnection:
+def _connection(
+    target: urlguard.Target, address: str, timeout: float
+) -> http.client.HTTPConnection:
     """A connection to the checked address that still speaks to the URL's host name."""
 
     class Pinned(http.client.HTTPConnection):
@@ -158,7 +160,9 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
     elif outcome.retryable and made < len(schedule):
         delay = schedule[made]
         if outcome.retry_after is not None:
-            delay = max(delay, min(outcome.retry_after, rt.settings.webhook_max_retry_after_seconds))
+            delay = max(
+                delay, min(outcome.retry_after, rt.settings.webhook_max_retry_after_seconds)
+            )
         # Jitter spreads retries of many deliveries to one receiver apart.
         delay *= random.uniform(0.9, 1.1)
         update = {"status": "pending", "next_attempt_at": now + delay, "swept_at": 0}
@@ -166,5 +170,9 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
         update = {"status": "failed"}
     rt.store.deliveries.update_one(
         {"_id": doc["_id"], "lease": token},
-        {"$set": update, "$push": {"attempts": entry}, "$unset": {"lease": "", "lease_expires": ""}},
+        {
+            "$set": update,
+            "$push": {"attempts": entry},
+            "$unset": {"lease": "", "lease_expires": ""},
+        },
     )

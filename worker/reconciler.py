@@ -40,7 +40,10 @@ def reclaim_expired_leases(rt: Runtime) -> int:
         # Conditional on the lease we saw: a worker that finishes in between wins.
         result = rt.store.jobs.update_one(
             {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
-            {"$set": {"status": "queued", "sent_at": 0}, "$unset": {"lease": "", "lease_expires": ""}},
+            {
+                "$set": {"status": "queued", "sent_at": 0},
+                "$unset": {"lease": "", "lease_expires": ""},
+            },
         )
         reclaimed += result.modified_count
     if reclaimed:

@@ -43,9 +43,7 @@ class FunctionTool(_Strict):
     function: FunctionDefinition
 
 
-Tool = Annotated[
-    CodeInterpreterTool | RetrievalTool | FunctionTool, Field(discriminator="type")
-]
+Tool = Annotated[CodeInterpreterTool | RetrievalTool | FunctionTool, Field(discriminator="type")]
 
 
 class AssistantCreate(_Strict):
@@ -86,19 +84,19 @@ def request_model(models: tuple[str, ...] = ()) -> type[AssistantCreate]:
     return create_model(
         "AssistantCreate",
         __base__=AssistantCreate,
-        model=(Literal[models], ...),  # type: ignore[valid-type]
+        model=(Literal[models], ...),  # type: ignore[arg-type]
     )
 
 
-def validate_create(body: Any, models: Sequence[str] = ()) -> AssistantCreate | list[dict[str, Any]]:
+def validate_create(
+    body: Any, models: Sequence[str] = ()
+) -> AssistantCreate | list[dict[str, Any]]:
     """The validated request, or the 422 `detail` list FastAPI would answer."""
     try:
         # from_attributes=True is how FastAPI validates a body field.
         return request_model(tuple(models)).model_validate(body, from_attributes=True)
     except ValidationError as exc:
-        errors = [
-            {**err, "loc": ["body", *err["loc"]]} for err in exc.errors(include_url=False)
-        ]
+        errors = [{**err, "loc": ["body", *err["loc"]]} for err in exc.errors(include_url=False)]
         # ctx may hold non-JSON values (exceptions); FastAPI stringifies them.
         detail: list[dict[str, Any]] = json.loads(json.dumps(errors, default=str))
         return detail

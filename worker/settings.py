@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
 from typing import Annotated
 
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     # Webhooks: seconds to wait before each attempt; the first is sent at once.
     webhook_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     )
     webhook_timeout_seconds: float = 10.0
     webhook_max_retry_after_seconds: int = 3600

@@ -46,7 +46,9 @@ def parse(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path)
+    return Target(
+        parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+    )
 
 
 def is_public(address: str) -> bool:
@@ -58,8 +60,12 @@ def is_public(address: str) -> bool:
         if ip.sixtofour is not None:
             return is_public(str(ip.sixtofour))
     return ip.is_global and not (
-        ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_reserved
-        or ip.is_private or ip.is_unspecified
+        ip.is_multicast
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_private
+        or ip.is_unspecified
     )
 
 

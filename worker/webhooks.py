@@ -27,7 +27,9 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def ensure_indexes(store: Store) -> None:
-    store.deliveries.create_index([("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+    store.deliveries.create_index(
+        [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
+    )
     store.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
     store.deliveries.create_index("expire_at", expireAfterSeconds=0)
     store.batches.create_index([("events_pending", ASCENDING)], sparse=True)
@@ -52,7 +54,9 @@ def event_body(event_type: str, data: Doc) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def new_delivery(rt: Runtime, *, msg_id: str, tenant: str, event_type: str, url: str, body: str) -> Doc:
+def new_delivery(
+    rt: Runtime, *, msg_id: str, tenant: str, event_type: str, url: str, body: str
+) -> Doc:
     now = time.time()
     return {
         "_id": msg_id,
@@ -188,9 +192,7 @@ def list_page(
             {"created_at": {"$gt": anchor["created_at"]}},
             {"created_at": anchor["created_at"], "_id": {"$gt": after}},
         ]
-    docs = list(
-        store.deliveries.find(query, sort=[("created_at", 1), ("_id", 1)], limit=limit + 1)
-    )
+    docs = list(store.deliveries.find(query, sort=[("created_at", 1), ("_id", 1)], limit=limit + 1))
     return docs[:limit], len(docs) > limit
 
 
@@ -253,4 +255,3 @@ def pending_outbox(rt: Runtime, older_than: float) -> tuple[list[str], list[str]
         )
     ]
     return units, batch_ids
-

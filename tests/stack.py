@@ -1,0 +1,227 @@
+"""Real processes for the tests: the edge under gunicorn and Celery workers,
+started through the `assistant-ingest` CLI against real servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from api.embedded import Server, free_port, wait_for_port
+from worker import tenants
+from worker.settings import Settings
+from worker.store import Store
+
+# Short timings so reconciling, leases and webhook retries happen within a test.
+FAST = {
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "RESEND_AFTER_SECONDS": "3",
+    "LEASE_SECONDS": "6",
+    "WEBHOOK_SWEEP_INTERVAL_SECONDS": "0.5",
+    "WEBHOOK_SCHEDULE": "0,1,1,2",
+    "WEBHOOK_TIMEOUT_SECONDS": "2",
+    "WEBHOOK_ALLOW_PRIVATE": "true",
+    # Workers announce " ready." at INFO, which the tests wait for.
+    "LOG_LEVEL": "INFO",
+}
+
+
+@dataclass
+class Servers:
+    mongo: Server
+    valkey: Server
+
+    @property
+    def mongo_base(self) -> str:
+        return f"mongodb://127.0.0.1:{self.mongo.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.valkey.port}/0"
+
+
+@dataclass
+class Stack:
+    """One deployment: its own database and Redis prefix on the shared servers."""
+
+    servers: Servers
+    logs: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:10])
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            **FAST,
+            "MONGODB_URI": f"{self.servers.mongo_base}/{self.name}",
+            "REDIS_URL": self.servers.redis_url,
+            "REDIS_PREFIX": self.name,
+            **self.overrides,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        env = self.env
+        keys = set(Settings.model_fields)
+        return Settings(**{k.lower(): v for k, v in env.items() if k.lower() in keys})  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def store(self) -> Store:
+        return Store.connect(self.settings, timeout_ms=5000)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{self.name}-{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, to kill pool children too
+            )
+        self.processes[name] = process
+        return process
+
+    def start_api(self) -> None:
+        process = self.spawn(
+            "api",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "2",
+            "--threads",
+            "16",
+        )
+        wait_for_port(self.port, process, timeout=60)
+
+    def start_worker(
+        self,
+        name: str = "worker",
+        queues: str = "single,bulk,webhooks,maintenance",
+        beat: bool = True,
+        concurrency: int = 2,
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            f"{name}-{self.name}@%h",
+        ]
+        if beat:
+            args.append("--beat")
+        process = self.spawn(name, *args)
+        self.wait_worker_ready(name)
+        return process
+
+    def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
+        log = self.logs / f"{self.name}-{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and b" ready." in log.read_bytes():
+                return
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"worker {name} exited: {log.read_text(errors='replace')[-2000:]}"
+                )
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {name} not ready in {timeout} s")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process and its whole group (pool children included)."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+
+    def new_tenant(self, name: str | None = None, webhook_url: str | None = None) -> Tenant:
+        store = self.store()
+        try:
+            created = tenants.create_key(
+                store, name or "tenant-" + uuid.uuid4().hex[:8], webhook_url
+            )
+        finally:
+            store.close()
+        return Tenant(self, created.tenant, created.api_key, created.webhook_secret)
+
+
+@dataclass
+class Tenant:
+    stack: Stack
+    name: str
+    api_key: str
+    webhook_secret: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 90)
+        return self.session.request(method, self.stack.url + path, headers=headers, **kwargs)
+
+    def create(self, body: Any, **headers: str) -> requests.Response:
+        return self.request("POST", "/v1/assistants", json=body, headers=headers)
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        """Poll until the job finishes (no timing is asserted, only the outcome)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.request(
+                "GET", f"/v1/jobs/{job_id}", headers={"Prefer": "wait=10"}
+            ).json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@contextmanager
+def running_stack(servers: Servers, logs: Path, **overrides: str) -> Iterator[Stack]:
+    stack = Stack(servers, logs, overrides)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 60, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
