@@ -29,7 +29,7 @@ class JsonInvalid(ValueError):
 
     def __init__(self, position: int, error: str) -> None:
         super().__init__(error)
-        self.detail = {
+        self.detail: dict[str, Any] = {
             "type": "json_invalid",
             "loc": ["body", position],
             "msg": "JSON decode error",
@@ -83,36 +83,53 @@ def parse(raw: bytes) -> Any:
     except _Refused as exc:
         raise JsonInvalid(_locate_number(text, str(exc)), str(exc)) from exc
     except RecursionError as exc:
-        raise JsonInvalid(_locate_depth(text), f"Nesting deeper than {MAX_DEPTH} levels") from exc
-    _check_tree(text, value)
+        raise JsonInvalid(_locate_depth(text), DEPTH_ERROR) from exc
+    try:
+        check_value(value)
+    except ValueError as exc:
+        error = str(exc)
+        if error == DEPTH_ERROR:
+            position = _locate_depth(text)
+        else:
+            match = _LONE_SURROGATE.search(text)
+            position = match.start() if match else 0
+        raise JsonInvalid(position, error) from exc
     return value
 
 
-def _check_tree(text: str, value: Any) -> None:
-    """Depth and lone surrogates, which the parser lets through."""
+DEPTH_ERROR = f"Nesting deeper than {MAX_DEPTH} levels"
+
+
+def check_value(value: Any) -> None:
+    """Refuse, with ValueError, what a parser let through but cannot be kept:
+    nesting deeper than 64, lone surrogates, out-of-range numbers."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
+        if isinstance(node, dict | list):
             if depth > MAX_DEPTH:
-                raise JsonInvalid(_locate_depth(text), f"Nesting deeper than {MAX_DEPTH} levels")
-            for key, child in node.items():
-                _check_string(text, key)
-                stack.append((child, depth + 1))
-        elif isinstance(node, list):
-            if depth > MAX_DEPTH:
-                raise JsonInvalid(_locate_depth(text), f"Nesting deeper than {MAX_DEPTH} levels")
-            stack.extend((child, depth + 1) for child in node)
+                raise ValueError(DEPTH_ERROR)
+            if isinstance(node, dict):
+                for key in node:
+                    _check_string(key)
+                stack.extend((child, depth + 1) for child in node.values())
+            else:
+                stack.extend((child, depth + 1) for child in node)
         elif isinstance(node, str):
-            _check_string(text, node)
+            _check_string(node)
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int) and not INT64_MIN <= node <= INT64_MAX:
+            raise ValueError("Integer outside the signed 64-bit range")
+        elif isinstance(node, float) and (node in (float("inf"), float("-inf")) or node != node):
+            raise ValueError("Number out of range")
 
 
-def _check_string(text: str, value: str) -> None:
+def _check_string(value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        match = _LONE_SURROGATE.search(text)
-        raise JsonInvalid(match.start() if match else 0, "Lone surrogate in string") from exc
+        raise ValueError("Lone surrogate in string") from exc
 
 
 def _locate_depth(text: str) -> int:

@@ -8,16 +8,21 @@ raised (`$max`), so a redelivered chunk cannot count twice.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 
-from worker import webhooks
+from worker import jobs, tasks, webhooks
+from worker.ids import new_ids
 from worker.retention import expire_at
 from worker.runtime import Runtime
 from worker.store import Doc, Store
+
+log = logging.getLogger(__name__)
 
 OPEN_UNIT_STATES = ("queued", "in_progress")
 
@@ -52,7 +57,8 @@ def new_batch(
         "cancelled_at": None,
         "request_counts": {"total": total, "completed": 0, "failed": 0, "cancelled": 0},
         "callback_url": callback_url,
-        "metadata": metadata,
+        # Client-chosen keys may not be valid BSON keys: kept as JSON text.
+        "metadata_json": json.dumps(metadata, ensure_ascii=False),
         "job_events": job_events,
         "request_id": request_id,
     }
@@ -70,8 +76,84 @@ def public(doc: Doc) -> Doc:
         "cancelled_at": doc.get("cancelled_at"),
         "request_counts": doc["request_counts"],
         "callback_url": doc.get("callback_url"),
-        "metadata": doc.get("metadata") or {},
+        "metadata": json.loads(doc.get("metadata_json") or "{}"),
     }
+
+
+class Stager:
+    """Stores a batch chunk by chunk as its requests stream in.
+
+    Chunks are inserted `staged`, invisible and unsent; `commit` makes the
+    whole batch visible and sends it, `abort` removes it.
+    """
+
+    def __init__(self, rt: Runtime, batch: Doc) -> None:
+        self.rt = rt
+        self.batch = batch
+        self.seq = 0
+        self.items: list[Doc] = []
+        self.size = 0
+        rt.store.batches.insert_one(batch)
+
+    def add(self, custom_id: str, body_text: str) -> None:
+        self.items.append({"id": None, "custom_id": custom_id, "body": body_text})
+        self.size += len(body_text)
+        settings = self.rt.settings
+        if len(self.items) >= settings.chunk_size or self.size >= settings.chunk_max_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.items:
+            return
+        for item, job_id in zip(self.items, new_ids("job_", len(self.items)), strict=True):
+            item["id"] = job_id
+        unit = jobs.new_unit(
+            unit_id=f"{self.batch['_id']}.{self.seq:06d}",
+            tenant=self.batch["tenant"],
+            items=self.items,
+            now=self.batch["created_at"],
+            callback_url=self.batch.get("callback_url"),
+            request_id=self.batch.get("request_id"),
+            batch_id=self.batch["_id"],
+            seq=self.seq,
+            job_events=self.batch["job_events"],
+        )
+        unit["status"] = "staged"
+        self.rt.store.jobs.insert_one(unit)
+        self.seq += 1
+        self.items, self.size = [], 0
+
+    def commit(self, total: int) -> Doc:
+        """Make the batch visible and send its chunks; returns the batch."""
+        self._flush()
+        batch_id = self.batch["_id"]
+        now = int(time.time())
+        self.rt.store.jobs.update_many(
+            {"batch_id": batch_id, "status": "staged"},
+            {"$set": {"status": "queued", "sent_at": now}},
+        )
+        doc = self.rt.store.batches.find_one_and_update(
+            {"_id": batch_id, "status": "validating"},
+            {
+                "$set": {
+                    "status": "in_progress",
+                    "in_progress_at": now,
+                    "request_counts.total": total,
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        try:
+            for seq in range(self.seq):
+                tasks.send_chunk(f"{batch_id}.{seq:06d}")
+        except Exception:  # stored: the reconciler sends what did not go
+            log.warning("batch %s stored but not all sent; the reconciler will", batch_id)
+        return doc
+
+    def abort(self) -> None:
+        self.rt.store.jobs.delete_many({"batch_id": self.batch["_id"]})
+        self.rt.store.batches.delete_one({"_id": self.batch["_id"]})
 
 
 def get(store: Store, tenant: str, batch_id: str) -> Doc | None:
@@ -155,8 +237,6 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
 
 def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Doc]:
     """Finished requests in input order, one chunk in memory at a time."""
-    import json
-
     for unit in store.jobs.find({"batch_id": batch_id}, sort=[("seq", ASCENDING)], batch_size=2):
         for index, item in enumerate(unit["items"]):
             code = unit["codes"][index]
@@ -182,3 +262,20 @@ def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Do
                 "status_code": code,
                 "body": json.loads(unit["results"][index]),
             }
+
+
+def list_page(
+    store: Store, tenant: str, *, limit: int, after: str | None
+) -> tuple[list[Doc], bool] | None:
+    """Newest first, as OpenAI lists batches; None when `after` is unknown."""
+    query: Doc = {"tenant": tenant, "status": {"$ne": "validating"}}
+    if after is not None:
+        anchor = get(store, tenant, after)
+        if anchor is None:
+            return None
+        query["$or"] = [
+            {"created_at": {"$lt": anchor["created_at"]}},
+            {"created_at": anchor["created_at"], "_id": {"$lt": after}},
+        ]
+    docs = list(store.batches.find(query, sort=[("created_at", -1), ("_id", -1)], limit=limit + 1))
+    return docs[:limit], len(docs) > limit

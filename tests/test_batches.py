@@ -1,0 +1,276 @@
+"""`/v1/batches`: bulk provisioning end to end on real servers and workers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stack import Servers, Stack, Tenant, wait_until
+
+JSONL = {"Content-Type": "application/x-ndjson"}
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def submit(tenant: Tenant, data: bytes, **headers: str) -> Any:
+    return tenant.request("POST", "/v1/batches", data=data, headers={**JSONL, **headers})
+
+
+def finished_batch(tenant: Tenant, batch_id: str, timeout: float = 120) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        batch: dict[str, Any] = tenant.request("GET", f"/v1/batches/{batch_id}").json()
+        return batch if batch["status"] in ("completed", "cancelled") else None
+
+    result: dict[str, Any] = wait_until(done, timeout=timeout)
+    return result
+
+
+def results(tenant: Tenant, batch_id: str, query: str = "") -> list[dict[str, Any]]:
+    response = tenant.request("GET", f"/v1/batches/{batch_id}/results{query}", stream=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.iter_lines() if line]
+
+
+def test_jsonl_batch_completes_with_counts_and_ordered_results(tenant: Tenant) -> None:
+    lines = [
+        {"custom_id": f"r{i}", "body": {"model": "gpt-4", "name": f"n{i}"}} for i in range(1200)
+    ]
+    lines[7]["body"] = {"name": 5}  # fails validation in the worker: a 422 result
+    lines[900]["body"] = {"model": "m", "bogus": True}
+    response = submit(tenant, jsonl(lines))
+    assert response.status_code == 202, response.text
+    batch = response.json()
+    assert batch["object"] == "batch"
+    assert batch["id"].startswith("batch_")
+    assert batch["status"] == "in_progress"
+    assert batch["request_counts"]["total"] == 1200
+    assert response.headers["Location"] == f"/v1/batches/{batch['id']}"
+
+    done = finished_batch(tenant, batch["id"])
+    assert done["status"] == "completed"
+    assert done["completed_at"] is not None
+    assert done["request_counts"] == {"total": 1200, "completed": 1198, "failed": 2, "cancelled": 0}
+
+    rows = results(tenant, batch["id"])
+    assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(1200)]
+    assert rows[0]["status_code"] == 200
+    assert rows[0]["body"]["name"] == "n0"
+    assert rows[7]["status_code"] == 422
+    assert rows[7]["body"]["detail"][0]["loc"] == ["body", "model"]
+    assert len({row["body"]["id"] for row in rows if row["status_code"] == 200}) == 1198
+
+    failed = results(tenant, batch["id"], "?status=failed")
+    assert [row["custom_id"] for row in failed] == ["r7", "r900"]
+
+    job = tenant.request("GET", f"/v1/jobs/{rows[0]['job_id']}").json()
+    assert job["batch_id"] == batch["id"]
+    assert job["custom_id"] == "r0"
+    assert job["status"] == "succeeded"
+    assert job["result"]["body"] == rows[0]["body"]
+
+
+def test_openai_batch_lines_blank_lines_crlf_and_bom_are_accepted(tenant: Tenant) -> None:
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/assistants", "body": {"model": "m"}}
+    data = b"\xef\xbb\xbf" + json.dumps(line).encode() + b"\r\n\r\n" + b'{"body": {"model": "m"}}'
+    response = submit(tenant, data)
+    assert response.status_code == 202, response.text
+    batch = finished_batch(tenant, response.json()["id"])
+    assert batch["request_counts"]["completed"] == 2
+    # The line without custom_id is line 2 (the blank line 1 keeps its number).
+    assert [row["custom_id"] for row in results(tenant, batch["id"])] == ["a", "2"]
+
+
+def test_json_form_with_metadata(tenant: Tenant) -> None:
+    body = {
+        "requests": [{"custom_id": "x", "body": {"model": "m"}}, {"body": {"model": "m"}}],
+        "metadata": {"project": "demo", "$odd.key": "v"},
+    }
+    response = tenant.request("POST", "/v1/batches", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["metadata"] == {"project": "demo", "$odd.key": "v"}
+    batch = finished_batch(tenant, response.json()["id"])
+    assert batch["request_counts"]["completed"] == 2
+    assert [row["custom_id"] for row in results(tenant, batch["id"])] == ["x", "1"]
+
+
+def test_bad_lines_reject_the_whole_batch_and_create_nothing(stack: Stack, tenant: Tenant) -> None:
+    data = b"\n".join(
+        [
+            b'{"custom_id": "a", "body": {"model": "m"}}',
+            b'{"custom_id": "a", "body": {"model": "m"}}',
+            b"[1, 2]",
+            b'{"method": "POST"}',
+            b'{"custom_id": "d", "method": "GET", "url": "/v1/assistants", "body": {}}',
+            b'{"custom_id": "e", "body": {"model": NaN}}',
+            b'{"custom_id": "' + b"x" * 65 + b'", "body": {}}',
+            b'{"custom_id": "3", "body": {}}',
+        ]
+    )
+    response = submit(tenant, data)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [(entry["loc"][:2], entry["type"]) for entry in detail] == [
+        (["body", 1], "duplicate_custom_id"),
+        (["body", 2], "dict_type"),
+        (["body", 3], "missing"),
+        (["body", 4], "literal_error"),
+        (["body", 5], "json_invalid"),
+        (["body", 6], "string_too_long"),
+        (["body", 7], "duplicate_custom_id"),
+    ]
+    assert tenant.request("GET", "/v1/batches").json()["data"] == []
+    store = stack.store()
+    try:
+        assert store.jobs.count_documents({"tenant": tenant.name}) == 0
+        assert store.batches.count_documents({"tenant": tenant.name}) == 0
+    finally:
+        store.close()
+
+
+def test_at_most_100_offending_lines_are_listed(tenant: Tenant) -> None:
+    response = submit(tenant, b"[]\n" * 150)
+    assert response.status_code == 422
+    assert len(response.json()["detail"]) == 100
+
+
+def test_empty_batch_is_422_too_short(tenant: Tenant) -> None:
+    response = submit(tenant, b"\n\n")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "too_short"
+    assert response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_json_form_errors_are_located_in_requests(tenant: Tenant) -> None:
+    body = {"requests": [{"body": {}}, {"custom_id": "0", "body": {}}, 3], "extra": 1}
+    response = tenant.request("POST", "/v1/batches", json=body)
+    assert response.status_code == 422
+    locs = [entry["loc"] for entry in response.json()["detail"]]
+    assert locs == [
+        ["body", "requests", 1, "custom_id"],
+        ["body", "requests", 2],
+        ["body", "extra"],
+    ]
+
+
+def test_wrong_content_type_is_415(tenant: Tenant) -> None:
+    response = tenant.request(
+        "POST", "/v1/batches", data=b"x", headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 415
+
+
+def test_batch_idempotency_key(tenant: Tenant) -> None:
+    data = jsonl([{"body": {"model": "m"}}])
+    first = submit(tenant, data, **{"Idempotency-Key": "b-1"})
+    again = submit(tenant, data, **{"Idempotency-Key": "b-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = submit(tenant, jsonl([{"body": {"model": "x"}}]), **{"Idempotency-Key": "b-1"})
+    assert other.status_code == 409
+    assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 1
+
+
+def test_batches_list_and_jobs_by_batch(tenant: Tenant) -> None:
+    ids = []
+    for _ in range(3):
+        ids.append(submit(tenant, jsonl([{"body": {"model": "m"}}] * 3)).json()["id"])
+    listed = tenant.request("GET", "/v1/batches?limit=2").json()
+    assert listed["object"] == "list"
+    assert listed["has_more"] is True
+    rest = tenant.request("GET", f"/v1/batches?limit=2&after={listed['last_id']}").json()
+    assert rest["has_more"] is False
+    pages = listed["data"] + rest["data"]
+    assert sorted(b["id"] for b in pages) == sorted(ids)
+    # Newest first; batches made in the same second are ordered by id.
+    keys = [(b["created_at"], b["id"]) for b in pages]
+    assert keys == sorted(keys, reverse=True)
+
+    finished_batch(tenant, ids[0])
+    jobs = tenant.request("GET", f"/v1/jobs?batch_id={ids[0]}&limit=2").json()
+    assert [j["custom_id"] for j in jobs["data"]] == ["0", "1"]
+    assert jobs["has_more"] is True
+    more = tenant.request("GET", f"/v1/jobs?batch_id={ids[0]}&after={jobs['last_id']}").json()
+    assert [j["custom_id"] for j in more["data"]] == ["2"]
+    assert tenant.request("GET", "/v1/jobs?status[$ne]=x").status_code == 422
+    assert tenant.request("GET", "/v1/batches?limit=0").status_code == 422
+
+
+def test_another_tenants_batch_is_404(tenant: Tenant, other_tenant: Tenant) -> None:
+    batch_id = submit(tenant, jsonl([{"body": {"model": "m"}}])).json()["id"]
+    for method, path in (
+        ("GET", f"/v1/batches/{batch_id}"),
+        ("GET", f"/v1/batches/{batch_id}/results"),
+        ("POST", f"/v1/batches/{batch_id}/cancel"),
+    ):
+        assert other_tenant.request(method, path).status_code == 404
+    assert other_tenant.request("GET", f"/v1/jobs?batch_id={batch_id}").json()["data"] == []
+
+
+@pytest.fixture(scope="module")
+def no_bulk_worker(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """A deployment whose workers do not take batch chunks, and small limits."""
+    stack = Stack(
+        servers, logs_dir, {"MAX_BATCH_REQUESTS": "5", "MAX_BATCH_BYTES": "4000", "CHUNK_SIZE": "2"}
+    )
+    try:
+        stack.start_api()
+        stack.start_worker(queues="single,webhooks,maintenance")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_cancel_before_start_cancels_every_request(no_bulk_worker: Stack) -> None:
+    tenant = no_bulk_worker.new_tenant()
+    batch = submit(tenant, jsonl([{"body": {"model": "m"}}] * 5)).json()
+    cancelled = tenant.request("POST", f"/v1/batches/{batch['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] in ("cancelling", "cancelled")
+    done = finished_batch(tenant, batch["id"])
+    assert done["status"] == "cancelled"
+    assert done["cancelled_at"] is not None
+    assert done["request_counts"] == {"total": 5, "completed": 0, "failed": 0, "cancelled": 5}
+    rows = results(tenant, batch["id"])
+    assert rows[0] == {
+        "custom_id": "0",
+        "job_id": rows[0]["job_id"],
+        "status_code": None,
+        "body": None,
+        "status": "cancelled",
+    }
+    assert len(rows) == 5
+    job = tenant.request("GET", f"/v1/jobs/{rows[0]['job_id']}").json()
+    assert job["status"] == "cancelled"
+    again = tenant.request("POST", f"/v1/batches/{batch['id']}/cancel")
+    assert again.status_code == 200
+    assert again.json() == done
+
+
+def test_over_the_request_limit_is_422_too_long(no_bulk_worker: Stack) -> None:
+    tenant = no_bulk_worker.new_tenant()
+    response = submit(tenant, jsonl([{"body": {}}] * 6))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "too_long"
+    assert response.json()["detail"][0]["loc"] == ["body"]
+
+
+def test_over_the_byte_limit_is_413(no_bulk_worker: Stack) -> None:
+    tenant = no_bulk_worker.new_tenant()
+    big = jsonl([{"body": {"model": "m", "name": "x" * 1000}}] * 5)
+    assert len(big) > 4000
+    assert submit(tenant, big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while streaming
+        yield big
+
+    response = tenant.request("POST", "/v1/batches", data=chunks(), headers=JSONL)
+    assert response.status_code == 413
+    assert tenant.request("GET", "/v1/batches").json()["data"] == []
