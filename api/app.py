@@ -14,7 +14,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import assistants, auth, batches, errors, health, jobs
+    from api import assistants, auth, batches, errors, health, jobs, webhooks
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -35,6 +35,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     errors.register(app)
     auth.register(app)
-    for blueprint in (assistants.bp, jobs.bp, batches.bp, health.bp):
+    for blueprint in (assistants.bp, jobs.bp, batches.bp, health.bp, webhooks.bp):
         app.register_blueprint(blueprint)
     return app

@@ -1,6 +1,6 @@
 """One webhook delivery attempt: claim, check the address, POST, record.
 
-Signing follows Standard Webhooks. The connection goes to the address that
+Signing follows Standard Webhooks. The connection goes to an address that
 was checked, redirects are not followed, the whole attempt has one deadline
 and the response body is read only up to a small cap.
 """
@@ -8,23 +8,32 @@ and the response body is read only up to a small cap.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
+import logging
 import random
 import secrets
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from worker import tenants, urlguard
+from worker.retention import expire_at
 from worker.runtime import Runtime
 from worker.store import Doc
 
+log = logging.getLogger(__name__)
+
 RESPONSE_CAP = 64 * 1024
 RETRYABLE_STATUS = {408, 429}
+# Beyond the attempt's own deadline: name resolution and the two MongoDB
+# writes. A worker that dies mid-attempt holds the delivery this long.
+LEASE_MARGIN_SECONDS = 30
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
@@ -45,6 +54,7 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
+        # Network errors and timeouts are retried; a refused address is not.
         if self.status_code is None:
             return self.error is not None and not self.error.startswith("refused:")
         return self.status_code in RETRYABLE_STATUS or self.status_code >= 500
@@ -54,6 +64,7 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
     """Make the attempt that is due now, if any; later ones are scheduled in MongoDB."""
     token = secrets.token_hex(16)
     now = time.time()
+    lease = rt.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
     doc = rt.store.deliveries.find_one_and_update(
         {
             "_id": delivery_id,
@@ -61,14 +72,17 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
             "next_attempt_at": {"$lte": now},
             "$or": [{"lease_expires": {"$exists": False}}, {"lease_expires": {"$lt": now}}],
         },
-        {"$set": {"lease": token, "lease_expires": now + rt.settings.webhook_timeout_seconds + 60}},
+        {"$set": {"lease": token, "lease_expires": now + lease}},
     )
     if doc is None:
         return  # not due, already being sent, or finished
     tenant = tenants.get(rt.store, doc["tenant"])
     signing = tenants.current_secrets(tenant) if tenant else []
     started = time.monotonic()
-    outcome = post(rt, doc, signing)
+    if signing:
+        outcome = post(rt, doc, signing)
+    else:
+        outcome = Outcome(None, "refused: the tenant has no signing secret")
     record(rt, doc, token, outcome, duration_ms=int((time.monotonic() - started) * 1000))
 
 
@@ -77,8 +91,11 @@ def post(rt: Runtime, doc: Doc, signing: list[str]) -> Outcome:
     deadline = time.monotonic() + timeout
     try:
         target = urlguard.parse(doc["url"])
+        # Checked again now: what a name resolves to can change after submission.
         addresses = urlguard.resolve(target, allow_private=rt.settings.webhook_allow_private)
     except urlguard.UrlRefused as exc:
+        if exc.kind == urlguard.UNRESOLVED:
+            return Outcome(None, f"network: {exc}")
         return Outcome(None, f"refused: {exc}")
     timestamp = int(time.time())
     body = doc["body"]
@@ -89,40 +106,69 @@ def post(rt: Runtime, doc: Doc, signing: list[str]) -> Outcome:
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(sign(s, doc["_id"], timestamp, body) for s in signing),
     }
-    conn = _connection(target, addresses[0], timeout)
+    conn = _connection(target, addresses, deadline)
+    # Socket timeouts bound each read, not the exchange: a receiver dripping
+    # a byte at a time could outlast them. The watchdog cuts the connection
+    # when the deadline passes, whatever it is doing.
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         conn.request("POST", target.path, body=body.encode(), headers=headers)
-        conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
         response = conn.getresponse()
         remaining = RESPONSE_CAP
-        while remaining > 0 and time.monotonic() < deadline:
+        while remaining > 0:
             chunk = response.read(min(remaining, 8192))
             if not chunk:
                 break
             remaining -= len(chunk)
-        if time.monotonic() > deadline:
-            return Outcome(None, "timeout: no complete answer within the deadline")
-        return Outcome(response.status, None, _retry_after(response.getheader("Retry-After")))
-    except TimeoutError:
-        return Outcome(None, "timeout: no answer within the deadline")
+        status, retry_after = response.status, response.getheader("Retry-After")
     except (OSError, http.client.HTTPException) as exc:
+        if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
+            return Outcome(None, f"timeout: no complete answer within {timeout:g} s")
         return Outcome(None, f"network: {type(exc).__name__}: {exc}")
     finally:
+        watchdog.cancel()
         conn.close()
+    if time.monotonic() >= deadline:
+        return Outcome(None, f"timeout: no complete answer within {timeout:g} s")
+    return Outcome(status, None, _retry_after(retry_after))
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connect(addresses: list[str], port: int, deadline: float) -> socket.socket:
+    """A connection to the first checked address that answers, within the deadline."""
+    error: OSError = OSError("no address to connect to")
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("connect: deadline passed")
+        try:
+            return socket.create_connection((address, port), timeout=remaining)
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def _connection(
-    target: urlguard.Target, address: str, timeout: float
+    target: urlguard.Target, addresses: list[str], deadline: float
 ) -> http.client.HTTPConnection:
-    """A connection to the checked address that still speaks to the URL's host name."""
+    """A connection to the checked addresses that still speaks to the URL's host name."""
+    timeout = max(0.01, deadline - time.monotonic())
 
     class Pinned(http.client.HTTPConnection):
         def connect(self) -> None:
-            self.sock = socket.create_connection((address, target.port), timeout=timeout)
+            self.sock = _connect(addresses, target.port, deadline)
 
     class PinnedTLS(http.client.HTTPSConnection):
         def connect(self) -> None:
-            raw = socket.create_connection((address, target.port), timeout=timeout)
+            raw = _connect(addresses, target.port, deadline)
             context = ssl.create_default_context()
             self.sock = context.wrap_socket(raw, server_hostname=target.host)
 
@@ -131,16 +177,30 @@ def _connection(
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After of delta-seconds or an HTTP date."""
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def next_delay(rt: Runtime, made: int, outcome: Outcome) -> float | None:
+    """Seconds until the next attempt, or None when the delivery is over."""
+    schedule = rt.settings.webhook_schedule
+    if outcome.delivered or not outcome.retryable or made >= len(schedule):
+        return None
+    # Jitter spreads retries of many deliveries to one receiver apart.
+    delay = schedule[made] * random.uniform(0.9, 1.1)
+    if outcome.retry_after is not None:
+        # The receiver's Retry-After is a floor, capped so it cannot park a
+        # delivery for days.
+        delay = max(delay, min(outcome.retry_after, rt.settings.webhook_max_retry_after_seconds))
+    return delay
 
 
 def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int) -> None:
@@ -153,26 +213,30 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
         "duration_ms": duration_ms,
     }
     made = len(doc["attempts"]) + 1 - doc.get("retry_from", 0)
-    schedule = rt.settings.webhook_schedule
-    update: Doc
+    delay = next_delay(rt, made, outcome)
+    update: Doc = {"expire_at": expire_at(rt.settings, now)}
     if outcome.delivered:
-        update = {"status": "delivered"}
-    elif outcome.retryable and made < len(schedule):
-        delay = schedule[made]
-        if outcome.retry_after is not None:
-            delay = max(
-                delay, min(outcome.retry_after, rt.settings.webhook_max_retry_after_seconds)
-            )
-        # Jitter spreads retries of many deliveries to one receiver apart.
-        delay *= random.uniform(0.9, 1.1)
-        update = {"status": "pending", "next_attempt_at": now + delay, "swept_at": 0}
+        update["status"] = "delivered"
+    elif delay is not None:
+        # swept_at 0: the periodic sweep sends it once it is due.
+        update.update(status="pending", next_attempt_at=now + delay, swept_at=0)
     else:
-        update = {"status": "failed"}
-    rt.store.deliveries.update_one(
+        update["status"] = "failed"
+    result = rt.store.deliveries.update_one(
         {"_id": doc["_id"], "lease": token},
         {
             "$set": update,
             "$push": {"attempts": entry},
             "$unset": {"lease": "", "lease_expires": ""},
         },
+    )
+    if not result.modified_count:
+        log.warning("delivery %s: lease lost before its attempt was recorded", doc["_id"])
+        return
+    log.info(
+        "delivery %s attempt %d: %s -> %s",
+        doc["_id"],
+        len(doc["attempts"]) + 1,
+        outcome.status_code or outcome.error,
+        update["status"],
     )

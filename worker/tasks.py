@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from worker import delivery, provisioning, reconciler
-from worker.celery_app import app, runtime
+from worker.celery_app import app, runtime, settings
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,8 @@ def send_chunk(unit_id: str) -> None:
 
 
 def send_delivery(delivery_id: str) -> None:
-    deliver.apply_async(args=(delivery_id,), queue="webhooks")
+    # The attempt keeps its own deadline; the hard limit is a backstop for
+    # anything outside it (a name lookup that hangs). The delivery's lease
+    # outlasts it, so the sweep sends it again after such a kill.
+    limit = settings().webhook_timeout_seconds + delivery.LEASE_MARGIN_SECONDS / 2
+    deliver.apply_async(args=(delivery_id,), queue="webhooks", time_limit=limit)

@@ -90,21 +90,53 @@ def current_secrets(doc: Doc, now: float | None = None) -> list[str]:
     ]
 
 
-def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> str:
-    doc = get(store, tenant)
-    assert doc is not None
-    now = time.time()
-    secret = new_webhook_secret()
-    kept = [
-        {"secret": entry["secret"], "expires_at": entry.get("expires_at") or now + overlap_seconds}
-        for entry in doc.get("secrets", [])
-        if entry.get("expires_at") is None or entry["expires_at"] > now
-    ]
-    store.tenants.update_one(
-        {"_id": tenant}, {"$set": {"secrets": [{"secret": secret, "expires_at": None}, *kept]}}
-    )
-    return secret
+@dataclass(frozen=True)
+class Rotated:
+    secret: str
+    previous_expire_at: int | None  # when the secrets it replaced stop signing
 
 
-def set_webhook_url(store: Store, tenant: str, url: str | None) -> None:
+def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> Rotated:
+    """A new signing secret; the live ones keep signing for `overlap_seconds`.
+
+    Compare-and-set on the list read, so two rotations at once cannot lose
+    a secret that the other one just made.
+    """
+    while True:
+        doc = get(store, tenant)
+        if doc is None:
+            raise LookupError(f"no tenant {tenant!r}")
+        now = time.time()
+        secret = new_webhook_secret()
+        kept = [
+            {
+                "secret": entry["secret"],
+                "expires_at": entry.get("expires_at") or now + overlap_seconds,
+            }
+            for entry in doc.get("secrets", [])
+            if entry.get("expires_at") is None or entry["expires_at"] > now
+        ]
+        result = store.tenants.update_one(
+            {"_id": tenant, "secrets": doc.get("secrets", {"$exists": False})},
+            {"$set": {"secrets": [{"secret": secret, "expires_at": None}, *kept]}},
+        )
+        if result.modified_count:
+            expiry = max((entry["expires_at"] for entry in kept), default=None)
+            return Rotated(secret, int(expiry) if expiry is not None else None)
+
+
+def webhook_url(store: Store, tenant: str) -> str | None:
+    doc = store.tenants.find_one({"_id": tenant}, {"webhook_url": 1})
+    return doc.get("webhook_url") if doc else None
+
+
+def set_webhook_url(store: Store, tenant: str, url: str) -> None:
     store.tenants.update_one({"_id": tenant}, {"$set": {"webhook_url": url}})
+
+
+def clear_webhook_url(store: Store, tenant: str) -> bool:
+    """Remove the tenant's endpoint; False when there was none."""
+    result = store.tenants.update_one(
+        {"_id": tenant, "webhook_url": {"$type": "string"}}, {"$unset": {"webhook_url": ""}}
+    )
+    return result.modified_count == 1

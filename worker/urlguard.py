@@ -12,6 +12,11 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+# The 422 type of a refused address, and the kind of a name that does not
+# resolve (accepted at submission, a retryable network error at delivery).
+FORBIDDEN = "callback_url_forbidden"
+UNRESOLVED = "callback_url_unresolved"
+
 
 class UrlRefused(ValueError):
     """The URL may not be used; `kind` is the 422 error type to report."""
@@ -43,12 +48,13 @@ def parse(url: str) -> Target:
         raise UrlRefused("url_parsing", "Input should be a valid URL, relative URL without a base")
     if not parts.hostname or parts.username is not None or any(c.isspace() for c in url):
         raise UrlRefused("url_parsing", "Input should be a valid URL, invalid host or characters")
+    if port == 0:
+        raise UrlRefused("url_parsing", "Input should be a valid URL, invalid port number")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(
-        parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
-    )
+    default_port = 443 if parts.scheme == "https" else 80
+    return Target(parts.scheme, parts.hostname, port or default_port, path)
 
 
 def is_public(address: str) -> bool:
@@ -90,7 +96,7 @@ def check_submitted(url: str, allow_private: bool) -> Target:
     try:
         resolve(target, allow_private=False)
     except UrlRefused as exc:
-        if exc.kind != "callback_url_unresolved":
+        if exc.kind != UNRESOLVED:
             raise
     return target
 
@@ -104,13 +110,10 @@ def resolve(target: Target, allow_private: bool) -> list[str]:
         try:
             infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
-            raise UrlRefused("callback_url_unresolved", f"host does not resolve: {exc}") from exc
+            raise UrlRefused(UNRESOLVED, f"host does not resolve: {exc}") from exc
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         refused = [a for a in addresses if not is_public(a)]
         if refused:
-            raise UrlRefused(
-                "callback_url_forbidden",
-                "Callback URL must resolve to public addresses only",
-            )
+            raise UrlRefused(FORBIDDEN, "Callback URL must resolve to public addresses only")
     return addresses

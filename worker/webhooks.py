@@ -24,6 +24,10 @@ from worker.runtime import Runtime
 from worker.store import Doc, Store
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+# A due delivery is sent again by the sweep only if it was not sent this
+# recently: its message may still be queued behind others.
+RESEND_AFTER_SECONDS = 30
 
 
 def ensure_indexes(store: Store) -> None:
@@ -196,31 +200,42 @@ def list_page(
     return docs[:limit], len(docs) > limit
 
 
-def retry(rt: Runtime, tenant: str, delivery_id: str) -> Doc | None:
-    """Send a failed delivery again, with the same webhook-id."""
+def get(store: Store, tenant: str, delivery_id: str) -> Doc | None:
+    return store.deliveries.find_one({"_id": delivery_id, "tenant": tenant})
+
+
+def retry(rt: Runtime, tenant: str, delivery_id: str) -> tuple[Doc | None, bool]:
+    """Send a failed delivery again, with the same webhook-id.
+
+    Returns the delivery as it is now (None when the tenant has no such
+    delivery) and whether this call queued it again.
+    """
+    now = time.time()
     result = rt.store.deliveries.update_one(
         {"_id": delivery_id, "tenant": tenant, "status": "failed"},
         [
             {
                 "$set": {
                     "status": "pending",
-                    "next_attempt_at": time.time(),
-                    "swept_at": time.time(),
+                    "next_attempt_at": now,
+                    "swept_at": now,
                     # The schedule starts over: earlier attempts stay recorded.
                     "retry_from": {"$size": "$attempts"},
+                    "expire_at": expire_at(rt.settings, now),
                 }
             },
             {"$unset": ["lease", "lease_expires"]},
         ],
     )
-    if result.modified_count:
+    resent = bool(result.modified_count)
+    if resent:
         send(rt, [delivery_id])
-    return rt.store.deliveries.find_one({"_id": delivery_id, "tenant": tenant})
+    return get(rt.store, tenant, delivery_id), resent
 
 
 def due(rt: Runtime, limit: int = 1000) -> list[str]:
-    """Deliveries due now and not sent in the last half minute (their message
-    may still be queued behind others; the attempt itself is idempotent)."""
+    """Deliveries due now and not sent recently; marks them sent. Sending one
+    twice is harmless: an attempt claims its delivery under a lease."""
     now = time.time()
     ids = [
         doc["_id"]
@@ -228,7 +243,7 @@ def due(rt: Runtime, limit: int = 1000) -> list[str]:
             {
                 "status": "pending",
                 "next_attempt_at": {"$lte": now},
-                "swept_at": {"$lt": now - 30},
+                "swept_at": {"$lt": now - RESEND_AFTER_SECONDS},
                 "$or": [{"lease_expires": {"$exists": False}}, {"lease_expires": {"$lt": now}}],
             },
             {"_id": 1},

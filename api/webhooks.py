@@ -1,0 +1,117 @@
+"""Webhooks: the tenant's endpoint and signing secret, and the deliveries made."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from api import inputs, queries
+from api.context import runtime, settings, store, tenant
+from api.errors import ApiError, not_found, unprocessable
+from api.jsonbody import JsonInvalid, parse
+from worker import tenants, urlguard, webhooks
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+
+
+class WebhookEndpointUpdate(BaseModel):
+    """The body of `PUT /v1/webhook_endpoint`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+
+
+def endpoint_object(url: str) -> dict[str, Any]:
+    return {"object": "webhook_endpoint", "url": url}
+
+
+@bp.get("/webhook_deliveries")
+def list_deliveries() -> Response:
+    queries.allow_only(("status", "limit", "after"))
+    limit = queries.limit()
+    status = queries.choice("status", webhooks.DELIVERY_STATUSES)
+    after = queries.text("after")
+    page = webhooks.list_page(store(), tenant(), status=status, limit=limit, after=after)
+    if page is None:
+        raise queries.unknown_cursor("after", after)
+    docs, has_more = page
+    return jsonify(queries.list_object([webhooks.public(doc) for doc in docs], has_more))
+
+
+@bp.get("/webhook_deliveries/<delivery_id>")
+def get_delivery(delivery_id: str) -> Response:
+    doc = webhooks.get(store(), tenant(), delivery_id)
+    if doc is None:
+        raise not_found("No webhook delivery found")
+    return jsonify(webhooks.public(doc))
+
+
+@bp.post("/webhook_deliveries/<delivery_id>/retry")
+def retry_delivery(delivery_id: str) -> Response:
+    doc, resent = webhooks.retry(runtime(), tenant(), delivery_id)
+    if doc is None:
+        raise not_found("No webhook delivery found")
+    if not resent and doc["status"] == "delivered":
+        raise ApiError(409, "Only a failed webhook delivery can be retried; this one was delivered")
+    # A pending delivery is already on its way: answered unchanged, so a
+    # client repeating its retry call does no harm.
+    return jsonify(webhooks.public(doc))
+
+
+@bp.get("/webhook_endpoint")
+def get_endpoint() -> Response:
+    url = tenants.webhook_url(store(), tenant())
+    if url is None:
+        raise not_found("No webhook endpoint is set")
+    return jsonify(endpoint_object(url))
+
+
+@bp.put("/webhook_endpoint")
+def put_endpoint() -> Response:
+    url = endpoint_url()
+    tenants.set_webhook_url(store(), tenant(), url)
+    return jsonify(endpoint_object(url))
+
+
+@bp.delete("/webhook_endpoint")
+def delete_endpoint() -> Response:
+    if not tenants.clear_webhook_url(store(), tenant()):
+        raise not_found("No webhook endpoint is set")
+    return jsonify({"object": "webhook_endpoint.deleted", "deleted": True})
+
+
+@bp.post("/webhook_secret/rotate")
+def rotate_secret() -> Response:
+    rotated = tenants.rotate_secret(store(), tenant(), settings().webhook_secret_overlap_seconds)
+    # The only time the new secret is shown.
+    return jsonify(
+        {
+            "object": "webhook_secret",
+            "secret": rotated.secret,
+            "previous_expires_at": rotated.previous_expire_at,
+        }
+    )
+
+
+def endpoint_url() -> str:
+    """The `url` of a PUT body, checked like a `Callback-URL` header."""
+    inputs.require_content_type("application/json")
+    raw = inputs.read_body(settings().max_body_bytes)
+    if not raw:
+        raise unprocessable(["body"], "missing", "Field required", input=None)
+    try:
+        body = WebhookEndpointUpdate.model_validate(parse(raw), from_attributes=True)
+    except JsonInvalid as exc:
+        raise ApiError(422, [exc.detail]) from exc
+    except ValidationError as exc:
+        errors = [{**err, "loc": ["body", *err["loc"]]} for err in exc.errors(include_url=False)]
+        raise ApiError(422, json.loads(json.dumps(errors, default=str))) from exc
+    try:
+        urlguard.check_submitted(body.url, allow_private=settings().webhook_allow_private)
+    except urlguard.UrlRefused as exc:
+        raise unprocessable(["body", "url"], exc.kind, str(exc), input=body.url[:2048]) from exc
+    return body.url
