@@ -34,8 +34,11 @@ class RetrievalTool(_Strict):
 
 class FunctionDefinition(_Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
+    # Optional but not nullable, as in OpenAI's FunctionObject: the table says
+    # "or null" only of the top-level strings. The defaults are never shown:
+    # tools are kept as given (exclude_unset).
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
 
 
 class FunctionTool(_Strict):
