@@ -1,0 +1,153 @@
+"""A real HTTP receiver for webhook tests: a threaded http.server on loopback.
+
+It records every request (path, headers, body, when it arrived) and answers
+from a programme of replies, one per request, then a default (200):
+
+    with Receiver() as hook:
+        hook.fail(2)                 # 500, 500, then 200
+        hook.then(Reply(410))
+        hook.then(Hang())            # hold the request past the sender's timeout
+        hook.then(Reply(429, {"Retry-After": "3"}))
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from api.embedded import free_port
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Answer nothing until released (at stop) or `seconds` pass, then 200."""
+
+    seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    at: float  # time.time() on arrival
+    answered: int | None  # the status it was answered with; None if it hung
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+class Receiver:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.default: Reply = Reply()
+        self._programme: deque[Reply | Hang] = deque()
+        self._requests: list[Received] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    # -- programming ------------------------------------------------------
+    def then(self, *replies: Reply | Hang) -> Receiver:
+        with self._lock:
+            self._programme.extend(replies)
+        return self
+
+    def fail(self, times: int, status: int = 500) -> Receiver:
+        return self.then(*[Reply(status, body=b"failing")] * times)
+
+    # -- what arrived -----------------------------------------------------
+    @property
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self._requests)
+
+    def wait_for(self, count: int, timeout: float = 60) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.requests
+            if len(got) >= count:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} requests, got {len(got)}")
+            time.sleep(0.05)
+
+    # -- running ----------------------------------------------------------
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver._handle(self)
+
+            do_GET = do_POST
+            do_PUT = do_POST
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        # A sender that gave up closes the socket under a hanging handler.
+        server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._released.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        arrived = time.time()
+        with self._lock:
+            action = self._programme.popleft() if self._programme else self.default
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        if isinstance(action, Hang):
+            with self._lock:
+                self._requests.append(Received(handler.path, headers, body, arrived, None))
+            self._released.wait(action.seconds)
+            action = Reply()
+        else:
+            with self._lock:
+                self._requests.append(Received(handler.path, headers, body, arrived, action.status))
+        handler.send_response(action.status)
+        for name, value in action.headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(action.body)))
+        handler.end_headers()
+        handler.wfile.write(action.body)
