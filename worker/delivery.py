@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from worker import tenants, urlguard
+from worker import metrics, tenants, urlguard
 from worker.retention import expire_at
 from worker.runtime import Runtime
 from worker.store import Doc
@@ -230,6 +230,7 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
             "$unset": {"lease": "", "lease_expires": ""},
         },
     )
+    metrics.webhook_attempt(update["status"], duration_ms)
     if not result.modified_count:
         log.warning("delivery %s: lease lost before its attempt was recorded", doc["_id"])
         return

@@ -16,7 +16,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from worker import assistants, batches, webhooks
+from worker import assistants, batches, metrics, webhooks
 from worker.retention import expire_at
 from worker.runtime import Runtime
 from worker.schema import AssistantCreate, validate_create
@@ -32,6 +32,7 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     units = claim(rt, unit_ids)
     if not units:
         return 0
+    metrics.units_claimed(units)
     now = int(time.time())
     outcomes: dict[str, list[tuple[int, Any]]] = {}
     requests: list[tuple[str, int, AssistantCreate]] = []
@@ -52,12 +53,17 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
                     requests.append((unit["_id"], index, checked))
         outcomes[unit["_id"]] = results
     tenants = {unit["_id"]: unit["tenant"] for unit in units}
+    created_at = {unit["_id"]: unit["created_at"] for unit in units}
     items = {unit["_id"]: unit["items"] for unit in units}
     created = persist(
         rt,
         [
             assistants.new_document(
-                request, tenant=tenants[uid], job_id=items[uid][index]["id"], now=now
+                request,
+                tenant=tenants[uid],
+                job_id=items[uid][index]["id"],
+                job_created_at=created_at[uid],
+                now=now,
             )
             for uid, index, request in requests
         ],
@@ -65,6 +71,7 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     for uid, index, _ in requests:
         outcomes[uid][index] = (200, created[items[uid][index]["id"]])
     finished = record(rt, units, outcomes, now)
+    metrics.units_finished(units, outcomes, finished)
     done_units = [unit for unit in units if unit["_id"] in finished]
     rt.publish_finished([item["id"] for unit in done_units for item in unit["items"]])
     webhooks.flush_unit_events(rt, [unit["_id"] for unit in done_units])
@@ -99,8 +106,9 @@ def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
 def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
     """Insert the assistants; returns the assistant object of each job id.
 
-    The unique index on job_id makes this idempotent: a job processed before
-    (its result lost to a crash) finds the assistant it made then.
+    The `_id` derived from the job makes this idempotent: a job processed
+    before (its result lost to a crash) finds the assistant it made then.
+    Results keep only a reference to each assistant (see `record`).
     """
     created: dict[str, Any] = {}
     if not docs:
@@ -112,14 +120,14 @@ def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
         failed = {err["index"]: err for err in exc.details["writeErrors"]}
         if any(err["code"] != DUPLICATE_KEY for err in failed.values()):
             raise
-        duplicates = [docs[i]["job_id"] for i in failed]
+        duplicates = [docs[i]["_id"] for i in failed]
         docs = [doc for i, doc in enumerate(docs) if i not in failed]
     for doc in docs:
-        created[doc["job_id"]] = assistants.public(doc)
+        created[doc["job_id"]] = assistants.reference(doc)
     if duplicates:
-        for doc in rt.store.assistants.find({"job_id": {"$in": duplicates}}):
-            created[doc["job_id"]] = assistants.public(doc)
-        missing = set(duplicates) - created.keys()
+        for doc in rt.store.assistants.find({"_id": {"$in": duplicates}}):
+            created[doc["job_id"]] = assistants.reference(doc)
+        missing = {str(oid) for oid in duplicates} - {ref["_id"] for ref in created.values()}
         if missing:
             # A duplicate of the random assistant id, not of the job: try again.
             raise RuntimeError(f"assistant insert collided for jobs {sorted(missing)}")
@@ -129,28 +137,31 @@ def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
 def record(
     rt: Runtime, units: list[Doc], outcomes: dict[str, list[tuple[int, Any]]], now: int
 ) -> set[str]:
-    """Write results, fenced by the lease; returns the ids of units this call finished."""
+    """Write results, fenced by the lease; returns the ids of units this call finished.
+
+    A 200 result is stored as a reference to its assistant (the rest of the
+    object is the request itself), which keeps a chunk's results small.
+    """
     expires = expire_at(rt.settings, now)
+    owing = owes_job_events(rt, units)
     ops = []
     for unit in units:
         results = outcomes[unit["_id"]]
+        update: Doc = {
+            "status": "done",
+            "codes": [code for code, _ in results],
+            "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
+            "completed_at": now,
+            "expire_at": expires,
+            "done_by": unit["lease"],
+        }
+        if unit["_id"] in owing:
+            # The outbox: the events are owed in the same write as the result.
+            update["events_pending"] = True
         ops.append(
             UpdateOne(
                 {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
-                {
-                    "$set": {
-                        "status": "done",
-                        "codes": [code for code, _ in results],
-                        "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
-                        "completed_at": now,
-                        "expire_at": expires,
-                        # The outbox: the events to send are owed in the same
-                        # write as the result they report.
-                        "events_pending": True,
-                        "done_by": unit["lease"],
-                    },
-                    "$unset": {"lease": "", "lease_expires": ""},
-                },
+                {"$set": update, "$unset": {"lease": "", "lease_expires": ""}},
             )
         )
     rt.store.jobs.bulk_write(ops, ordered=False)
@@ -158,3 +169,10 @@ def record(
     # units this lease finished (a reclaimed unit's stale write matched nothing).
     token = units[0]["lease"]
     return {doc["_id"] for doc in rt.store.jobs.find({"done_by": token}, {"_id": 1})}
+
+
+def owes_job_events(rt: Runtime, units: list[Doc]) -> set[str]:
+    """Units whose jobs have somewhere to send their events."""
+    wanting = [unit for unit in units if unit.get("job_events", True)]
+    urls = webhooks.tenant_urls(rt, {u["tenant"] for u in wanting if not u.get("callback_url")})
+    return {u["_id"] for u in wanting if u.get("callback_url") or urls.get(u["tenant"])}

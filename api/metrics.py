@@ -1,0 +1,58 @@
+"""`/metrics`: Prometheus text for the edge, and the counting of every request.
+
+Under gunicorn the `api` command sets PROMETHEUS_MULTIPROC_DIR, so each worker
+process writes its samples to a file and a scrape of any one of them reads all.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from api.context import runtime, settings
+from worker import metrics
+
+bp = Blueprint("metrics", __name__)
+
+REQUESTS = Counter(
+    "assistant_ingest_http_requests_total",
+    "HTTP requests answered by the edge, by method, route template and status.",
+    ["method", "route", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "assistant_ingest_http_request_duration_seconds",
+    "Seconds the edge took to answer (until the body starts, for streams).",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def route() -> str:
+    """The matched route template, so ids do not make a series each."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        path = route()
+        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            REQUEST_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def scrape() -> Response:
+    depth = metrics.QueueDepth(runtime().redis, settings().redis_prefix)
+    return Response(generate_latest(metrics.registry(depth)), content_type=CONTENT_TYPE_LATEST)

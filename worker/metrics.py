@@ -1,0 +1,181 @@
+"""Instrumentation points of the worker: Prometheus metrics and the log line of each event.
+
+Metric objects are plain module-level declarations (no I/O). Under a
+multi-process server (gunicorn, Celery's prefork pool) the entry point sets
+PROMETHEUS_MULTIPROC_DIR before this module is imported, so every process
+writes its samples to a file there and one collector reads them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from worker.celery_app import ALL_QUEUES
+from worker.store import Doc
+
+log = logging.getLogger("worker.jobs")
+
+OUTCOMES = {200: "succeeded", 422: "failed"}
+
+JOBS = Counter(
+    "assistant_ingest_jobs_finished_total",
+    "Jobs finished, by kind (single or batch) and outcome (succeeded: 200, failed: 422, "
+    "error: 500 after repeated attempts).",
+    ["kind", "outcome"],
+)
+JOB_LATENCY = Histogram(
+    "assistant_ingest_job_latency_seconds",
+    "Seconds from a job's acceptance at the edge to its result (acceptance is recorded "
+    "to the second).",
+    ["kind"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600),
+)
+BATCH_CHUNKS = Counter(
+    "assistant_ingest_batch_chunks_processed_total",
+    'Batch chunks processed; with assistant_ingest_jobs_finished_total{kind="batch"} '
+    "this is batch throughput.",
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "assistant_ingest_webhook_attempts_total",
+    "Webhook delivery attempts, by what followed: delivered, retrying or failed.",
+    ["result"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "assistant_ingest_webhook_attempt_duration_seconds",
+    "Duration of one webhook delivery attempt.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+
+# Celery's Redis transport keeps a queue's prioritised messages in lists named
+# after it; priority 0 is the plain name.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITIES = (0, 3, 6, 9)
+
+
+def _kind(unit: Doc) -> str:
+    return "batch" if unit.get("batch_id") else "single"
+
+
+def units_claimed(units: list[Doc]) -> None:
+    """A worker took these units: one line each, carrying the request that made it."""
+    for unit in units:
+        log.info(
+            "job started",
+            extra={**_unit_fields(unit), "attempt": unit.get("attempts")},
+        )
+
+
+def units_finished(
+    units: list[Doc], outcomes: dict[str, list[tuple[int, Any]]], finished: set[str]
+) -> None:
+    """Count and log the units this worker finished (a fenced-out write counts nothing)."""
+    now = time.time()
+    for unit in units:
+        if unit["_id"] not in finished:
+            continue
+        kind = _kind(unit)
+        codes = [code for code, _ in outcomes[unit["_id"]]]
+        latency = max(0.0, now - unit["created_at"])
+        for code in codes:
+            JOBS.labels(kind, OUTCOMES.get(code, "error")).inc()
+            JOB_LATENCY.labels(kind).observe(latency)
+        if kind == "batch":
+            BATCH_CHUNKS.inc()
+        tally = {OUTCOMES.get(code, "error"): codes.count(code) for code in set(codes)}
+        extra: dict[str, Any] = {**_unit_fields(unit), "latency_seconds": round(latency, 3)}
+        if len(codes) == 1:
+            extra["status_code"] = codes[0]
+        else:
+            extra["outcomes"] = tally
+        log.info("job finished", extra=extra)
+
+
+def _unit_fields(unit: Doc) -> dict[str, Any]:
+    fields: dict[str, Any] = {"request_id": unit.get("request_id")}
+    if unit.get("batch_id"):
+        fields.update(batch_id=unit["batch_id"], unit_id=unit["_id"], jobs=len(unit["items"]))
+    else:
+        fields["job_id"] = unit["_id"]
+    return fields
+
+
+def webhook_attempt(result: str, duration_ms: int) -> None:
+    """One delivery attempt and what follows it: delivered, retrying (pending) or failed."""
+    WEBHOOK_ATTEMPTS.labels("retrying" if result == "pending" else result).inc()
+    WEBHOOK_SECONDS.observe(duration_ms / 1000)
+
+
+class QueueDepth(Collector):
+    """Messages waiting in each Celery queue, read from Redis at scrape time."""
+
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "assistant_ingest_queue_depth",
+            "Messages waiting in each Celery queue (Redis LLEN).",
+            labels=["queue"],
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        pipe = self._redis.pipeline(transaction=False)
+        for queue in ALL_QUEUES:
+            for priority in _PRIORITIES:
+                suffix = f"{_PRIORITY_SEP}{priority}" if priority else ""
+                pipe.llen(f"{self._prefix}:celery:{queue}{suffix}")
+        try:
+            lengths = pipe.execute()
+        except Exception:
+            logging.getLogger(__name__).warning("queue depth unavailable: Redis did not answer")
+            return
+        per_queue = len(_PRIORITIES)
+        for index, queue in enumerate(ALL_QUEUES):
+            depth = sum(lengths[index * per_queue : (index + 1) * per_queue])
+            family.add_metric([queue], depth)
+        yield family
+
+
+def registry(*extra: Collector) -> CollectorRegistry:
+    """What a scrape reads: every process's samples (multi-process mode) or this one's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+    else:
+        combined = CollectorRegistry()
+        combined.register(_Forward(REGISTRY))
+    for collector in extra:
+        combined.register(collector)
+    return combined
+
+
+class _Forward(Collector):
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return self._source.collect()
+
+
+def serve(port: int, *extra: Collector) -> None:
+    """Expose the metrics of this process and its children on `port` (a daemon thread)."""
+    start_http_server(port, registry=registry(*extra))
