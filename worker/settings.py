@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     chunk_max_bytes: int = 2 * 1024 * 1024
 
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # What `GET /v1/models` tells of each model: its owner and creation time.
+    models_owned_by: str = "system"
+    models_created: int = 0
     webhook_allow_private: bool = False
 
     idempotency_window_seconds: int = 24 * 3600
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     max_wait_seconds: int = 60
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
+
+    # Operations: the port a worker serves Prometheus metrics on (0: none).
+    metrics_port: int = 0
 
     @field_validator("models", "webhook_schedule", mode="before")
     @classmethod

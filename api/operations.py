@@ -1,0 +1,413 @@
+"""Every route of the service and what it answers, as API.md states it.
+
+The table is data for `api.openapi`; schemas are never written here, only
+named (pydantic models, or `{}` for any JSON value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from api import schemas as s
+from api.openapi import Answer, Body, Operation
+from api.webhooks import WebhookEndpointUpdate
+from worker.schema import Assistant
+
+DESCRIPTION = """\
+Asynchronous, reliable bulk provisioning of OpenAI-style assistants.
+
+A create is recorded as a job and answered at once with `202 Accepted`; a worker
+validates it and stores the assistant. The edge itself checks only what it must
+(authentication, rate limits, content type, size, headers, JSON syntax,
+idempotency): **any JSON value is accepted** and its fields are judged by the
+worker, whose `422` detail (FastAPI's shape) becomes the job's result. Clients
+poll the job, wait for it with `Prefer: wait=N`, or receive a signed webhook.
+
+Order of the edge's checks: 401, 429, 415, 413, header 422s, body 422
+(`json_invalid`), 409, then 202 or 503. Every `/v1` answer but 401 carries
+`RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; every answer
+carries `X-Request-ID`.
+"""
+
+TAGS = [
+    {"name": "assistants", "description": "Create (as jobs), read and delete assistants"},
+    {"name": "jobs", "description": "The state and result of each create request"},
+    {"name": "batches", "description": "Bulk provisioning"},
+    {"name": "models", "description": "The models a create may name"},
+    {"name": "webhooks", "description": "Where and how completion events are sent"},
+    {"name": "operations", "description": "Health, metrics and this document"},
+]
+
+ANY_JSON: dict[str, Any] = {}
+TEXT: dict[str, Any] = {"type": "string"}
+
+
+def _errors(*statuses: int) -> dict[int, Answer]:
+    """The error answers of a /v1 route: 401, 429 and 503 always, plus `statuses`."""
+    text = {
+        401: ("Missing, unknown or revoked API key", ("WWW-Authenticate!",)),
+        404: ("No such object for this tenant (another tenant's id included)", ()),
+        409: ("The Idempotency-Key was used with a different request", ()),
+        413: ("The body is over the size limit", ()),
+        415: ("The Content-Type is not one this route takes", ()),
+        429: ("Rate limit exceeded for this API key", ("Retry-After!",)),
+        503: ("The store is unavailable; nothing was accepted", ("Retry-After",)),
+    }
+    answers: dict[int, Answer] = {}
+    for status in sorted({401, 429, 503, *statuses}):
+        if status == 422:
+            answers[422] = Answer(
+                "Invalid input: `loc` says where (`body`, `query` or `header`)",
+                s.ValidationErrors,
+            )
+            continue
+        description, headers = text[status]
+        answers[status] = Answer(description, s.ErrorMessage, headers=headers)
+    return answers
+
+
+def _ok(description: str, body: Body, *headers: str) -> dict[int, Answer]:
+    return {200: Answer(description, body, headers=headers)}
+
+
+def table(create: type[BaseModel]) -> list[Operation]:
+    """`create` is the request model in force (a Literal `model` when a list is set)."""
+    job_accepted = Answer(
+        "Accepted: the job, `queued` (or as it is now, for an idempotent replay)",
+        s.Job,
+        headers=("Location!", "Retry-After!", "Idempotent-Replayed", "Preference-Applied"),
+    )
+    return [
+        Operation(
+            "createAssistant",
+            "POST",
+            "/v1/assistants",
+            "Create an assistant (as a job)",
+            "assistants",
+            {
+                200: Answer(
+                    "With `Prefer: wait=N`, the job succeeded in time: the assistant",
+                    Assistant,
+                    headers=("Location!", "Preference-Applied!", "Idempotent-Replayed"),
+                ),
+                202: job_accepted,
+                **_errors(409, 413, 415, 422),
+            },
+            description=(
+                "Any JSON body is accepted (202); the schema below is what the worker "
+                "checks. With `Prefer: wait=N`, a job that finishes in time is answered "
+                "as the origin API would: 200 with the assistant, or 422 with its detail."
+            ),
+            headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
+            body={"application/json": create},
+        ),
+        Operation(
+            "listAssistants",
+            "GET",
+            "/v1/assistants",
+            "List assistants",
+            "assistants",
+            {**_ok("A page, ordered by created_at then id", s.AssistantList), **_errors(422)},
+            description="An `after` or `before` id that does not exist is 422 at "
+            '`["query", name]`.',
+            query=s.AssistantListQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "getAssistant",
+            "GET",
+            "/v1/assistants/{assistant_id}",
+            "Read an assistant",
+            "assistants",
+            {**_ok("The assistant", Assistant), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "deleteAssistant",
+            "DELETE",
+            "/v1/assistants/{assistant_id}",
+            "Delete an assistant",
+            "assistants",
+            {**_ok("Deleted", s.AssistantDeleted), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "listModels",
+            "GET",
+            "/v1/models",
+            "List the models a create may name",
+            "models",
+            {
+                **_ok("The configured models; empty when any model is accepted", s.ModelList),
+                **_errors(),
+            },
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "getJob",
+            "GET",
+            "/v1/jobs/{job_id}",
+            "Read a job",
+            "jobs",
+            {
+                **_ok("The job", s.Job, "Location!", "Retry-After", "Preference-Applied"),
+                **_errors(404),
+            },
+            description="`Retry-After` is set while the job is not finished. `Prefer: "
+            "wait=N` long-polls until it finishes or N seconds pass.",
+            headers=(s.WaitHeaders, s.TraceHeaders),
+        ),
+        Operation(
+            "listJobs",
+            "GET",
+            "/v1/jobs",
+            "List jobs",
+            "jobs",
+            {**_ok("A page of jobs", s.JobList), **_errors(422)},
+            query=s.JobListQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "createBatch",
+            "POST",
+            "/v1/batches",
+            "Create a batch",
+            "batches",
+            {
+                202: Answer(
+                    "Accepted: the batch",
+                    s.Batch,
+                    headers=("Location!", "Idempotent-Replayed"),
+                ),
+                **_errors(409, 413, 415, 422),
+            },
+            description=(
+                "NDJSON (`application/x-ndjson` or `application/jsonl`: one "
+                "`BatchRequest` a line) or JSON (`BatchCreate`). A line that is not an "
+                "object with a `body`, or a duplicate `custom_id`, rejects the whole "
+                'batch with 422 at `["body", <line>, ...]`; field problems inside a '
+                "`body` are that job's 422 result. `Callback-URL` receives "
+                "`batch.completed` / `batch.cancelled`."
+            ),
+            query=s.BatchCreateQuery,
+            headers=(s.SubmitHeaders, s.TraceHeaders),
+            body={
+                "application/json": s.BatchCreate,
+                "application/x-ndjson": TEXT,
+                "application/jsonl": TEXT,
+            },
+        ),
+        Operation(
+            "listBatches",
+            "GET",
+            "/v1/batches",
+            "List batches",
+            "batches",
+            {**_ok("A page of batches", s.BatchList), **_errors(422)},
+            query=s.BatchListQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "getBatch",
+            "GET",
+            "/v1/batches/{batch_id}",
+            "Read a batch",
+            "batches",
+            {**_ok("The batch", s.Batch), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "cancelBatch",
+            "POST",
+            "/v1/batches/{batch_id}/cancel",
+            "Cancel a batch",
+            "batches",
+            {**_ok("The batch, `cancelling` (unchanged when finished)", s.Batch), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "getBatchResults",
+            "GET",
+            "/v1/batches/{batch_id}/results",
+            "Stream a batch's results",
+            "batches",
+            {
+                200: Answer(
+                    "One `BatchResultLine` per finished request, in input order (NDJSON)",
+                    TEXT,
+                    media="application/x-ndjson",
+                ),
+                **_errors(404, 422),
+            },
+            query=s.BatchResultsQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "setWebhookEndpoint",
+            "PUT",
+            "/v1/webhook_endpoint",
+            "Set the tenant's webhook endpoint",
+            "webhooks",
+            {**_ok("The endpoint", s.WebhookEndpoint), **_errors(415, 413, 422)},
+            description="The URL is checked like a `Callback-URL`: 422 at "
+            '`["body", "url"]` when it is refused.',
+            headers=(s.TraceHeaders,),
+            body={"application/json": WebhookEndpointUpdate},
+        ),
+        Operation(
+            "getWebhookEndpoint",
+            "GET",
+            "/v1/webhook_endpoint",
+            "Read the tenant's webhook endpoint",
+            "webhooks",
+            {**_ok("The endpoint", s.WebhookEndpoint), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "deleteWebhookEndpoint",
+            "DELETE",
+            "/v1/webhook_endpoint",
+            "Remove the tenant's webhook endpoint",
+            "webhooks",
+            {**_ok("Removed", s.WebhookEndpointDeleted), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "rotateWebhookSecret",
+            "POST",
+            "/v1/webhook_secret/rotate",
+            "Rotate the webhook signing secret",
+            "webhooks",
+            {
+                **_ok("The new secret; the old one also signs for 24 h", s.WebhookSecret),
+                **_errors(),
+            },
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "listWebhookDeliveries",
+            "GET",
+            "/v1/webhook_deliveries",
+            "List webhook deliveries",
+            "webhooks",
+            {**_ok("A page of deliveries", s.WebhookDeliveryList), **_errors(422)},
+            query=s.DeliveryListQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "getWebhookDelivery",
+            "GET",
+            "/v1/webhook_deliveries/{delivery_id}",
+            "Read a webhook delivery",
+            "webhooks",
+            {**_ok("The delivery", s.WebhookDelivery), **_errors(404)},
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "retryWebhookDelivery",
+            "POST",
+            "/v1/webhook_deliveries/{delivery_id}/retry",
+            "Send a failed delivery again (same webhook-id)",
+            "webhooks",
+            {
+                **_ok("The delivery, pending again (unchanged if pending)", s.WebhookDelivery),
+                **_errors(404, 409),
+            },
+            description="409 when the delivery was delivered already.",
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "healthz",
+            "GET",
+            "/healthz",
+            "The process is up",
+            "operations",
+            _ok("Up", s.Health),
+            public=True,
+        ),
+        Operation(
+            "readyz",
+            "GET",
+            "/readyz",
+            "Redis and MongoDB answer",
+            "operations",
+            {**_ok("Ready", s.Readiness), 503: Answer("Not ready", s.Readiness)},
+            public=True,
+        ),
+        Operation(
+            "metrics",
+            "GET",
+            "/metrics",
+            "Prometheus metrics",
+            "operations",
+            {200: Answer("Prometheus text exposition", TEXT, media="text/plain")},
+            public=True,
+        ),
+        Operation(
+            "openapi",
+            "GET",
+            "/openapi.json",
+            "This document",
+            "operations",
+            _ok("OpenAPI 3.1", {"type": "object"}),
+            public=True,
+        ),
+        Operation(
+            "docs",
+            "GET",
+            "/docs",
+            "This document, rendered",
+            "operations",
+            {200: Answer("Swagger UI", TEXT, media="text/html")},
+            public=True,
+        ),
+    ]
+
+
+EVENTS = {
+    "job.succeeded": "A job finished with a 200 result (`data.result.body` is the assistant)",
+    "job.failed": "A job finished with a 422 (or 500) result",
+    "batch.completed": "Every request of a batch has a result",
+    "batch.cancelled": "A cancelled batch's started requests have finished",
+}
+
+
+def webhooks(ref: Callable[[Body, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The events POSTed to callback URLs, signed per Standard Webhooks."""
+    headers = [
+        ("webhook-id", "`msg_...`, the same on every retry: dedupe on it"),
+        ("webhook-timestamp", "Unix seconds of this attempt"),
+        ("webhook-signature", "`v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`"),
+    ]
+    return {
+        event: {
+            "post": {
+                "summary": summary,
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": True,
+                        "schema": TEXT,
+                        **{"description": text},
+                    }
+                    for name, text in headers
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(s.WebhookEvent, "validation")}},
+                },
+                "responses": {
+                    "2XX": {"description": "Delivered"},
+                    "default": {
+                        "description": "Retried on network errors, timeouts, 408, 429 and "
+                        "5xx; other answers end the delivery"
+                    },
+                },
+            }
+        }
+        for event, summary in EVENTS.items()
+    }
