@@ -14,7 +14,20 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from api import assistants, auth, batches, errors, health, jobs, webhooks
+    from api import (
+        assistants,
+        auth,
+        batches,
+        errors,
+        health,
+        jobs,
+        limits,
+        logging_setup,
+        metrics,
+        models,
+        openapi,
+        webhooks,
+    )
 
     settings = settings or Settings()
     app = Flask(__name__)
@@ -33,8 +46,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
 
+    logging_setup.register(app)
+    metrics.register(app)
     errors.register(app)
     auth.register(app)
-    for blueprint in (assistants.bp, jobs.bp, batches.bp, health.bp, webhooks.bp):
+    limits.register(app, settings)  # after auth: 401 comes before 429
+    for blueprint in (assistants.bp, jobs.bp, batches.bp, models.bp, health.bp, webhooks.bp):
         app.register_blueprint(blueprint)
+    openapi.register(app)
     return app

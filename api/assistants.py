@@ -66,15 +66,10 @@ def list_assistants() -> Response:
     limit = queries.limit()
     order = queries.choice("order", ("asc", "desc"), "desc") or "desc"
     after, before = queries.text("after"), queries.text("before")
-    page = assistants.list_page(
-        store(), tenant(), limit=limit, order=order, after=after, before=before
-    )
-    if page is None:
-        name = (
-            "after"
-            if after is not None and assistants.get(store(), tenant(), after) is None
-            else "before"
+    try:
+        docs, has_more = assistants.list_page(
+            store(), tenant(), limit=limit, order=order, after=after, before=before
         )
-        raise queries.unknown_cursor(name, after if name == "after" else before)
-    docs, has_more = page
+    except assistants.UnknownCursor as exc:
+        raise queries.unknown_cursor(exc.name, exc.value) from exc
     return jsonify(queries.list_object([assistants.public(doc) for doc in docs], has_more))

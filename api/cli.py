@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,15 +65,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_api(args: argparse.Namespace) -> int:
-    from gunicorn.app.base import BaseApplication
+    settings = Settings()
+    # Gunicorn's worker processes share their metrics through files in this
+    # folder; prometheus_client reads the variable when it is first imported.
+    metrics_dir = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _serve_api(args, settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
+
+def _serve_api(args: argparse.Namespace, settings: Settings) -> int:
+    from gunicorn.app.base import BaseApplication
+    from prometheus_client import multiprocess
+
+    from api import logging_setup
     from api.app import create_app
+    from worker import logs
     from worker.store import Store
 
-    settings = Settings()
+    logs.configure(settings.log_level)
     store = Store.connect(settings, timeout_ms=30_000)
     store.ensure_indexes()
     store.close()
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
     class Edge(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -83,7 +103,10 @@ def run_api(args: argparse.Namespace) -> int:
             # Above the longest wait (60 s) and a long results stream.
             self.cfg.set("timeout", 300)
             self.cfg.set("graceful_timeout", 30)
+            # The app writes its own access line (with the request id, as JSON).
             self.cfg.set("accesslog", None)
+            self.cfg.set("logconfig_dict", logging_setup.gunicorn_config(settings.log_level))
+            self.cfg.set("child_exit", child_exit)
             if "control_socket_disable" in self.cfg.settings:
                 # One control socket per user would be shared by every edge on the host.
                 self.cfg.set("control_socket_disable", True)
@@ -96,10 +119,36 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if not settings.metrics_port:
+        return _run_worker(args, settings)
+    # The pool's processes share their metrics through files in this folder;
+    # prometheus_client reads the variable when it is first imported.
+    metrics_dir = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _run_worker(args, settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from celery.signals import setup_logging, worker_ready
+
+    from worker import logs, metrics
     from worker.celery_app import SINGLE_QUEUE, app, configure
     from worker.store import Store
 
-    settings = Settings()
+    def configure_logs(**_: Any) -> None:
+        logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
+
+    configure_logs()
+    # Celery leaves logging (and stdout) alone when someone answers this signal.
+    setup_logging.connect(configure_logs, weak=False)
+    if settings.metrics_port:
+        # Served from the main process once the pool is up, so no pool
+        # process inherits the listening socket.
+        worker_ready.connect(lambda **_: metrics.serve(settings.metrics_port), weak=False)
     configure(settings)
     store = Store.connect(settings, timeout_ms=30_000)
     store.ensure_indexes()
@@ -114,6 +163,7 @@ def run_worker(args: argparse.Namespace) -> int:
         prefetch = max(1, math.ceil(2 * settings.single_flush_every / concurrency))
     app.conf.worker_prefetch_multiplier = prefetch
     argv = [
+        "--quiet",  # no banner on stdout: every line is JSON; the start is logged below
         "worker",
         "--queues",
         ",".join(queues),
@@ -134,6 +184,17 @@ def run_worker(args: argparse.Namespace) -> int:
             "--schedule",
             str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}"),
         ]
+    logging.getLogger("worker").info(
+        "worker starting",
+        extra={
+            "queues": queues,
+            "concurrency": concurrency,
+            "pool": args.pool,
+            "prefetch_multiplier": prefetch,
+            "beat": bool(args.beat),
+            "metrics_port": settings.metrics_port or None,
+        },
+    )
     app.worker_main(argv)
     return 0
 

@@ -7,6 +7,7 @@ stored as JSON text, so every value the schema allows round-trips exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -20,16 +21,27 @@ from worker.store import Doc, Store
 
 def ensure_indexes(store: Store) -> None:
     store.assistants.create_index("id", unique=True)
-    # The idempotency key of processing: a redelivered job finds its assistant.
-    store.assistants.create_index("job_id", unique=True)
     store.assistants.create_index(
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
 
 
-def new_document(request: AssistantCreate, *, tenant: str, job_id: str, now: int) -> Doc:
+def object_id_for(job_id: str, job_created_at: int) -> ObjectId:
+    """The assistant's `_id`, fixed by its job: the idempotency key of processing.
+
+    A redelivered job derives the same `_id`, so its insert collides with the
+    assistant made before and finds it; no extra unique index is needed. The
+    first four bytes are a timestamp, as in every ObjectId.
+    """
+    digest = hashlib.sha256(job_id.encode()).digest()
+    return ObjectId(job_created_at.to_bytes(4, "big") + digest[:8])
+
+
+def new_document(
+    request: AssistantCreate, *, tenant: str, job_id: str, job_created_at: int, now: int
+) -> Doc:
     return {
-        "_id": ObjectId(),
+        "_id": object_id_for(job_id, job_created_at),
         "id": new_id("asst_"),
         "tenant": tenant,
         "job_id": job_id,
@@ -41,6 +53,32 @@ def new_document(request: AssistantCreate, *, tenant: str, job_id: str, now: int
         "tools_json": json.dumps(tools_as_given(request), ensure_ascii=False),
         "file_ids": request.file_ids,
         "metadata_json": json.dumps(request.metadata or {}, ensure_ascii=False),
+    }
+
+
+def reference(doc: Doc) -> dict[str, Any]:
+    """What a job's result keeps of its assistant; the rest is in the request."""
+    return {"_id": str(doc["_id"]), "id": doc["id"], "created_at": doc["created_at"]}
+
+
+def public_from_request(body: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """The assistant object rebuilt from a valid request and its reference.
+
+    Validation keeps valid values as sent (no coercion of these types, tools
+    as given), so this equals `public()` of the document that was inserted.
+    """
+    return {
+        "_id": ref["_id"],
+        "id": ref["id"],
+        "object": "assistant",
+        "created_at": ref["created_at"],
+        "name": body.get("name"),
+        "description": body.get("description"),
+        "model": body["model"],
+        "instructions": body.get("instructions"),
+        "tools": body.get("tools") or [],
+        "file_ids": body.get("file_ids") or [],
+        "metadata": body.get("metadata") or {},
     }
 
 
@@ -69,44 +107,62 @@ def delete(store: Store, tenant: str, assistant_id: str) -> bool:
     return store.assistants.delete_one({"id": assistant_id, "tenant": tenant}).deleted_count == 1
 
 
+class UnknownCursor(LookupError):
+    """An `after` or `before` id that names no assistant of the tenant."""
+
+    def __init__(self, name: str, value: str) -> None:
+        super().__init__(f"{name}={value}")
+        self.name = name
+        self.value = value
+
+
 def list_page(
     store: Store,
     tenant: str,
     *,
     limit: int,
     order: str,
-    after: str | None,
-    before: str | None,
-) -> tuple[list[Doc], bool] | None:
-    """A page ordered by (created_at, _id); None when a cursor id is unknown."""
-    query: Doc = {"tenant": tenant}
-    direction = DESCENDING if order == "desc" else ASCENDING
-    bounds = []
-    for cursor_id, forward in ((after, True), (before, False)):
+    after: str | None = None,
+    before: str | None = None,
+) -> tuple[list[Doc], bool]:
+    """A page ordered by (created_at, _id) and whether more follow in its direction.
+
+    `after` continues in the list's own order, `before` goes back against it.
+    Raises UnknownCursor for a cursor id the tenant does not have.
+    """
+    ascending = order == "asc"
+    bounds: list[Doc] = []
+    for name, cursor_id in (("after", after), ("before", before)):
         if cursor_id is None:
             continue
         anchor = store.assistants.find_one({"id": cursor_id, "tenant": tenant}, {"created_at": 1})
         if anchor is None:
-            return None
-        # "after" continues in the list's own order, "before" goes against it.
-        greater = forward == (order == "asc")
-        op = "$gt" if greater else "$lt"
-        bounds.append(
+            raise UnknownCursor(name, cursor_id)
+        op = "$gt" if (name == "after") == ascending else "$lt"
+        bounds += [
+            # The range alone bounds the index scan; the $or breaks ties by _id.
+            {"created_at": {op + "e": anchor["created_at"]}},
             {
                 "$or": [
                     {"created_at": {op: anchor["created_at"]}},
-                    {"created_at": anchor["created_at"], "_id": {op: anchor["_id"]}},
+                    {"_id": {op: anchor["_id"]}},
                 ]
-            }
-        )
+            },
+        ]
+    query: Doc = {"tenant": tenant}
     if bounds:
         query["$and"] = bounds
-    sort = [("created_at", direction), ("_id", direction)]
-    if before is not None and after is None:
-        # Read backwards from the cursor, then restore the list's order.
-        reverse = [("created_at", -direction), ("_id", -direction)]
-        docs = list(store.assistants.find(query, sort=reverse, limit=limit + 1))
-        has_more = len(docs) > limit
-        return list(reversed(docs[:limit])), has_more
-    docs = list(store.assistants.find(query, sort=sort, limit=limit + 1))
-    return docs[:limit], len(docs) > limit
+    direction = ASCENDING if ascending else DESCENDING
+    backwards = before is not None and after is None
+    if backwards:
+        # Read from the cursor towards the start, then restore the list's order.
+        direction = -direction
+    docs = list(
+        store.assistants.find(
+            query, sort=[("created_at", direction), ("_id", direction)], limit=limit + 1
+        )
+    )
+    page = docs[:limit]
+    if backwards:
+        page.reverse()
+    return page, len(docs) > limit

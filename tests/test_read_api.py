@@ -1,0 +1,274 @@
+"""Reading assistants (list, get, delete) and the model list, as API.md states them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from tests.stack import Servers, Stack, Tenant, running_stack
+
+
+def create_assistants(tenant: Tenant, count: int) -> list[dict[str, Any]]:
+    """Make `count` assistants; returns them ordered as the list orders them (oldest first)."""
+
+    def one(index: int) -> dict[str, Any]:
+        response = tenant.create({"model": "gpt-4", "name": f"a{index}"}, Prefer="wait=30")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        made = list(pool.map(one, range(count)))
+    return sorted(made, key=lambda a: (a["created_at"], ObjectId(a["_id"])))
+
+
+def ids(page: dict[str, Any]) -> list[str]:
+    return [assistant["id"] for assistant in page["data"]]
+
+
+def list_page(tenant: Tenant, **params: Any) -> dict[str, Any]:
+    response = tenant.request("GET", "/v1/assistants", params=params)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def query_error(tenant: Tenant, **params: Any) -> dict[str, Any]:
+    response = tenant.request("GET", "/v1/assistants", params=params)
+    assert response.status_code == 422, response.text
+    (entry,) = response.json()["detail"]
+    result: dict[str, Any] = entry
+    return result
+
+
+@pytest.fixture(scope="module")
+def listed(stack: Stack) -> tuple[Tenant, list[dict[str, Any]]]:
+    """A tenant with five assistants, shared by the tests that only read."""
+    tenant = stack.new_tenant()
+    return tenant, create_assistants(tenant, 5)
+
+
+def test_list_is_newest_first_by_default_in_the_list_shape(
+    listed: tuple[Tenant, list[dict[str, Any]]],
+) -> None:
+    tenant, made = listed
+    page = list_page(tenant)
+    newest_first = [a["id"] for a in reversed(made)]
+    assert page == {
+        "object": "list",
+        "data": list(reversed(made)),
+        "first_id": newest_first[0],
+        "last_id": newest_first[-1],
+        "has_more": False,
+    }
+
+
+def test_order_asc_is_oldest_first_ties_broken_by_id(
+    listed: tuple[Tenant, list[dict[str, Any]]],
+) -> None:
+    tenant, made = listed
+    assert ids(list_page(tenant, order="asc")) == [a["id"] for a in made]
+
+
+def test_after_pages_forward_in_either_order(listed: tuple[Tenant, list[dict[str, Any]]]) -> None:
+    tenant, made = listed
+    oldest_first = [a["id"] for a in made]
+    first = list_page(tenant, order="asc", limit=2)
+    assert ids(first) == oldest_first[:2] and first["has_more"] is True
+    second = list_page(tenant, order="asc", limit=2, after=first["last_id"])
+    assert ids(second) == oldest_first[2:4] and second["has_more"] is True
+    third = list_page(tenant, order="asc", limit=2, after=second["last_id"])
+    assert ids(third) == oldest_first[4:] and third["has_more"] is False
+
+    newest_first = oldest_first[::-1]
+    page = list_page(tenant, limit=3, after=newest_first[0])
+    assert ids(page) == newest_first[1:4] and page["has_more"] is True
+
+
+def test_before_pages_back_keeping_the_lists_order(
+    listed: tuple[Tenant, list[dict[str, Any]]],
+) -> None:
+    tenant, made = listed
+    oldest_first = [a["id"] for a in made]
+    page = list_page(tenant, order="asc", limit=2, before=oldest_first[4])
+    assert ids(page) == oldest_first[2:4] and page["has_more"] is True
+    page = list_page(tenant, order="asc", limit=2, before=oldest_first[2])
+    assert ids(page) == oldest_first[:2] and page["has_more"] is False
+
+    newest_first = oldest_first[::-1]
+    page = list_page(tenant, before=newest_first[3])
+    assert ids(page) == newest_first[:3] and page["has_more"] is False
+
+
+def test_after_and_before_together_give_what_lies_between(
+    listed: tuple[Tenant, list[dict[str, Any]]],
+) -> None:
+    tenant, made = listed
+    oldest_first = [a["id"] for a in made]
+    page = list_page(tenant, order="asc", after=oldest_first[0], before=oldest_first[4])
+    assert ids(page) == oldest_first[1:4]
+
+
+def test_an_empty_list_has_null_ids(tenant: Tenant) -> None:
+    assert list_page(tenant) == {
+        "object": "list",
+        "data": [],
+        "first_id": None,
+        "last_id": None,
+        "has_more": False,
+    }
+
+
+def test_limit_defaults_to_20(tenant: Tenant) -> None:
+    create_assistants(tenant, 21)
+    page = list_page(tenant)
+    assert len(page["data"]) == 20 and page["has_more"] is True
+    assert len(list_page(tenant, limit=100)["data"]) == 21
+
+
+@pytest.mark.parametrize(
+    ("value", "type_"),
+    [("0", "greater_than_equal"), ("101", "less_than_equal"), ("ten", "int_parsing")],
+)
+def test_limit_outside_1_to_100_is_422_at_the_query(tenant: Tenant, value: str, type_: str) -> None:
+    entry = query_error(tenant, limit=value)
+    assert entry["loc"] == ["query", "limit"] and entry["type"] == type_
+
+
+def test_order_other_than_asc_or_desc_is_422(tenant: Tenant) -> None:
+    entry = query_error(tenant, order="newest")
+    assert entry["loc"] == ["query", "order"] and entry["type"] == "literal_error"
+
+
+def test_an_unknown_query_parameter_is_422(tenant: Tenant) -> None:
+    entry = query_error(tenant, sort="name")
+    assert entry["loc"] == ["query", "sort"] and entry["type"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize("name", ["after", "before"])
+def test_an_unknown_cursor_id_is_422_at_its_name(
+    listed: tuple[Tenant, list[dict[str, Any]]], name: str
+) -> None:
+    tenant, made = listed
+    entry = query_error(tenant, **{name: "asst_doesnotexist000000000000"})
+    assert entry["loc"] == ["query", name]
+    # A good cursor beside it does not hide which one is unknown.
+    other = "before" if name == "after" else "after"
+    entry = query_error(tenant, **{other: made[2]["id"], name: "asst_nope"})
+    assert entry["loc"] == ["query", name]
+
+
+def test_another_tenants_assistants_are_neither_listed_nor_cursors(
+    listed: tuple[Tenant, list[dict[str, Any]]], other_tenant: Tenant
+) -> None:
+    _, made = listed
+    assert list_page(other_tenant)["data"] == []
+    entry = query_error(other_tenant, after=made[0]["id"])
+    assert entry["loc"] == ["query", "after"]
+
+
+def test_the_list_is_backed_by_an_index(stack: Stack) -> None:
+    store = stack.store()
+    try:
+        keys = [list(index["key"]) for index in store.assistants.index_information().values()]
+    finally:
+        store.close()
+    assert [("tenant", 1), ("created_at", 1), ("_id", 1)] in keys
+
+
+def test_delete_answers_the_deleted_object_and_the_assistant_is_gone(tenant: Tenant) -> None:
+    (assistant,) = create_assistants(tenant, 1)
+    path = f"/v1/assistants/{assistant['id']}"
+    response = tenant.request("DELETE", path)
+    assert response.status_code == 200
+    assert response.json() == {
+        "id": assistant["id"],
+        "object": "assistant.deleted",
+        "deleted": True,
+    }
+    assert tenant.request("GET", path).status_code == 404
+    assert list_page(tenant)["data"] == []
+    again = tenant.request("DELETE", path)
+    assert again.status_code == 404
+    assert again.json() == {"detail": "No assistant found"}
+
+
+def test_another_tenants_assistant_cannot_be_deleted(tenant: Tenant, other_tenant: Tenant) -> None:
+    (assistant,) = create_assistants(tenant, 1)
+    path = f"/v1/assistants/{assistant['id']}"
+    response = other_tenant.request("DELETE", path)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "No assistant found"}
+    assert tenant.request("GET", path).json() == assistant
+
+
+def test_a_deleted_assistant_is_an_unknown_cursor(tenant: Tenant) -> None:
+    first, second = create_assistants(tenant, 2)
+    assert tenant.request("DELETE", f"/v1/assistants/{first['id']}").status_code == 200
+    entry = query_error(tenant, after=first["id"])
+    assert entry["loc"] == ["query", "after"]
+    assert ids(list_page(tenant)) == [second["id"]]
+
+
+def test_without_a_model_list_models_is_empty_and_any_model_is_accepted(tenant: Tenant) -> None:
+    response = tenant.request("GET", "/v1/models")
+    assert response.status_code == 200
+    assert response.json() == {"object": "list", "data": []}
+    assert tenant.create({"model": "anything"}, Prefer="wait=30").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def models_stack(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    with running_stack(servers, logs_dir, MODELS="gpt-4o, gpt-4o-mini") as deployment:
+        yield deployment
+
+
+def test_models_lists_the_configured_models(models_stack: Stack) -> None:
+    tenant = models_stack.new_tenant()
+    response = tenant.request("GET", "/v1/models")
+    assert response.status_code == 200
+    assert response.json() == {
+        "object": "list",
+        "data": [
+            {"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "system"},
+            {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "system"},
+        ],
+    }
+
+
+def test_with_a_model_list_another_model_fails_with_literal_error(models_stack: Stack) -> None:
+    tenant = models_stack.new_tenant()
+    accepted = tenant.create({"model": "gpt-4"})
+    assert accepted.status_code == 202  # the edge does not judge fields
+    job = tenant.wait_job(accepted.json()["id"])
+    assert job["status"] == "failed"
+    assert job["result"] == {
+        "status_code": 422,
+        "body": {
+            "detail": [
+                {
+                    "type": "literal_error",
+                    "loc": ["body", "model"],
+                    "msg": "Input should be 'gpt-4o' or 'gpt-4o-mini'",
+                    "input": "gpt-4",
+                    "ctx": {"expected": "'gpt-4o' or 'gpt-4o-mini'"},
+                }
+            ]
+        },
+    }
+    named = tenant.create({"model": "gpt-4o-mini"}, Prefer="wait=30")
+    assert named.status_code == 200
+    assert named.json()["model"] == "gpt-4o-mini"
+
+
+def test_the_openapi_document_names_the_configured_models(models_stack: Stack) -> None:
+    import requests
+
+    document = requests.get(models_stack.url + "/openapi.json", timeout=30).json()
+    model = document["components"]["schemas"]["AssistantCreate"]["properties"]["model"]
+    assert model["enum"] == ["gpt-4o", "gpt-4o-mini"]
