@@ -8,6 +8,8 @@ from a programme of replies, one per request, then a default (200):
         hook.then(Reply(410))
         hook.then(Hang())            # hold the request past the sender's timeout
         hook.then(Reply(429, {"Retry-After": "3"}))
+        hook.then(Endless())         # 200, then a body that never ends
+        hook.then(Drip(0.3))         # a header a byte at a time, never finished
 """
 
 from __future__ import annotations
@@ -38,6 +40,22 @@ class Hang:
 
 
 @dataclass(frozen=True)
+class Endless:
+    """Answer 200 with a body that goes on until the sender hangs up."""
+
+
+@dataclass(frozen=True)
+class Drip:
+    """A 200 status line, then a header one byte every `interval` seconds,
+    never finished: each read is quick, the answer never completes."""
+
+    interval: float = 0.3
+
+
+Action = Reply | Hang | Endless | Drip
+
+
+@dataclass(frozen=True)
 class Received:
     path: str
     headers: dict[str, str]  # names in lower case
@@ -54,7 +72,7 @@ class Receiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.default: Reply = Reply()
-        self._programme: deque[Reply | Hang] = deque()
+        self._programme: deque[Action] = deque()
         self._requests: list[Received] = []
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -65,7 +83,7 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     # -- programming ------------------------------------------------------
-    def then(self, *replies: Reply | Hang) -> Receiver:
+    def then(self, *replies: Action) -> Receiver:
         with self._lock:
             self._programme.extend(replies)
         return self
@@ -137,14 +155,27 @@ class Receiver:
         with self._lock:
             action = self._programme.popleft() if self._programme else self.default
         headers = {name.lower(): value for name, value in handler.headers.items()}
+        answered = action.status if isinstance(action, Reply) else None
+        if isinstance(action, Endless):
+            answered = 200
+        with self._lock:
+            self._requests.append(Received(handler.path, headers, body, arrived, answered))
         if isinstance(action, Hang):
-            with self._lock:
-                self._requests.append(Received(handler.path, headers, body, arrived, None))
             self._released.wait(action.seconds)
             action = Reply()
-        else:
-            with self._lock:
-                self._requests.append(Received(handler.path, headers, body, arrived, action.status))
+        if isinstance(action, Drip):
+            handler.wfile.write(b"HTTP/1.0 200 OK\r\nX-Drip: ")
+            while not self._released.wait(action.interval):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+            return
+        if isinstance(action, Endless):
+            handler.send_response(200)
+            handler.end_headers()  # no Content-Length: the body ends when the connection does
+            chunk = b"x" * 65536
+            while not self._released.is_set():
+                handler.wfile.write(chunk)
+            return
         handler.send_response(action.status)
         for name, value in action.headers.items():
             handler.send_header(name, value)

@@ -17,7 +17,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.embedded import free_port
-from tests.receiver import Hang, Received, Receiver, Reply
+from tests.receiver import Drip, Endless, Hang, Received, Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from worker.tenants import new_webhook_secret
 
@@ -200,6 +200,31 @@ def test_timeout_is_a_failed_attempt_and_is_retried(tenant: Tenant) -> None:
     assert answered["status_code"] == 200
     assert [request.answered for request in requests] == [None, 200]
     assert {request.headers["webhook-id"] for request in requests} == {msg_id}
+
+
+def test_slow_drip_answer_is_cut_at_the_total_deadline(tenant: Tenant) -> None:
+    with Receiver() as hook:
+        hook.then(Drip(0.3))
+        tenant.create({"model": "m"}, **callback(hook.url()))
+        msg_id = hook.wait_for(1)[0].headers["webhook-id"]
+        found = wait_final(tenant, msg_id)
+
+    dripped, answered = found["attempts"]
+    assert dripped["status_code"] is None and dripped["error"].startswith("timeout")
+    assert answered["status_code"] == 200
+    assert found["status"] == "delivered"
+
+
+def test_endless_response_body_is_read_only_up_to_a_cap(tenant: Tenant) -> None:
+    with Receiver() as hook:
+        hook.then(Endless())
+        tenant.create({"model": "m"}, **callback(hook.url()))
+        msg_id = hook.wait_for(1)[0].headers["webhook-id"]
+        found = wait_final(tenant, msg_id)
+
+    # Reading it all would have run into the deadline: a timeout, not a 200.
+    assert found["status"] == "delivered"
+    assert codes(found) == [200]
 
 
 def test_exhausted_delivery_is_failed_and_kept(stack: Stack, tenant: Tenant) -> None:
@@ -520,3 +545,54 @@ def test_private_address_is_refused_again_at_delivery(guarded: Stack) -> None:
     assert found["status"] == "failed"
     (attempt,) = found["attempts"]
     assert attempt["status_code"] is None and attempt["error"].startswith("refused")
+
+
+# -- batch events ---------------------------------------------------------
+
+BATCH = {
+    "requests": [
+        {"custom_id": "ok-1", "body": {"model": "m"}},
+        {"custom_id": "ok-2", "body": {"model": "m"}},
+        {"custom_id": "bad", "body": {"name": 5}},
+    ]
+}
+
+
+def test_batch_completed_goes_to_the_batch_callback_without_job_events(tenant: Tenant) -> None:
+    with Receiver() as hook:
+        created = tenant.request("POST", "/v1/batches", json=BATCH, headers=callback(hook.url()))
+        assert created.status_code == 202, created.text
+        (request,) = hook.wait_for(1)
+        event = verify(tenant.webhook_secret, request)
+
+    batch = tenant.request("GET", f"/v1/batches/{created.json()['id']}").json()
+    assert event["type"] == "batch.completed"
+    assert event["data"] == batch
+    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "cancelled": 0}
+    # Job events are flushed before the batch settles, so none can follow.
+    assert [d["event_type"] for d in deliveries(tenant)["data"]] == ["batch.completed"]
+
+
+def test_batch_with_job_events_sends_them_too(tenant: Tenant) -> None:
+    with Receiver() as hook:
+        created = tenant.request(
+            "POST",
+            "/v1/batches",
+            params={"job_events": "true"},
+            json=BATCH,
+            headers=callback(hook.url()),
+        )
+        assert created.status_code == 202, created.text
+        events = [verify(tenant.webhook_secret, r) for r in hook.wait_for(4)]
+
+    batch_id = created.json()["id"]
+    jobs = {e["data"]["custom_id"]: e for e in events if e["type"].startswith("job.")}
+    assert {name: e["type"] for name, e in jobs.items()} == {
+        "ok-1": "job.succeeded",
+        "ok-2": "job.succeeded",
+        "bad": "job.failed",
+    }
+    assert all(e["data"]["batch_id"] == batch_id for e in jobs.values())
+    assert jobs["bad"]["data"]["result"]["status_code"] == 422
+    assert [e["type"] for e in events if e["type"].startswith("batch.")] == ["batch.completed"]
+    assert len(deliveries(tenant)["data"]) == 4
