@@ -93,7 +93,7 @@ def _insert_new(rt: Runtime, deliveries: list[Doc]) -> list[str]:
     return [d["_id"] for i, d in enumerate(deliveries) if i not in skipped]
 
 
-def _tenant_urls(rt: Runtime, tenants: set[str]) -> dict[str, str | None]:
+def tenant_urls(rt: Runtime, tenants: set[str]) -> dict[str, str | None]:
     docs = rt.store.tenants.find({"_id": {"$in": list(tenants)}}, {"webhook_url": 1})
     return {doc["_id"]: doc.get("webhook_url") for doc in docs}
 
@@ -105,7 +105,7 @@ def flush_unit_events(rt: Runtime, unit_ids: list[str]) -> None:
     units = list(rt.store.jobs.find({"_id": {"$in": unit_ids}, "events_pending": True}))
     if not units:
         return
-    urls = _tenant_urls(rt, {unit["tenant"] for unit in units})
+    urls = tenant_urls(rt, {unit["tenant"] for unit in units})
     deliveries = []
     for unit in units:
         url = unit.get("callback_url") or urls.get(unit["tenant"])
@@ -137,7 +137,7 @@ def flush_batch_event(rt: Runtime, batch_id: str) -> None:
     doc = rt.store.batches.find_one({"_id": batch_id, "events_pending": {"$type": "string"}})
     if doc is None:
         return
-    url = doc.get("callback_url") or _tenant_urls(rt, {doc["tenant"]}).get(doc["tenant"])
+    url = doc.get("callback_url") or tenant_urls(rt, {doc["tenant"]}).get(doc["tenant"])
     created: list[str] = []
     if url:
         event_type = doc["events_pending"]
