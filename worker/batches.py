@@ -74,7 +74,7 @@ def public(doc: Doc) -> Doc:
         "completed_at": doc.get("completed_at"),
         "cancelling_at": doc.get("cancelling_at"),
         "cancelled_at": doc.get("cancelled_at"),
-        "request_counts": doc["request_counts"],
+        "request_counts": request_counts(doc),
         "callback_url": doc.get("callback_url"),
         "metadata": json.loads(doc.get("metadata_json") or "{}"),
     }
@@ -139,6 +139,8 @@ class Stager:
                     "status": "in_progress",
                     "in_progress_at": now,
                     "request_counts.total": total,
+                    "chunks": self.seq,
+                    "tally": {},
                 }
             },
             return_document=ReturnDocument.AFTER,
@@ -162,36 +164,47 @@ def get(store: Store, tenant: str, batch_id: str) -> Doc | None:
     )
 
 
-def counts(store: Store, batch_id: str) -> tuple[dict[str, int], bool]:
-    """Counts recomputed from the chunks, and whether any chunk is still open."""
+def unit_facts(unit: Doc) -> list[int]:
+    """What a finished or cancelled chunk adds to its batch: completed, failed, cancelled."""
+    codes = unit["codes"]
+    completed = sum(1 for code in codes if code == 200)
+    failed = sum(1 for code in codes if code is not None and code != 200)
+    cancelled = len(codes) - completed - failed if unit["status"] == "cancelled" else 0
+    return [completed, failed, cancelled]
+
+
+def request_counts(doc: Doc) -> dict[str, int]:
     completed = failed = cancelled = 0
-    still_open = False
-    for unit in store.jobs.find({"batch_id": batch_id}, {"codes": 1, "status": 1}):
-        codes = unit["codes"]
-        completed += sum(1 for code in codes if code == 200)
-        failed += sum(1 for code in codes if code is not None and code != 200)
-        if unit["status"] == "cancelled":
-            cancelled += sum(1 for code in codes if code is None)
-        elif unit["status"] in OPEN_UNIT_STATES:
-            still_open = True
-    return {"completed": completed, "failed": failed, "cancelled": cancelled}, still_open
+    for fact in (doc.get("tally") or {}).values():
+        completed, failed, cancelled = completed + fact[0], failed + fact[1], cancelled + fact[2]
+    total = doc["request_counts"]["total"]
+    return {"total": total, "completed": completed, "failed": failed, "cancelled": cancelled}
 
 
-def refresh(rt: Runtime, batch_id: str) -> None:
-    """Bring a batch's counters and status up to what its chunks say."""
-    tally, still_open = counts(rt.store, batch_id)
-    rt.store.batches.update_one(
-        {"_id": batch_id},
-        {"$max": {f"request_counts.{name}": value for name, value in tally.items()}},
-    )
-    if still_open:
+def refresh(rt: Runtime, batch_id: str, facts: dict[int, list[int]]) -> None:
+    """Record what chunks of a batch finished with, and finish the batch after its last.
+
+    Each chunk's facts go under its own key, so recording them again (a
+    redelivered chunk, a reconciler pass) changes nothing: no bare `$inc`.
+    """
+    projection = {"tally": 1, "chunks": 1, "status": 1}
+    if facts:
+        doc = rt.store.batches.find_one_and_update(
+            {"_id": batch_id},
+            {"$set": {f"tally.{seq}": fact for seq, fact in facts.items()}},
+            projection=projection,
+            return_document=ReturnDocument.AFTER,
+        )
+    else:
+        doc = rt.store.batches.find_one({"_id": batch_id}, projection)
+    if doc is None or len(doc.get("tally") or {}) < doc.get("chunks", 0):
         return
     now = int(time.time())
     for current, final, stamp, event in (
         ("in_progress", "completed", "completed_at", "batch.completed"),
         ("cancelling", "cancelled", "cancelled_at", "batch.cancelled"),
     ):
-        doc = rt.store.batches.find_one_and_update(
+        done = rt.store.batches.find_one_and_update(
             {"_id": batch_id, "status": current},
             {
                 "$set": {
@@ -202,11 +215,24 @@ def refresh(rt: Runtime, batch_id: str) -> None:
                     "events_pending": event,
                 }
             },
-            return_document=ReturnDocument.AFTER,
+            projection={"_id": 1},
         )
-        if doc is not None:
+        if done is not None:
             webhooks.flush_batch_event(rt, batch_id)
             return
+
+
+def settle(rt: Runtime, batch_id: str) -> None:
+    """Tally chunks that finished without being counted (a crash in between)."""
+    doc = rt.store.batches.find_one({"_id": batch_id}, {"tally": 1})
+    if doc is None:
+        return
+    known = [int(seq) for seq in doc.get("tally") or {}]
+    missing = rt.store.jobs.find(
+        {"batch_id": batch_id, "status": {"$in": ["done", "cancelled"]}, "seq": {"$nin": known}},
+        {"codes": 1, "status": 1, "seq": 1},
+    )
+    refresh(rt, batch_id, {unit["seq"]: unit_facts(unit) for unit in missing})
 
 
 def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
@@ -230,7 +256,7 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
                 }
             },
         )
-        refresh(rt, batch_id)
+        settle(rt, batch_id)
         doc = get(rt.store, tenant, batch_id)
     return doc
 
@@ -260,7 +286,7 @@ def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Do
                 "custom_id": item["custom_id"],
                 "job_id": item["id"],
                 "status_code": code,
-                "body": json.loads(unit["results"][index]),
+                "body": jobs.result_body(unit, index),
             }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 
+from worker import assistants
 from worker.store import Doc, Store
 
 JOB_STATUSES = ("queued", "in_progress", "succeeded", "failed", "cancelled")
@@ -26,12 +27,13 @@ JOB_STATUSES = ("queued", "in_progress", "succeeded", "failed", "cancelled")
 def ensure_indexes(store: Store) -> None:
     store.jobs.create_index([("items.id", ASCENDING)])
     store.jobs.create_index([("batch_id", ASCENDING), ("seq", ASCENDING)])
+    # Settling a batch looks for its finished chunks only.
+    store.jobs.create_index([("batch_id", ASCENDING), ("status", ASCENDING)])
     store.jobs.create_index([("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
     # The reconciler's sweeps: stale queued units and expired leases.
     store.jobs.create_index([("status", ASCENDING), ("sent_at", ASCENDING)])
     store.jobs.create_index([("status", ASCENDING), ("lease_expires", ASCENDING)])
     store.jobs.create_index([("events_pending", ASCENDING)], sparse=True)
-    store.jobs.create_index([("done_by", ASCENDING)], sparse=True)
     store.jobs.create_index("expire_at", expireAfterSeconds=0)
 
 
@@ -88,7 +90,7 @@ def job_public(unit: Doc, index: int) -> Doc:
     status = item_status(unit, index)
     result = None
     if code is not None:
-        result = {"status_code": code, "body": json.loads(unit["results"][index])}
+        result = {"status_code": code, "body": result_body(unit, index)}
     finished = status in ("succeeded", "failed", "cancelled")
     return {
         "id": item["id"],
@@ -103,6 +105,14 @@ def job_public(unit: Doc, index: int) -> Doc:
         "callback_url": unit.get("callback_url"),
         "result": result,
     }
+
+
+def result_body(unit: Doc, index: int) -> Any:
+    """The body of a finished request's result: the assistant object or the error."""
+    stored = json.loads(unit["results"][index])
+    if unit["codes"][index] == 200:
+        return assistants.public_from_request(json.loads(unit["items"][index]["body"]), stored)
+    return stored
 
 
 def is_finished(job: Doc) -> bool:

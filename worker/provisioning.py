@@ -70,14 +70,20 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     )
     for uid, index, _ in requests:
         outcomes[uid][index] = (200, created[items[uid][index]["id"]])
-    finished = record(rt, units, outcomes, now)
+    owing = owes_job_events(rt, units)
+    finished = record(rt, units, outcomes, now, owing)
     metrics.units_finished(units, outcomes, finished)
     done_units = [unit for unit in units if unit["_id"] in finished]
     rt.publish_finished([item["id"] for unit in done_units for item in unit["items"]])
-    webhooks.flush_unit_events(rt, [unit["_id"] for unit in done_units])
-    batch_ids = {unit["batch_id"] for unit in done_units if unit.get("batch_id")}
-    for batch_id in batch_ids:
-        batches.refresh(rt, batch_id)
+    webhooks.flush_unit_events(rt, [unit["_id"] for unit in done_units if unit["_id"] in owing])
+    tallies: dict[str, dict[int, list[int]]] = {}
+    for unit in done_units:
+        if unit.get("batch_id"):
+            codes = [code for code, _ in outcomes[unit["_id"]]]
+            facts = batches.unit_facts({"codes": codes, "status": "done"})
+            tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = facts
+    for batch_id, facts_by_seq in tallies.items():
+        batches.refresh(rt, batch_id, facts_by_seq)
     return len(finished)
 
 
@@ -100,7 +106,7 @@ def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
             }
         ],
     )
-    return list(rt.store.jobs.find({"lease": token}, {"results": 0}))
+    return list(rt.store.jobs.find({"_id": {"$in": unit_ids}, "lease": token}, {"results": 0}))
 
 
 def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
@@ -135,7 +141,11 @@ def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
 
 
 def record(
-    rt: Runtime, units: list[Doc], outcomes: dict[str, list[tuple[int, Any]]], now: int
+    rt: Runtime,
+    units: list[Doc],
+    outcomes: dict[str, list[tuple[int, Any]]],
+    now: int,
+    owing: set[str],
 ) -> set[str]:
     """Write results, fenced by the lease; returns the ids of units this call finished.
 
@@ -143,7 +153,6 @@ def record(
     object is the request itself), which keeps a chunk's results small.
     """
     expires = expire_at(rt.settings, now)
-    owing = owes_job_events(rt, units)
     ops = []
     for unit in units:
         results = outcomes[unit["_id"]]
@@ -167,8 +176,9 @@ def record(
     rt.store.jobs.bulk_write(ops, ordered=False)
     # Which writes matched is not reported per operation; read back which
     # units this lease finished (a reclaimed unit's stale write matched nothing).
-    token = units[0]["lease"]
-    return {doc["_id"] for doc in rt.store.jobs.find({"done_by": token}, {"_id": 1})}
+    ids = [unit["_id"] for unit in units]
+    done = rt.store.jobs.find({"_id": {"$in": ids}, "done_by": units[0]["lease"]}, {"_id": 1})
+    return {doc["_id"] for doc in done}
 
 
 def owes_job_events(rt: Runtime, units: list[Doc]) -> set[str]:

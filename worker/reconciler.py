@@ -99,7 +99,7 @@ def settle_batches(rt: Runtime) -> None:
     for doc in rt.store.batches.find(
         {"status": {"$in": ["in_progress", "cancelling"]}}, {"_id": 1}, limit=SWEEP_LIMIT
     ):
-        batches.refresh(rt, doc["_id"])
+        batches.settle(rt, doc["_id"])
 
 
 def sweep_webhooks(rt: Runtime) -> None:
