@@ -18,6 +18,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Strings and structural characters, for locating a problem after a parse.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile(
     r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
@@ -84,6 +85,9 @@ def parse(raw: bytes) -> Any:
         raise JsonInvalid(_locate_number(text, str(exc)), str(exc)) from exc
     except RecursionError as exc:
         raise JsonInvalid(_locate_depth(text), DEPTH_ERROR) from exc
+    # Most documents cannot hold what check_value looks for: skip the walk then.
+    if text.count("[") + text.count("{") <= MAX_DEPTH and not _SURROGATE_ESCAPE.search(text):
+        return value
     try:
         check_value(value)
     except ValueError as exc:

@@ -10,7 +10,7 @@ RANDOM_CHARS = 24
 
 
 def new_id(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(RANDOM_CHARS))
+    return new_ids(prefix, 1)[0]
 
 
 def new_ids(prefix: str, count: int) -> list[str]:
