@@ -78,7 +78,8 @@ def table(create: type[BaseModel]) -> list[Operation]:
     job_accepted = Answer(
         "Accepted: the job, `queued` (or as it is now, for an idempotent replay)",
         s.Job,
-        headers=("Location!", "Retry-After!", "Idempotent-Replayed", "Preference-Applied"),
+        # Retry-After while the job runs; a replay may find it finished already.
+        headers=("Location!", "Retry-After", "Idempotent-Replayed", "Preference-Applied"),
     )
     return [
         Operation(

@@ -1,0 +1,180 @@
+"""`/metrics` of the edge and the worker's metrics port: Prometheus text, summed
+over every process of each (gunicorn workers, Celery's pool)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.embedded import free_port
+from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+class Observed:
+    """Metrics of one deployment, its edge's and its worker's."""
+
+    def __init__(self, stack: Stack, worker_port: int) -> None:
+        self.stack = stack
+        self.worker_port = worker_port
+
+    def edge(self) -> Samples:
+        return scrape(self.stack.url + "/metrics")
+
+    def worker(self) -> Samples:
+        return scrape(f"http://127.0.0.1:{self.worker_port}/metrics")
+
+
+@pytest.fixture(scope="module")
+def observed(servers: Servers, logs_dir: Path) -> Iterator[Observed]:
+    port = free_port()
+    with running_stack(servers, logs_dir, METRICS_PORT=str(port)) as deployment:
+        yield Observed(deployment, port)
+
+
+@pytest.fixture
+def client(observed: Observed) -> Tenant:
+    return observed.stack.new_tenant()
+
+
+def test_edge_counts_requests_by_route_template_and_status(
+    observed: Observed, client: Tenant
+) -> None:
+    name = "assistant_ingest_http_requests_total"
+    labels = {"method": "GET", "route": "/v1/assistants/<assistant_id>", "status": "404"}
+    before = value(observed.edge(), name, **labels)
+    for index in range(3):
+        assert client.request("GET", f"/v1/assistants/asst_missing{index}").status_code == 404
+    after = observed.edge()
+    # Requests land on either gunicorn worker; the scrape sums them all.
+    assert value(after, name, **labels) == before + 3
+    count = "assistant_ingest_http_request_duration_seconds_count"
+    assert value(after, count, method="GET", route="/v1/assistants/<assistant_id>") >= 3
+
+
+def test_worker_counts_jobs_by_outcome_with_their_latency(
+    observed: Observed, client: Tenant
+) -> None:
+    before = observed.worker()
+    assert client.create({"model": "m"}, Prefer="wait=30").status_code == 200
+    assert client.create({"model": "m", "name": "x"}, Prefer="wait=30").status_code == 200
+    assert client.create({"name": 5}, Prefer="wait=30").status_code == 422
+    after = observed.worker()
+    jobs = "assistant_ingest_jobs_finished_total"
+    for outcome, made in (("succeeded", 2), ("failed", 1)):
+        labels = {"kind": "single", "outcome": outcome}
+        assert value(after, jobs, **labels) == value(before, jobs, **labels) + made
+    latency = "assistant_ingest_job_latency_seconds_count"
+    assert value(after, latency, kind="single") == value(before, latency, kind="single") + 3
+
+
+def test_batch_throughput_is_counted(observed: Observed, client: Tenant) -> None:
+    before = observed.worker()
+    lines = "".join(f'{{"custom_id": "c{i}", "body": {{"model": "m"}}}}\n' for i in range(3))
+    response = client.request(
+        "POST",
+        "/v1/batches",
+        data=lines.encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+
+    def completed() -> bool:
+        batch = client.request("GET", f"/v1/batches/{batch_id}").json()
+        return bool(batch["status"] == "completed")
+
+    wait_until(completed)
+    after = observed.worker()
+    jobs = "assistant_ingest_jobs_finished_total"
+    labels = {"kind": "batch", "outcome": "succeeded"}
+    assert value(after, jobs, **labels) == value(before, jobs, **labels) + 3
+    chunks = "assistant_ingest_batch_chunks_processed_total"
+    assert value(after, chunks) > value(before, chunks)
+
+
+def test_queue_depth_is_read_from_redis(observed: Observed, client: Tenant) -> None:
+    stack = observed.stack
+    stack.kill("worker")  # nothing consumes while it is down
+    try:
+        for _ in range(3):
+            assert client.create({"model": "m"}).status_code == 202
+        depth = observed.edge()
+        assert value(depth, "assistant_ingest_queue_depth", queue="single") == 3
+        for queue in ("bulk", "webhooks", "maintenance"):
+            assert ("assistant_ingest_queue_depth", frozenset({("queue", queue)})) in depth
+    finally:
+        stack.start_worker()
+    wait_until(lambda: value(observed.edge(), "assistant_ingest_queue_depth", queue="single") == 0)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_webhook_attempts_are_counted_by_result(
+    observed: Observed, client: Tenant, receiver: str
+) -> None:
+    name = "assistant_ingest_webhook_attempts_total"
+    before = observed.worker()
+    created = client.create({"model": "m"}, **{"Callback-URL": receiver})
+    assert created.status_code == 202
+    closed = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    assert client.create({"model": "m"}, **{"Callback-URL": closed}).status_code == 202
+    for result in ("delivered", "retrying"):
+        wait_until(
+            lambda result=result: (
+                value(observed.worker(), name, result=result) > value(before, name, result=result)
+            )
+        )
+
+
+def test_the_api_command_removes_its_metrics_folder_when_it_stops(
+    servers: Servers, logs_dir: Path, tmp_path: Path
+) -> None:
+    with running_stack(servers, logs_dir, TMPDIR=str(tmp_path)) as stack:
+        tenant = stack.new_tenant()
+        assert tenant.request("GET", "/v1/models").status_code == 200
+        (folder,) = tmp_path.glob("assistant-ingest-metrics-*")
+        assert any(folder.iterdir())  # the processes' sample files
+    assert not list(tmp_path.glob("assistant-ingest-metrics-*"))
