@@ -1,0 +1,105 @@
+"""Rate limits per API key: RateLimit-* on every /v1 answer, 429 with Retry-After,
+checked after authentication and before everything else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.stack import Servers, Stack, Tenant, running_stack
+
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def limited(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    # A window of an hour: counting starts at a key's first request, so no
+    # window ends inside a test.
+    with running_stack(servers, logs_dir, RATE_LIMIT=f"{LIMIT}/hour") as deployment:
+        yield deployment
+
+
+@pytest.fixture
+def client(limited: Stack) -> Tenant:
+    return limited.new_tenant()
+
+
+def use_up(client: Tenant) -> None:
+    for _ in range(LIMIT):
+        assert client.request("GET", "/v1/models").status_code == 200
+
+
+def test_every_v1_answer_tells_the_limit_and_what_remains(client: Tenant) -> None:
+    answers = [
+        client.request("GET", "/v1/models"),
+        client.request("GET", "/v1/assistants/asst_missing"),
+        client.create({"model": "m"}),
+    ]
+    assert [a.status_code for a in answers] == [200, 404, 202]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+    for answer in answers:
+        assert answer.headers["RateLimit-Limit"] == str(LIMIT)
+        assert 0 < int(answer.headers["RateLimit-Reset"]) <= 3600
+    # Retry-After on a 202 is the job's polling hint, not the limit's.
+    assert answers[2].headers["Retry-After"] == "1"
+
+
+def test_over_the_limit_is_429_with_retry_after(client: Tenant) -> None:
+    use_up(client)
+    response = client.request("GET", "/v1/models")
+    assert response.status_code == 429
+    assert response.json() == {"detail": f"Rate limit exceeded: {LIMIT} per 1 hour"}
+    assert 0 < int(response.headers["Retry-After"]) <= 3600
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert response.headers["RateLimit-Limit"] == str(LIMIT)
+
+
+def test_limits_are_per_api_key(limited: Stack, client: Tenant) -> None:
+    use_up(client)
+    assert client.request("GET", "/v1/models").status_code == 429
+    other = limited.new_tenant()
+    assert other.request("GET", "/v1/models").status_code == 200
+
+
+def test_401_comes_before_429_and_costs_nothing(limited: Stack, client: Tenant) -> None:
+    for _ in range(LIMIT + 1):
+        response = requests.get(
+            limited.url + "/v1/models", headers={"Authorization": "Bearer aik_wrong"}, timeout=30
+        )
+        assert response.status_code == 401
+        assert "RateLimit-Limit" not in response.headers
+    assert client.request("GET", "/v1/models").headers["RateLimit-Remaining"] == "2"
+
+
+def test_429_comes_before_415_413_and_422(client: Tenant) -> None:
+    use_up(client)
+    for response in (
+        client.request("POST", "/v1/assistants", data=b"x", headers={"Content-Type": "text/plain"}),
+        client.request("POST", "/v1/assistants", data=b"{" * (2 << 20), headers={
+            "Content-Type": "application/json"
+        }),
+        client.request("GET", "/v1/assistants", params={"limit": "0"}),
+    ):  # fmt: skip
+        assert response.status_code == 429
+
+
+def test_a_batch_costs_one_request(client: Tenant) -> None:
+    lines = "".join(f'{{"body": {{"model": "m{i}"}}}}\n' for i in range(10))
+    response = client.request(
+        "POST",
+        "/v1/batches",
+        data=lines.encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 202, response.text
+    assert response.headers["RateLimit-Remaining"] == str(LIMIT - 1)
+
+
+def test_health_metrics_and_the_document_are_not_limited(limited: Stack) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        response = requests.get(limited.url + path, timeout=30)
+        assert response.status_code == 200
+        assert "RateLimit-Limit" not in response.headers
