@@ -1,0 +1,23 @@
+# The image of every service of the stack: the edge, the workers and Flower.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+RUN useradd --create-home --uid 10001 app
+
+# Extras to install beside the service itself; docker-compose.yml asks for
+# "flower" in the image its Flower service runs.
+ARG EXTRAS=""
+
+COPY pyproject.toml README.md* ./
+COPY api ./api
+COPY worker ./worker
+RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; else pip install .; fi
+
+USER app
+EXPOSE 8000 9100
+CMD ["assistant-ingest", "api", "--host", "0.0.0.0", "--port", "8000"]
