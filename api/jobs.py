@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from api import queries
@@ -21,7 +22,12 @@ def listener() -> FinishedListener:
     existing: FinishedListener | None = extensions.get("assistant_ingest.listener")
     if existing is None:
         rt = runtime()
-        existing = FinishedListener(rt.redis, rt.finished_channel)
+        # Its own connection, without a read timeout: a subscription is idle
+        # for as long as no job finishes. Keepalive notices a dead peer.
+        client = redis.Redis.from_url(
+            rt.settings.redis_url, socket_connect_timeout=2, socket_keepalive=True
+        )
+        existing = FinishedListener(client, rt.finished_channel)
         extensions["assistant_ingest.listener"] = existing
     return existing
 

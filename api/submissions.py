@@ -62,6 +62,7 @@ def submit_single(
             now=now,
             callback_url=callback_url,
             request_id=request_id,
+            resend_after=rt.settings.resend_after_seconds,
         )
         jobs.insert_unit(rt.store, unit)
     except PyMongoError as exc:

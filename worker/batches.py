@@ -118,7 +118,9 @@ class Stager:
             seq=self.seq,
             job_events=self.batch["job_events"],
         )
+        # Invisible and unsent until the whole batch is in: not due for resending.
         unit["status"] = "staged"
+        del unit["due_at"]
         self.rt.store.jobs.insert_one(unit)
         self.seq += 1
         self.items, self.size = [], 0
@@ -130,7 +132,7 @@ class Stager:
         now = int(time.time())
         self.rt.store.jobs.update_many(
             {"batch_id": batch_id, "status": "staged"},
-            {"$set": {"status": "queued", "sent_at": now}},
+            {"$set": {"status": "queued", "due_at": now + self.rt.settings.resend_after_seconds}},
         )
         doc = self.rt.store.batches.find_one_and_update(
             {"_id": batch_id, "status": "validating"},
@@ -253,7 +255,8 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
                     "status": "cancelled",
                     "completed_at": now,
                     "expire_at": expire_at(rt.settings, now),
-                }
+                },
+                "$unset": {"due_at": ""},
             },
         )
         settle(rt, batch_id)

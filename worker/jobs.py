@@ -12,7 +12,6 @@ own status is derived from its unit's state and its result code.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,15 +23,21 @@ from worker.store import Doc, Store
 JOB_STATUSES = ("queued", "in_progress", "succeeded", "failed", "cancelled")
 
 
+# Every index is paid for on each of a unit's writes, so there are few, and
+# those that only batches need leave single creates out (they carry no batch_id).
+IN_A_BATCH = {"batch_id": {"$exists": True}}
+
+
 def ensure_indexes(store: Store) -> None:
-    store.jobs.create_index([("items.id", ASCENDING)])
-    store.jobs.create_index([("batch_id", ASCENDING), ("seq", ASCENDING)])
-    # Settling a batch looks for its finished chunks only.
-    store.jobs.create_index([("batch_id", ASCENDING), ("status", ASCENDING)])
+    # A single create's job id is its unit's _id; a batch job is found by item.
+    store.jobs.create_index([("items.id", ASCENDING)], partialFilterExpression=IN_A_BATCH)
+    store.jobs.create_index(
+        [("batch_id", ASCENDING), ("seq", ASCENDING)], partialFilterExpression=IN_A_BATCH
+    )
     store.jobs.create_index([("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
-    # The reconciler's sweeps: stale queued units and expired leases.
-    store.jobs.create_index([("status", ASCENDING), ("sent_at", ASCENDING)])
-    store.jobs.create_index([("status", ASCENDING), ("lease_expires", ASCENDING)])
+    # The reconciler's one sweep: only open units carry `due_at` (when a queued
+    # unit is sent again, or when an in_progress unit's lease runs out).
+    store.jobs.create_index([("due_at", ASCENDING)], sparse=True)
     store.jobs.create_index([("events_pending", ASCENDING)], sparse=True)
     store.jobs.create_index("expire_at", expireAfterSeconds=0)
 
@@ -48,18 +53,18 @@ def new_unit(
     batch_id: str | None = None,
     seq: int = 0,
     job_events: bool = True,
+    resend_after: int = 30,
 ) -> Doc:
     """A unit ready to insert; items are `{"id", "custom_id", "body"}`."""
-    return {
+    unit: Doc = {
         "_id": unit_id,
         "tenant": tenant,
-        "batch_id": batch_id,
         "seq": seq,
         "status": "queued",
         "created_at": now,
         "started_at": None,
         "completed_at": None,
-        "sent_at": now,
+        "due_at": now + resend_after,
         "attempts": 0,
         "callback_url": callback_url,
         "request_id": request_id,
@@ -68,6 +73,9 @@ def new_unit(
         "codes": [None] * len(items),
         "results": [None] * len(items),
     }
+    if batch_id is not None:
+        unit["batch_id"] = batch_id
+    return unit
 
 
 def item_status(unit: Doc, index: int) -> str:
@@ -123,11 +131,21 @@ def insert_unit(store: Store, unit: Doc) -> None:
     store.jobs.insert_one(unit)
 
 
+def find_unit(
+    store: Store, tenant: str, job_id: str, projection: dict[str, Any] | None = None
+) -> Doc | None:
+    """The unit holding a job: a single create's job id is its unit's _id."""
+    unit = store.jobs.find_one({"_id": job_id, "tenant": tenant}, projection)
+    if unit is None:
+        unit = store.jobs.find_one({"items.id": job_id, "tenant": tenant, **IN_A_BATCH}, projection)
+    return unit
+
+
 def get_job(store: Store, tenant: str, job_id: str) -> Doc | None:
     # A single create's unit id is its job id: one indexed read of a small doc.
     unit = store.jobs.find_one({"_id": job_id, "tenant": tenant})
     if unit is None:
-        unit = store.jobs.find_one({"items.id": job_id, "tenant": tenant})
+        unit = store.jobs.find_one({"items.id": job_id, "tenant": tenant, **IN_A_BATCH})
     if unit is None:
         return None
     for index, item in enumerate(unit["items"]):
@@ -160,9 +178,7 @@ def list_jobs(
     else:
         sort = [("created_at", ASCENDING), ("_id", ASCENDING)]
     if after is not None:
-        anchor = store.jobs.find_one(
-            {"tenant": tenant, "items.id": after}, {"created_at": 1, "seq": 1, "batch_id": 1}
-        )
+        anchor = find_unit(store, tenant, after, {"created_at": 1, "seq": 1, "batch_id": 1})
         if anchor is None or (batch_id is not None and anchor.get("batch_id") != batch_id):
             return None
         if batch_id is not None:
@@ -184,15 +200,3 @@ def list_jobs(
             return page, True
         page.append(job)
     return page, False
-
-
-def mark_sent(store: Store, unit_ids: list[str]) -> None:
-    store.jobs.update_many({"_id": {"$in": unit_ids}}, {"$set": {"sent_at": int(time.time())}})
-
-
-def finished_ids(unit: Doc) -> list[str]:
-    return [item["id"] for item in unit["items"]]
-
-
-def project_for_processing() -> dict[str, Any]:
-    return {"results": 0}

@@ -98,7 +98,8 @@ def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
                 "$set": {
                     "status": "in_progress",
                     "lease": token,
-                    "lease_expires": now + rt.settings.lease_seconds,
+                    # Past this, the reconciler takes the unit back.
+                    "due_at": now + rt.settings.lease_seconds,
                     "attempts": {"$add": ["$attempts", 1]},
                     # The first attempt's start is the job's start.
                     "started_at": {"$ifNull": ["$started_at", int(now)]},
@@ -170,7 +171,7 @@ def record(
         ops.append(
             UpdateOne(
                 {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
-                {"$set": update, "$unset": {"lease": "", "lease_expires": ""}},
+                {"$set": update, "$unset": {"lease": "", "due_at": ""}},
             )
         )
     rt.store.jobs.bulk_write(ops, ordered=False)

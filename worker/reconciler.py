@@ -1,11 +1,13 @@
 """The reconciler: MongoDB is the truth, so whatever Redis lost is found here.
 
-- queued units whose last send is older than a threshold are sent again
-  (a long honest backlog is not duplicated: its sends are recent);
-- in_progress units whose lease ran out are put back to queued and sent;
+Every open unit carries `due_at`: for a queued unit, when to send it again;
+for an in_progress unit, when its lease runs out. One sweep finds them:
+- an expired lease is taken back (fenced on the lease seen) and the unit sent;
+- a queued unit is sent again, unless its queue still holds messages: a long
+  honest backlog is not duplicated, its own message is likely among them;
 - events owed by the outbox but never flushed are flushed;
-- batches left half-stored by a crashed edge are removed, and batches whose
-  chunks all finished are brought to their final state.
+- batches left half-stored by a crashed edge are removed, and chunks that
+  finished without being tallied are tallied.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import logging
 import time
 
 from worker import batches, tasks, webhooks
+from worker.celery_app import BULK_QUEUE, SINGLE_QUEUE
 from worker.runtime import Runtime
+from worker.store import Doc
 
 log = logging.getLogger(__name__)
 
@@ -22,62 +26,52 @@ SWEEP_LIMIT = 5000
 
 
 def reconcile(rt: Runtime) -> None:
-    reclaim_expired_leases(rt)
-    resend_stale(rt)
+    resend_due(rt)
     flush_outbox(rt)
     settle_batches(rt)
 
 
-def reclaim_expired_leases(rt: Runtime) -> int:
-    now = time.time()
-    expired = rt.store.jobs.find(
-        {"status": "in_progress", "lease_expires": {"$lt": now}},
-        {"lease": 1},
+def resend_due(rt: Runtime) -> int:
+    now = int(time.time())
+    backlog = {queue: rt.queue_depth(queue) > 0 for queue in (SINGLE_QUEUE, BULK_QUEUE)}
+    due = rt.store.jobs.find(
+        {"due_at": {"$lt": now}},
+        {"status": 1, "lease": 1, "due_at": 1, "batch_id": 1},
         limit=SWEEP_LIMIT,
     )
-    reclaimed = 0
-    for unit in expired:
-        # Conditional on the lease we saw: a worker that finishes in between wins.
-        result = rt.store.jobs.update_one(
-            {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
-            {
-                "$set": {"status": "queued", "sent_at": 0},
-                "$unset": {"lease": "", "lease_expires": ""},
-            },
-        )
-        reclaimed += result.modified_count
-    if reclaimed:
-        log.warning("reclaimed %d units whose lease expired", reclaimed)
-    return reclaimed
-
-
-def resend_stale(rt: Runtime) -> int:
-    now = int(time.time())
-    threshold = now - rt.settings.resend_after_seconds
-    stale = list(
-        rt.store.jobs.find(
-            {"status": "queued", "sent_at": {"$lt": threshold}},
-            {"sent_at": 1, "batch_id": 1},
-            limit=SWEEP_LIMIT,
-        )
-    )
-    resent = 0
-    for unit in stale:
+    resent = reclaimed = 0
+    for unit in due:
+        queue = BULK_QUEUE if unit.get("batch_id") else SINGLE_QUEUE
+        if unit["status"] == "in_progress":
+            reclaimed += _reclaim(rt, unit, now)
+        elif unit["status"] != "queued" or backlog[queue]:
+            continue
         # Claim the resend itself, so two reconcilers do not both send.
         claimed = rt.store.jobs.update_one(
-            {"_id": unit["_id"], "status": "queued", "sent_at": unit["sent_at"]},
-            {"$set": {"sent_at": now}},
+            {"_id": unit["_id"], "status": "queued", "due_at": {"$lt": now}},
+            {"$set": {"due_at": now + rt.settings.resend_after_seconds}},
         )
         if not claimed.modified_count:
             continue
-        if unit.get("batch_id"):
+        if queue == BULK_QUEUE:
             tasks.send_chunk(unit["_id"])
         else:
             tasks.send_single(unit["_id"])
         resent += 1
-    if resent:
-        log.warning("resent %d queued units whose message was lost or delayed", resent)
+    if resent or reclaimed:
+        log.warning(
+            "reclaimed %d units whose lease expired; sent %d queued units again", reclaimed, resent
+        )
     return resent
+
+
+def _reclaim(rt: Runtime, unit: Doc, now: int) -> int:
+    # Conditional on the lease we saw: a worker that finishes in between wins.
+    result = rt.store.jobs.update_one(
+        {"_id": unit["_id"], "lease": unit["lease"], "status": "in_progress"},
+        {"$set": {"status": "queued", "due_at": now - 1}, "$unset": {"lease": ""}},
+    )
+    return result.modified_count
 
 
 def flush_outbox(rt: Runtime) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -39,6 +40,11 @@ class Runtime:
         """Tell waiting requests (`Prefer: wait`) which jobs just finished."""
         if job_ids:
             self.redis.publish(self.finished_channel, " ".join(job_ids))
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (not counting those a worker prefetched)."""
+        depth = self.redis.llen(f"{self.settings.redis_prefix}:celery:{queue}")
+        return cast(int, depth)  # redis-py types sync and async clients alike
 
     def close(self) -> None:
         self.store.close()
