@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("api_key")
 
+    from api import bulk_cli
+
+    bulk_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
     command: Any = {
         "dev": run_dev,
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker": run_worker,
         "beat": run_beat,
         "keys": run_keys,
+        "bulk": bulk_cli.run,
     }[args.command]
     result: int = command(args)
     return result

@@ -1,0 +1,173 @@
+"""A deployment for benchmarks: real servers, the edge and workers laid out as
+`assistant-ingest dev` lays them out (a single-create worker, a bulk worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from api.embedded import start_mongo, start_valkey
+from tests.stack import Servers, Stack, Tenant, wait_until
+
+QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true"}
+
+
+@contextmanager
+def deployment(**overrides: str) -> Iterator[tuple[Stack, Tenant]]:
+    with tempfile.TemporaryDirectory(prefix="ai-bench-") as tmp:
+        data = Path(tmp)
+        valkey = start_valkey(data / "valkey")
+        mongo = start_mongo(data / "mongo")
+        stack = Stack(Servers(mongo=mongo, valkey=valkey), data, {**QUIET, **overrides})
+        try:
+            stack.start_api()
+            stack.spawn(
+                "worker-single",
+                "worker",
+                "--queues",
+                "single,webhooks,maintenance",
+                "--beat",
+                "--hostname",
+                "single@%h",
+            )
+            stack.spawn("worker-bulk", "worker", "--queues", "bulk", "--hostname", "bulk@%h")
+            tenant = stack.new_tenant("bench")
+            warm_up(tenant)
+            yield stack, tenant
+        finally:
+            stack.stop()
+            mongo.stop()
+            valkey.stop()
+
+
+def warm_up(tenant: Tenant) -> None:
+    """Wait until both workers answer, through the real path."""
+
+    def single_done() -> bool:
+        response = tenant.create({"model": "warm-up"}, Prefer="wait=5")
+        return response.status_code == 200
+
+    wait_until(single_done, timeout=120, interval=0.5)
+    batch = tenant.request(
+        "POST",
+        "/v1/batches",
+        data=b'{"body": {"model": "warm-up"}}\n',
+        headers={"Content-Type": "application/x-ndjson"},
+    ).json()
+    wait_batch(tenant, batch["id"], timeout=120)
+
+
+def wait_batch(tenant: Tenant, batch_id: str, timeout: float = 600) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        batch: dict[str, Any] = tenant.request("GET", f"/v1/batches/{batch_id}").json()
+        return batch if batch["status"] in ("completed", "cancelled") else None
+
+    result: dict[str, Any] = wait_until(done, timeout=timeout, interval=0.05)
+    return result
+
+
+def assistant_body(i: int, size: int = 1000) -> dict[str, Any]:
+    """A valid create request of about `size` bytes."""
+    body: dict[str, Any] = {
+        "model": "gpt-4o",
+        "name": f"assistant {i}",
+        "description": "Provisioned in bulk for a benchmark",
+        "tools": [{"type": "code_interpreter"}, {"type": "retrieval"}],
+        "metadata": {"team": "bench", "index": str(i)},
+    }
+    pad = size - len(json.dumps(body)) - len(', "instructions": ""')
+    body["instructions"] = "x" * max(0, pad)
+    return body
+
+
+def raw_insert_many_rate(
+    stack: Stack, count: int, size: int = 1000, batch: int = 1000, indexed: bool = False
+) -> float:
+    """Documents per second of plain insert_many into the same store; with
+    `indexed`, into a collection with the indexes the assistants collection has."""
+    store = stack.store()
+    try:
+        collection = store.db["bench_raw"]
+        collection.drop()
+        if indexed:
+            collection.create_index("id", unique=True)
+            collection.create_index([("tenant", 1), ("created_at", 1), ("_id", 1)])
+        docs = [
+            {"id": f"asst_{i:024d}", "tenant": "bench", "created_at": i, **assistant_body(i, size)}
+            for i in range(count)
+        ]
+        started = time.perf_counter()
+        for offset in range(0, count, batch):
+            collection.insert_many(docs[offset : offset + batch])
+        elapsed = time.perf_counter() - started
+        collection.drop()
+        return count / elapsed
+    finally:
+        store.close()
+
+
+def raw_insert_one_rate(stack: Stack, count: int, size: int = 1000) -> float:
+    store = stack.store()
+    try:
+        collection = store.db["bench_raw"]
+        collection.drop()
+        started = time.perf_counter()
+        for i in range(count):
+            collection.insert_one({"i": i, **assistant_body(i, size)})
+        elapsed = time.perf_counter() - started
+        collection.drop()
+        return count / elapsed
+    finally:
+        store.close()
+
+
+def raw_round_trip_seconds(stack: Stack, count: int) -> list[float]:
+    """One insert and one find by key, as a waited create costs at the least."""
+    store = stack.store()
+    try:
+        collection = store.db["bench_raw"]
+        collection.drop()
+        times = []
+        for i in range(count):
+            started = time.perf_counter()
+            collection.insert_one({"k": i, **assistant_body(i)})
+            collection.find_one({"_id": {"$exists": True}, "k": i})
+            times.append(time.perf_counter() - started)
+        collection.drop()
+        return times
+    finally:
+        store.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        kids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        kids = []
+    return [pid, *[p for kid in kids for p in process_tree(kid)]]
+
+
+def env_cpu_note() -> str:
+    return f"{os.cpu_count()} cores"
