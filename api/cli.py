@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
-def run_api(args: argparse.Namespace) -> int:
-    settings = Settings()
-    # Gunicorn's worker processes share their metrics through files in this
-    # folder; prometheus_client reads the variable when it is first imported.
+@contextlib.contextmanager
+def multiprocess_metrics() -> Iterator[None]:
+    """A folder through which forked processes share their metrics; prometheus_client
+    reads its variable when it is first imported, so this comes first."""
     metrics_dir = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        return _serve_api(args, settings)
+        yield
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    settings = Settings()
+    with multiprocess_metrics():
+        return _serve_api(args, settings)
 
 
 def _serve_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,14 +135,8 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = Settings()
     if not settings.metrics_port:
         return _run_worker(args, settings)
-    # The pool's processes share their metrics through files in this folder;
-    # prometheus_client reads the variable when it is first imported.
-    metrics_dir = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    try:
+    with multiprocess_metrics():
         return _run_worker(args, settings)
-    finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
