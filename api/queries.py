@@ -73,8 +73,18 @@ def text(name: str) -> str | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    if not 1 <= len(raw) <= 255:
-        raise _error(name, "string_too_long", "String should have 1 to 255 characters", raw[:300])
+    if not raw:
+        raise _error(
+            name, "string_too_short", "String should have at least 1 character", raw, min_length=1
+        )
+    if len(raw) > 255:
+        raise _error(
+            name,
+            "string_too_long",
+            "String should have at most 255 characters",
+            raw[:300],
+            max_length=255,
+        )
     return raw
 
 

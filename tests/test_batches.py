@@ -274,3 +274,10 @@ def test_over_the_byte_limit_is_413(no_bulk_worker: Stack) -> None:
     response = tenant.request("POST", "/v1/batches", data=chunks(), headers=JSONL)
     assert response.status_code == 413
     assert tenant.request("GET", "/v1/batches").json()["data"] == []
+
+
+def test_empty_and_over_long_cursors_are_422_with_pydantic_types(tenant: Tenant) -> None:
+    empty = tenant.request("GET", "/v1/batches?after=").json()["detail"][0]
+    assert (empty["loc"], empty["type"]) == (["query", "after"], "string_too_short")
+    long = tenant.request("GET", "/v1/jobs?after=" + "x" * 256).json()["detail"][0]
+    assert (long["loc"], long["type"]) == (["query", "after"], "string_too_long")
