@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 DUPLICATE_KEY = 11000
 
 
+Outcomes = dict[str, list[tuple[int, Any]]]
+
+
 def process(rt: Runtime, unit_ids: list[str]) -> int:
     """Process the queued units among `unit_ids`; returns how many were finished."""
     units = claim(rt, unit_ids)
@@ -34,48 +37,60 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
         return 0
     metrics.units_claimed(units)
     now = int(time.time())
-    outcomes: dict[str, list[tuple[int, Any]]] = {}
-    requests: list[tuple[str, int, AssistantCreate]] = []
-    for unit in units:
-        results: list[tuple[int, Any]] = []
-        if unit["attempts"] > rt.settings.max_attempts:
-            # This unit has been claimed again and again without finishing:
-            # it likely kills its worker. Fail it instead of looping forever.
-            detail = {"detail": "processing did not complete after repeated attempts"}
-            results = [(500, detail)] * len(unit["items"])
-        else:
-            for index, item in enumerate(unit["items"]):
-                checked = validate_create(json.loads(item["body"]), rt.settings.models)
-                if isinstance(checked, list):
-                    results.append((422, {"detail": checked}))
-                else:
-                    results.append((200, None))
-                    requests.append((unit["_id"], index, checked))
-        outcomes[unit["_id"]] = results
-    tenants = {unit["_id"]: unit["tenant"] for unit in units}
-    created_at = {unit["_id"]: unit["created_at"] for unit in units}
-    items = {unit["_id"]: unit["items"] for unit in units}
+    outcomes, valid = evaluate(rt, units)
+    by_id = {unit["_id"]: unit for unit in units}
     created = persist(
         rt,
         [
             assistants.new_document(
                 request,
-                tenant=tenants[uid],
-                job_id=items[uid][index]["id"],
-                job_created_at=created_at[uid],
+                tenant=by_id[uid]["tenant"],
+                job_id=by_id[uid]["items"][index]["id"],
+                job_created_at=by_id[uid]["created_at"],
                 now=now,
             )
-            for uid, index, request in requests
+            for uid, index, request in valid
         ],
     )
-    for uid, index, _ in requests:
-        outcomes[uid][index] = (200, created[items[uid][index]["id"]])
+    for uid, index, _ in valid:
+        outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
     owing = owes_job_events(rt, units)
     finished = record(rt, units, outcomes, now, owing)
     metrics.units_finished(units, outcomes, finished)
     done_units = [unit for unit in units if unit["_id"] in finished]
     rt.publish_finished([item["id"] for unit in done_units for item in unit["items"]])
     webhooks.flush_unit_events(rt, [unit["_id"] for unit in done_units if unit["_id"] in owing])
+    tally_batches(rt, done_units, outcomes)
+    return len(finished)
+
+
+def evaluate(
+    rt: Runtime, units: list[Doc]
+) -> tuple[Outcomes, list[tuple[str, int, AssistantCreate]]]:
+    """Each request's outcome so far (422s final), and the valid requests to persist."""
+    outcomes: Outcomes = {}
+    valid: list[tuple[str, int, AssistantCreate]] = []
+    for unit in units:
+        if unit["attempts"] > rt.settings.max_attempts:
+            # This unit has been claimed again and again without finishing:
+            # it likely kills its worker. Fail it instead of looping forever.
+            detail = {"detail": "processing did not complete after repeated attempts"}
+            outcomes[unit["_id"]] = [(500, detail)] * len(unit["items"])
+            continue
+        results: list[tuple[int, Any]] = []
+        for index, item in enumerate(unit["items"]):
+            checked = validate_create(json.loads(item["body"]), rt.settings.models)
+            if isinstance(checked, list):
+                results.append((422, {"detail": checked}))
+            else:
+                results.append((200, None))  # the assistant's reference, once persisted
+                valid.append((unit["_id"], index, checked))
+        outcomes[unit["_id"]] = results
+    return outcomes, valid
+
+
+def tally_batches(rt: Runtime, done_units: list[Doc], outcomes: Outcomes) -> None:
+    """Tell each batch what its finished chunks came to."""
     tallies: dict[str, dict[int, list[int]]] = {}
     for unit in done_units:
         if unit.get("batch_id"):
@@ -84,7 +99,6 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
             tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = facts
     for batch_id, facts_by_seq in tallies.items():
         batches.refresh(rt, batch_id, facts_by_seq)
-    return len(finished)
 
 
 def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
@@ -144,7 +158,7 @@ def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
 def record(
     rt: Runtime,
     units: list[Doc],
-    outcomes: dict[str, list[tuple[int, Any]]],
+    outcomes: Outcomes,
     now: int,
     owing: set[str],
 ) -> set[str]:
