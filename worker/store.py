@@ -8,10 +8,17 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
 
 from worker.settings import Settings
 
 Doc = dict[str, Any]
+
+# For the write after which a client is told "accepted" (202): acknowledged
+# only once it is in the journal, which also holds every earlier write of the
+# request. An acknowledged write that is not yet journaled is lost if the
+# store crashes right after it (mongod's default on a standalone node).
+JOURNALED = WriteConcern(j=True)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class Store:
     @property
     def deliveries(self) -> Collection[Doc]:
         return self.db["webhook_deliveries"]
+
+    def journaled(self, name: str) -> Collection[Doc]:
+        """A collection whose writes wait for the journal (see JOURNALED)."""
+        return self.db.get_collection(name, write_concern=JOURNALED)
 
     def ping(self) -> None:
         self.client.admin.command("ping")
