@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from api.errors import ApiError
 from worker import idempotency, jobs, tasks
@@ -43,6 +43,7 @@ def submit_single(
 ) -> Accepted:
     job_id = new_id("job_")
     scope = None
+    adopted = False
     try:
         if idempotency_key is not None:
             scope = idempotency.scope_id(tenant, "POST", "/v1/assistants", idempotency_key)
@@ -53,7 +54,14 @@ def submit_single(
             if claim.conflict:
                 raise ApiError(409, "Idempotency-Key was used with a different request body")
             if claim.replay:
-                return Accepted(job=_replayed_job(rt, tenant, claim.target_id), replayed=True)
+                job = jobs.get_job(rt.store, tenant, claim.target_id)
+                if job is not None:
+                    return Accepted(job=job, replayed=True)
+                # The key's first request has not stored its job: not yet, or
+                # never (the store failed it after the claim, or it died). Same
+                # fingerprint, same request: store it under the id it claimed.
+                # Whichever request stores it first, there is one job.
+                job_id, adopted = claim.target_id, True
         now = int(time.time())
         unit = jobs.new_unit(
             unit_id=job_id,
@@ -64,11 +72,19 @@ def submit_single(
             request_id=request_id,
             resend_after=rt.settings.resend_after_seconds,
         )
-        jobs.insert_unit(rt.store, unit)
+        try:
+            jobs.insert_unit(rt.store, unit)
+        except DuplicateKeyError:
+            # Stored already: by the other request with this key, or by this
+            # insert's own first try (a retried write whose answer was lost).
+            stored = jobs.get_job(rt.store, tenant, job_id)
+            if stored is None:
+                raise UNAVAILABLE from None
+            return Accepted(job=stored, replayed=adopted)
     except PyMongoError as exc:
         log.warning("could not store job: %s", exc)
-        if scope is not None:
-            _release_quietly(rt, scope, job_id)
+        if scope is not None and not adopted:
+            _release_quietly(rt, scope, job_id, tenant)
         raise UNAVAILABLE from exc
     try:
         tasks.send_single(job_id)
@@ -76,22 +92,14 @@ def submit_single(
         log.warning(
             "job %s stored but not sent; the reconciler will send it", job_id, exc_info=True
         )
-    return Accepted(job=jobs.job_public(unit, 0), replayed=False)
+    return Accepted(job=jobs.job_public(unit, 0), replayed=adopted)
 
 
-def _replayed_job(rt: Runtime, tenant: str, job_id: str) -> Doc:
-    # A concurrent first request may hold the key but not yet have stored its
-    # job: give it a moment rather than create a second job.
-    for _ in range(50):
-        job = jobs.get_job(rt.store, tenant, job_id)
-        if job is not None:
-            return job
-        time.sleep(0.1)
-    raise UNAVAILABLE
-
-
-def _release_quietly(rt: Runtime, scope: str, target: str) -> None:
+def _release_quietly(rt: Runtime, scope: str, target: str, tenant: str) -> None:
     try:
-        idempotency.release(rt.store, scope, target)
+        # A write that failed may still have been stored (its answer was lost):
+        # then the key stays, and a retry with it finds that job.
+        if jobs.get_job(rt.store, tenant, target) is None:
+            idempotency.release(rt.store, scope, target)
     except PyMongoError:
         log.warning("could not release idempotency key; it expires with its window")
