@@ -17,6 +17,7 @@ from api.errors import ApiError, not_found, unprocessable
 from api.submissions import UNAVAILABLE
 from worker import batches, idempotency
 from worker.ids import new_id
+from worker.runtime import Runtime
 
 bp = Blueprint("batches", __name__, url_prefix="/v1")
 
@@ -77,7 +78,7 @@ def create_batch() -> Response:
             )
             if claim.conflict:
                 raise ApiError(409, "Idempotency-Key was used with a different request body")
-            if claim.replay:
+            if claim.replay and not _take_over(rt, scope, claim.target_id, batch_id):
                 replay = claim.target_id
         if replay is not None:
             stager.abort()
@@ -96,6 +97,20 @@ def create_batch() -> Response:
         _abort_quietly(stager)
         raise
     return _answer(doc, replayed=False)
+
+
+def _take_over(rt: Runtime, scope: str, claimed: str, batch_id: str) -> bool:
+    """Whether this request takes over a key whose batch was never stored.
+
+    A key's first request stages its whole batch before it claims the key, so
+    a claimed batch that does not exist at all was given up: its request failed
+    and removed it, or the reconciler removed it, half-stored. The key then
+    belongs to this same request (the fingerprint matched). A batch still
+    `validating` may yet be committed: that one is replayed (503 until then).
+    """
+    if rt.store.batches.find_one({"_id": claimed}, {"_id": 1}) is not None:
+        return False
+    return idempotency.retarget(rt.store, scope, claimed, batch_id)
 
 
 def _refuse_if_invalid(reader: Reader, max_requests: int) -> None:

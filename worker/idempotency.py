@@ -71,3 +71,9 @@ def claim(store: Store, scope: str, fp: str, new_target: str, window_seconds: in
 def release(store: Store, scope: str, target: str) -> None:
     """Forget a key whose request was not accepted after all."""
     store.idempotency.delete_one({"_id": scope, "target": target})
+
+
+def retarget(store: Store, scope: str, old: str, new: str) -> bool:
+    """Point a key held for `old` at `new`, unless it changed in between."""
+    result = store.idempotency.update_one({"_id": scope, "target": old}, {"$set": {"target": new}})
+    return result.modified_count == 1
