@@ -1,0 +1,462 @@
+"""Faults under load, on real processes: a worker killed mid-work, Redis
+restarted or emptied, MongoDB gone for a while. Each test runs a deployment
+of its own and counts what was accepted (202), what finished, and what was
+made twice: every accepted job finishes exactly once, nothing stays stuck.
+
+A webhook receiver that is down for a while is in test_webhooks.py
+(`test_worker_killed_between_attempts_still_delivers`, and the retry tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from api.embedded import start_mongo, start_valkey
+from tests.outcomes import Outcome, assert_each_accepted_job_done_once, outcome
+from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.test_batches import finished_batch, jsonl, results, submit
+from worker import batches, idempotency
+from worker.ids import new_id
+
+BATCH_SIZE = 3000
+INVALID_EVERY = 100  # one request in a hundred fails validation: a 422 result
+BURST_CLIENTS = 6
+BURST_EACH = 50
+
+
+@pytest.fixture
+def own(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    with running_stack(servers, logs_dir) as deployment:
+        yield deployment
+
+
+class OwnServers(Servers):
+    """Valkey and the MongoDB server for this module alone: these get killed
+    and started again on the same port and data, which the session's must not."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        super().__init__(mongo=start_mongo(data / "mongo"), valkey=start_valkey(data / "valkey"))
+
+    def kill_valkey(self) -> None:
+        self.valkey.stop(signal.SIGKILL)
+
+    def start_valkey(self) -> None:
+        self.valkey = start_valkey(self.data / "valkey", self.valkey.port)
+
+    def kill_mongo(self) -> None:
+        self.mongo.stop(signal.SIGKILL)
+
+    def start_mongo(self) -> None:
+        self.mongo = start_mongo(self.data / "mongo", self.mongo.port)
+
+    def stop(self) -> None:
+        self.mongo.stop()
+        self.valkey.stop()
+
+
+@pytest.fixture(scope="module")
+def own_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServers]:
+    servers = OwnServers(tmp_path_factory.mktemp("own-servers"))
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def batch_lines(count: int) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = [
+        {"custom_id": f"r{i}", "body": {"model": "gpt-4", "name": f"n{i}"}} for i in range(count)
+    ]
+    for line in lines[::INVALID_EVERY]:
+        line["body"] = {"name": 5}
+    return lines
+
+
+def open_units(stack: Stack, tenant: Tenant, status: str) -> int:
+    store = stack.store()
+    try:
+        return store.jobs.count_documents({"tenant": tenant.name, "status": status})
+    finally:
+        store.close()
+
+
+def counted(stack: Stack, tenant: Tenant) -> Outcome:
+    store = stack.store()
+    try:
+        return outcome(store, tenant.name)
+    finally:
+        store.close()
+
+
+@dataclass
+class Accepted:
+    """What the client was told was taken: job ids, and which of them are valid."""
+
+    jobs: set[str] = field(default_factory=set)
+    valid: set[str] = field(default_factory=set)
+    # job id -> the assistant id the client was given (200 results read back)
+    assistants: dict[str, str] = field(default_factory=dict)
+
+    def add(self, other: Accepted) -> None:
+        self.jobs |= other.jobs
+        self.valid |= other.valid
+        self.assistants.update(other.assistants)
+
+
+def finished_as_accepted(tenant: Tenant, batch_id: str, count: int) -> Accepted:
+    """The batch completed with the right counts; its results, read through the API."""
+    invalid = len(range(0, count, INVALID_EVERY))
+    done = finished_batch(tenant, batch_id, timeout=300)
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {
+        "total": count,
+        "completed": count - invalid,
+        "failed": invalid,
+        "cancelled": 0,
+    }
+    rows = results(tenant, batch_id)
+    assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(count)]
+    accepted = Accepted({row["job_id"] for row in rows})
+    assert len(accepted.jobs) == count
+    for row in rows:
+        if int(row["custom_id"][1:]) % INVALID_EVERY:
+            assert row["status_code"] == 200, row
+            accepted.valid.add(row["job_id"])
+            accepted.assistants[row["job_id"]] = row["body"]["id"]
+        else:
+            assert row["status_code"] == 422, row
+    return accepted
+
+
+def each_done_once(stack: Stack, tenant: Tenant, accepted: Accepted) -> Outcome:
+    """Once nothing is open: every accepted job finished once, and nothing else exists."""
+    store = stack.store()
+    try:
+        wait_until(lambda: outcome(store, tenant.name).open_units == 0, timeout=180)
+        found = assert_each_accepted_job_done_once(
+            store, tenant.name, accepted.jobs, accepted.valid
+        )
+    finally:
+        store.close()
+    assert found.job_ids == accepted.jobs
+    assert found.assistants == len(accepted.valid)
+    for job, assistant in accepted.assistants.items():
+        assert found.result_assistants[job] == assistant
+    return found
+
+
+class Clients:
+    """Threads sending single creates, each answer recorded: `rounds` each, or
+    until stopped; a client can be held at a gate half way. With `retry`,
+    each create carries an Idempotency-Key and is sent again until it is
+    accepted, as a careful client does after a 503."""
+
+    def __init__(
+        self, tenant: Tenant, count: int, invalid_every: int | None = 10, retry: bool = False
+    ) -> None:
+        self.tenant = tenant
+        self.count = count
+        self.invalid_every = invalid_every
+        self.retry = retry
+        self.answers: list[tuple[int, str | None, bool]] = []  # status, job id, valid
+        self.gate = threading.Event()
+        self.gate.set()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(count)
+        self._running: list[Any] = []
+
+    def start(self, rounds: int | None = None, hold_at: int | None = None) -> None:
+        self._running = [
+            self._pool.submit(self._client, number, rounds, hold_at) for number in range(self.count)
+        ]
+
+    def _client(self, number: int, rounds: int | None, hold_at: int | None) -> None:
+        i = 0
+        while (rounds is None or i < rounds) and not self._stopping.is_set():
+            if i == hold_at:
+                self.gate.wait(120)
+            # Every invalid_every-th create fails validation: a 422 result.
+            valid = self.invalid_every is None or i % self.invalid_every != 0
+            body = {"model": "gpt-4", "name": f"c{number}-{i}"} if valid else {"name": 5}
+            headers = {"Idempotency-Key": f"c{number}-{i}"} if self.retry else {}
+            while True:
+                response = self.tenant.create(body, **headers)
+                accepted = response.status_code == 202
+                with self._lock:
+                    job = response.json()["id"] if accepted else None
+                    self.answers.append((response.status_code, job, valid))
+                if response.status_code == 503:
+                    assert int(response.headers["Retry-After"]) > 0
+                    if self.retry:
+                        time.sleep(0.2)
+                        continue
+                break
+            i += 1
+
+    def finish(self, stop: bool = False) -> None:
+        """Wait for the clients to end; with `stop`, after their current create."""
+        if stop:
+            self._stopping.set()
+        self.gate.set()
+        try:
+            for future in self._running:
+                future.result()
+        finally:
+            self._pool.shutdown()
+
+    def statuses(self, since: int = 0) -> list[int]:
+        with self._lock:
+            return [answer[0] for answer in self.answers[since:]]
+
+    @property
+    def accepted(self) -> Accepted:
+        with self._lock:
+            jobs = [(job, valid) for _, job, valid in self.answers if job is not None]
+        return Accepted({job for job, _ in jobs}, {job for job, valid in jobs if valid})
+
+
+def mid_work(stack: Stack, tenant: Tenant) -> bool:
+    """Some work done and some claimed: a fault now hits work in flight."""
+    return bool(open_units(stack, tenant, "done") and open_units(stack, tenant, "in_progress"))
+
+
+# -- a worker killed with SIGKILL, pool processes included --------------------
+
+
+def test_worker_killed_mid_batch_every_request_finishes_once(own: Stack) -> None:
+    tenant = own.new_tenant()
+    response = submit(tenant, jsonl(batch_lines(BATCH_SIZE)))
+    assert response.status_code == 202, response.text
+
+    # Once a chunk is done and another claimed: the claimed one's lease must
+    # run out and be taken back, and nothing done may be done again.
+    wait_until(lambda: mid_work(own, tenant), interval=0.02)
+    own.kill("worker")
+    at_kill = counted(own, tenant)
+    assert 0 < at_kill.finished < BATCH_SIZE
+    own.start_worker("worker2")
+
+    accepted = finished_as_accepted(tenant, response.json()["id"], BATCH_SIZE)
+    each_done_once(own, tenant, accepted)
+
+
+def test_worker_killed_mid_burst_of_single_creates_every_job_finishes_once(
+    own: Stack,
+) -> None:
+    tenant = own.new_tenant()
+    clients = Clients(tenant, BURST_CLIENTS)
+    clients.gate.clear()  # the second half is sent after the kill, with no worker running
+    clients.start(rounds=BURST_EACH, hold_at=BURST_EACH // 2)
+    try:
+        wait_until(
+            lambda: (
+                mid_work(own, tenant)
+                or open_units(own, tenant, "done") == BURST_CLIENTS * BURST_EACH // 2
+            ),
+            interval=0.01,
+        )
+        own.kill("worker")
+        at_kill = counted(own, tenant)
+    finally:
+        clients.gate.set()
+    clients.finish()
+    own.start_worker("worker2")
+
+    assert clients.statuses() == [202] * BURST_CLIENTS * BURST_EACH
+    each_done_once(own, tenant, clients.accepted)
+    assert at_kill.finished < BURST_CLIENTS * BURST_EACH
+
+
+# -- Redis: restarted, or its queues deleted ----------------------------------
+
+
+def ready(stack: Stack) -> int:
+    return requests.get(stack.url + "/readyz", timeout=30).status_code
+
+
+def test_redis_restarted_mid_batch_every_request_finishes_once(
+    own_servers: OwnServers, logs_dir: Path
+) -> None:
+    with running_stack(own_servers, logs_dir) as own:
+        tenant = own.new_tenant()
+        response = submit(tenant, jsonl(batch_lines(BATCH_SIZE)))
+        assert response.status_code == 202, response.text
+        wait_until(lambda: mid_work(own, tenant), interval=0.02)
+
+        own_servers.kill_valkey()
+        at_kill = counted(own, tenant)
+        assert at_kill.open_units > 0
+        # MongoDB holds the jobs, so the edge still takes them (202); the
+        # reconciler sends them once Redis is back.
+        clients = Clients(tenant, 5)
+        clients.start(rounds=2)
+        clients.finish()
+        assert clients.statuses() == [202] * 10
+        assert ready(own) == 503
+        own_servers.start_valkey()
+        wait_until(lambda: ready(own) == 200)
+
+        accepted = finished_as_accepted(tenant, response.json()["id"], BATCH_SIZE)
+        accepted.add(clients.accepted)
+        each_done_once(own, tenant, accepted)
+
+
+def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, logs_dir: Path) -> None:
+    stack = Stack(servers, logs_dir)
+    try:
+        stack.start_api()
+        # A worker that runs the reconciler but takes no creates: they stay queued.
+        stack.start_worker(queues="webhooks,maintenance")
+        tenant = stack.new_tenant()
+        clients = Clients(tenant, 5)
+        clients.start(rounds=20)
+        clients.finish()
+        assert clients.statuses() == [202] * 100
+        response = submit(tenant, jsonl(batch_lines(1000)))
+        assert response.status_code == 202, response.text
+
+        broker = redis.Redis.from_url(servers.redis_url)
+        prefix = f"{stack.name}:celery:"
+        queues = [prefix + "single", prefix + "bulk"]
+        assert all(broker.llen(queue) for queue in queues)
+        broker.delete(*queues, prefix + "unacked", prefix + "unacked_index")
+        broker.close()
+
+        stack.start_worker("creates", queues="single,bulk", beat=False)
+        accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
+        accepted.add(clients.accepted)
+        each_done_once(stack, tenant, accepted)
+    finally:
+        stack.stop()
+
+
+# -- MongoDB: killed under load, started again on the same data ---------------
+
+
+def test_mongodb_down_under_load_is_503_and_loses_nothing_accepted(
+    own_servers: OwnServers, logs_dir: Path
+) -> None:
+    with running_stack(own_servers, logs_dir) as own:
+        tenant = own.new_tenant()
+        response = submit(tenant, jsonl(batch_lines(1000)))
+        assert response.status_code == 202, response.text
+        clients = Clients(tenant, 4, retry=True)
+        clients.start()
+        try:
+            wait_until(lambda: clients.statuses().count(202) >= 40 and mid_work(own, tenant))
+            own_servers.kill_mongo()
+            down = len(clients.statuses())
+            wait_until(lambda: ready(own) == 503)
+            wait_until(lambda: clients.statuses(down).count(503) >= 8)
+            refused = submit(tenant, jsonl(batch_lines(10)))
+            assert refused.status_code == 503, refused.text
+            job = next(job for job in clients.accepted.jobs)
+            assert tenant.request("GET", f"/v1/jobs/{job}").status_code == 503
+            own_servers.start_mongo()
+            wait_until(lambda: ready(own) == 200)
+            back = len(clients.statuses())
+            wait_until(lambda: clients.statuses(back).count(202) >= 40)
+        finally:
+            clients.finish(stop=True)
+
+        statuses = clients.statuses()
+        assert set(statuses) <= {202, 503}
+        assert 503 in statuses
+        accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
+        accepted.add(clients.accepted)
+        each_done_once(own, tenant, accepted)
+
+
+def test_key_held_by_a_request_that_died_before_storing_its_job_is_taken_over(
+    stack: Stack,
+) -> None:
+    """What an edge (or the store) dying between the key's claim and the job's
+    insert leaves behind: a claimed key and no job. A retry with the same key
+    and body stores the job under the claimed id: one job, not a stuck key."""
+    tenant = stack.new_tenant()
+    body = b'{"model": "gpt-4", "name": "orphaned"}'
+    claimed = new_id("job_")
+    store = stack.store()
+    try:
+        scope = idempotency.scope_id(tenant.name, "POST", "/v1/assistants", "orphaned")
+        idempotency.claim(store, scope, idempotency.fingerprint(body, None), claimed, 3600)
+    finally:
+        store.close()
+
+    def send(data: bytes) -> requests.Response:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": "orphaned"}
+        return tenant.request("POST", "/v1/assistants", data=data, headers=headers)
+
+    retried = send(body)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["id"] == claimed
+    assert tenant.wait_job(claimed)["status"] == "succeeded"
+    again = send(body)
+    assert again.status_code == 202
+    assert again.json()["id"] == claimed
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert send(b'{"model": "other"}').status_code == 409
+    store = stack.store()
+    try:
+        assert store.jobs.count_documents({"tenant": tenant.name}) == 1
+        assert store.assistants.count_documents({"tenant": tenant.name}) == 1
+    finally:
+        store.close()
+
+
+def test_batch_key_held_by_a_request_that_died_is_taken_over(stack: Stack) -> None:
+    """The same for batches: a key claimed for a batch that no longer exists is
+    taken over at once; one left half-stored (`validating`) is taken over once
+    the reconciler has removed it."""
+    tenant = stack.new_tenant()
+    data = jsonl([{"custom_id": "a", "body": {"model": "gpt-4"}}])
+    fingerprint = hashlib.sha256(data).hexdigest() + idempotency.fingerprint(b"", None)
+    gone, half_stored = new_id("batch_"), new_id("batch_")
+    store = stack.store()
+    try:
+        for key, target in (("gone", gone), ("half-stored", half_stored)):
+            scope = idempotency.scope_id(tenant.name, "POST", "/v1/batches", key)
+            idempotency.claim(store, scope, fingerprint, target, 3600)
+        left = batches.new_batch(
+            batch_id=half_stored,
+            tenant=tenant.name,
+            total=0,
+            now=int(time.time()) - 3600,
+            callback_url=None,
+            metadata={},
+            job_events=False,
+            request_id=None,
+        )
+        store.batches.insert_one(left)
+    finally:
+        store.close()
+
+    for key in ("gone", "half-stored"):
+        retried = wait_until(
+            lambda key=key: (
+                (answer := submit(tenant, data, **{"Idempotency-Key": key})).status_code == 202
+                and answer
+            )
+        )
+        batch_id = retried.json()["id"]
+        assert batch_id not in (gone, half_stored)
+        assert finished_batch(tenant, batch_id)["request_counts"]["completed"] == 1
+        again = submit(tenant, data, **{"Idempotency-Key": key})
+        assert again.status_code == 202
+        assert again.json()["id"] == batch_id
+        assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 2
