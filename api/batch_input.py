@@ -211,8 +211,11 @@ class Reader:
                     yield from self._document_value(building, builder.value, index)
                     index += building == "requests.item"
                     builder = None
-        except ijson.JSONError as exc:
-            self.fail(JsonInvalid(reader.position, str(exc) or "Invalid JSON").detail)
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
+            # The parser hands on an escaped lone low surrogate as bytes that
+            # do not decode; every other fault of the text is a JSONError.
+            error = "Lone surrogate in string" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            self.fail(JsonInvalid(reader.position, error or "Invalid JSON").detail)
             return
         if not seen_requests and not self.errors:
             self.fail(
@@ -225,21 +228,24 @@ class Reader:
             )
 
     def _document_value(self, prefix: str, value: Any, index: int) -> Iterator[Request]:
-        if prefix == "requests.item":
-            try:
-                check_value(value)
-            except ValueError as exc:
-                self.count += 1
-                self.fail(
-                    {
-                        "type": "json_invalid",
-                        "loc": ["body", "requests", index],
-                        "msg": "JSON decode error",
-                        "input": {},
-                        "ctx": {"error": str(exc)},
-                    }
-                )
-                return
+        item = prefix == "requests.item"
+        try:
+            # Every value, not only requests: a 422 echoes what it refuses,
+            # which must be something an answer can hold.
+            check_value(value)
+        except ValueError as exc:
+            self.count += item
+            self.fail(
+                {
+                    "type": "json_invalid",
+                    "loc": ["body", "requests", index] if item else ["body", prefix],
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": str(exc)},
+                }
+            )
+            return
+        if item:
             request = self.check_request(value, ["body", "requests", index], index)
             if request is not None:
                 yield request
