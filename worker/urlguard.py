@@ -46,15 +46,23 @@ def parse(url: str) -> Target:
         raise UrlRefused("url_scheme", "URL scheme should be 'http' or 'https'")
     if not parts.scheme or not parts.netloc:
         raise UrlRefused("url_parsing", "Input should be a valid URL, relative URL without a base")
-    if not parts.hostname or parts.username is not None or any(c.isspace() for c in url):
+    if not parts.hostname or parts.username is not None or any(_unsendable(c) for c in url):
         raise UrlRefused("url_parsing", "Input should be a valid URL, invalid host or characters")
     if port == 0:
         raise UrlRefused("url_parsing", "Input should be a valid URL, invalid port number")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
+    # A request line is ASCII: other characters go as UTF-8, percent-encoded,
+    # as a browser sends them.
+    path = "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in path.encode("utf-8", "replace"))
     default_port = 443 if parts.scheme == "https" else 80
     return Target(parts.scheme, parts.hostname, port or default_port, path)
+
+
+def _unsendable(char: str) -> bool:
+    """Whitespace and control characters, which no request line can carry."""
+    return char.isspace() or char < " " or char == "\x7f"
 
 
 def is_public(address: str) -> bool:
