@@ -1,5 +1,8 @@
 """Bad input at the edge: each case is a clear 4xx, never a 5xx, and nothing
-is stored for the tenant (no job, batch, assistant or webhook endpoint).
+is stored for the tenant (no job, batch, assistant or webhook endpoint). At
+the end, fuzzing: random and mangled bodies, header values and ids, and
+schemathesis's stateful phase (its other phases run in test_openapi, the
+worker's validation against FastAPI's in test_validation_fuzz).
 
 Not repeated here, already in other modules: the json_invalid offsets of a
 single create (test_create), a body over the limit by a megabyte, 415 for
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from hypothesis import strategies as st
 from tests.receiver import Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import finished_batch, results
+from tests.test_openapi import CHECKS
 from worker.store import Store
 
 JSON = "application/json"
@@ -646,3 +652,39 @@ def test_random_ids_in_the_path_are_never_a_5xx(
     method, path = route
     response = fuzzed.request(method, path.format(quote(ident, safe="")))
     assert response.status_code in (404, 405), (response.status_code, ident)
+
+
+def test_sequences_of_calls_keep_to_the_document(guarded: Stack, tmp_path: Path) -> None:
+    """Schemathesis's stateful phase: calls chained by the links it infers from
+    Location headers (create then read, delete then read again): no 5xx, every
+    answer as documented, a deleted assistant gone. The deployment refuses
+    private callback URLs, so generated ones cost it little."""
+    tenant = guarded.new_tenant()
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            guarded.url + "/openapi.json",
+            "--checks",
+            ",".join((*CHECKS, "use_after_free", "ensure_resource_availability")),
+            "--header",
+            f"Authorization: Bearer {tenant.api_key}",
+            "--phases",
+            "stateful",
+            "--max-examples",
+            "80",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "90",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
+    assert " passed" in run.stdout and " 0 passed" not in run.stdout
