@@ -26,6 +26,12 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 _SECRETS = re.compile(r"(aik_[A-Za-z0-9_\-]+|whsec_[A-Za-z0-9+/=]+|(?i:bearer)\s+[^\s\"',;]+)")
 
 
+# What str.splitlines() and many log viewers take for a line break but JSON
+# leaves raw (with ensure_ascii off): escaped, so that nothing a client sends
+# (a path, say) can split a line or forge one.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def redact(text: str) -> str:
     return _SECRETS.sub("[redacted]", text)
 
@@ -68,7 +74,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        return redact(json.dumps(entry, ensure_ascii=False, default=str).translate(_LINE_BREAKS))
 
 
 def handler_config(level: str, quiet: tuple[str, ...] = ()) -> dict[str, Any]:
