@@ -437,3 +437,24 @@ def test_no_key_or_secret_reaches_any_log(stack: Stack, logs_dir: Path) -> None:
     for secret in secrets:
         assert secret not in text
         assert secret.removeprefix("aik_").removeprefix("whsec_")[:20] not in text
+
+
+def test_line_breaks_in_a_request_cannot_split_or_forge_a_log_line(stack: Stack) -> None:
+    tenant = stack.new_tenant()
+    trace = "forge-" + uuid.uuid4().hex
+    forged = '\r\n\x85{"level": "ERROR", "message": "forged"}\u2028\u2029'
+    path = "/v1/jobs/" + quote(forged, safe="")
+    assert tenant.request("GET", path, headers={"X-Request-ID": trace}).status_code == 404
+    log = stack.logs / f"{stack.name}-api.log"
+
+    def access_line() -> str | None:
+        # splitlines() breaks at every Unicode line boundary, as many viewers do.
+        lines = log.read_text(encoding="utf-8").splitlines()
+        return next((line for line in lines if trace in line), None)
+
+    entry = json.loads(wait_until(access_line))
+    assert entry["path"] == "/v1/jobs/" + forged
+    assert not any(
+        line.lstrip().startswith('{"level": "ERROR", "message": "forged"')
+        for line in log.read_text(encoding="utf-8").splitlines()
+    )
