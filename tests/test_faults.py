@@ -357,7 +357,15 @@ def test_mongodb_down_under_load_is_503_and_loses_nothing_accepted(
         clients = Clients(tenant, 4, retry=True)
         clients.start()
         try:
-            wait_until(lambda: clients.statuses().count(202) >= 40 and mid_work(own, tenant))
+            wait_until(
+                lambda: (
+                    clients.statuses().count(202) >= 40
+                    and bool(open_units(own, tenant, "done"))
+                    and bool(
+                        open_units(own, tenant, "queued") or open_units(own, tenant, "in_progress")
+                    )
+                )
+            )
             own_servers.kill_mongo()
             down = len(clients.statuses())
             wait_until(lambda: ready(own) == 503)
