@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from hypothesis import strategies as st
 from tests.receiver import Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import finished_batch, results
-from tests.test_openapi import CHECKS
+from tests.test_openapi import CHECKS, schemathesis
 from worker.store import Store
 
 JSON = "application/json"
@@ -660,31 +658,15 @@ def test_sequences_of_calls_keep_to_the_document(guarded: Stack, tmp_path: Path)
     answer as documented, a deleted assistant gone. The deployment refuses
     private callback URLs, so generated ones cost it little."""
     tenant = guarded.new_tenant()
-    run = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "schemathesis"),
-            "run",
-            guarded.url + "/openapi.json",
-            "--checks",
-            ",".join((*CHECKS, "use_after_free", "ensure_resource_availability")),
-            "--header",
-            f"Authorization: Bearer {tenant.api_key}",
-            "--phases",
-            "stateful",
-            "--max-examples",
-            "80",
-            "--seed",
-            "1",
-            "--request-timeout",
-            "90",
-            "--generation-database",
-            "none",
-            "--no-color",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=280,
+    run = schemathesis(
+        guarded,
+        tenant,
+        tmp_path,
+        (*CHECKS, "use_after_free", "ensure_resource_availability"),
+        "--phases",
+        "stateful",
+        "--max-examples",
+        "80",
     )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " passed" in run.stdout and " 0 passed" not in run.stdout

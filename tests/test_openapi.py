@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack import Servers, Stack, running_stack
+from tests.stack import Servers, Stack, Tenant, running_stack
 
 # The edge accepts any JSON object (202) and leaves fields to the worker, and a
 # well-formed cursor may still name nothing (422): so neither "negative data is
@@ -36,6 +36,35 @@ def fuzzed_stack(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
         yield deployment
 
 
+def schemathesis(
+    stack: Stack, tenant: Tenant, cwd: Path, checks: tuple[str, ...], *options: str
+) -> subprocess.CompletedProcess[str]:
+    """Run schemathesis's command line against the stack's own document."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            stack.url + "/openapi.json",
+            "--checks",
+            ",".join(checks),
+            "--header",
+            f"Authorization: Bearer {tenant.api_key}",
+            *options,
+            "--seed",
+            "1",
+            "--request-timeout",
+            "90",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+
+
 @pytest.fixture(scope="module")
 def document(stack: Stack) -> dict[str, Any]:
     response = requests.get(stack.url + "/openapi.json", timeout=30)
@@ -48,31 +77,15 @@ def test_the_service_keeps_to_its_document(fuzzed_stack: Stack, tmp_path: Path) 
     """Schemathesis's examples, coverage and fuzzing phases, positive and negative
     data, a few examples an operation: no 5xx and every answer as documented."""
     tenant = fuzzed_stack.new_tenant()
-    run = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "schemathesis"),
-            "run",
-            fuzzed_stack.url + "/openapi.json",
-            "--checks",
-            ",".join(CHECKS),
-            "--header",
-            f"Authorization: Bearer {tenant.api_key}",
-            "--max-examples",
-            "4",
-            "--seed",
-            "1",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--request-timeout",
-            "90",
-            "--generation-database",
-            "none",
-            "--no-color",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=280,
+    run = schemathesis(
+        fuzzed_stack,
+        tenant,
+        tmp_path,
+        CHECKS,
+        "--max-examples",
+        "4",
+        "--phases",
+        "examples,coverage,fuzzing",
     )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert " 0 passed" not in run.stdout
