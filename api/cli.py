@@ -249,6 +249,21 @@ def run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+# The local layout: single creates (and webhooks, and the reconciler) apart
+# from batch chunks, so a large batch never delays a `Prefer: wait` request.
+DEV_WORKERS = {
+    "worker-single": (
+        "worker",
+        "--queues",
+        "single,webhooks,maintenance",
+        "--beat",
+        "--hostname",
+        "single@%h",
+    ),
+    "worker-bulk": ("worker", "--queues", "bulk", "--hostname", "bulk@%h"),
+}
+
+
 def run_dev(args: argparse.Namespace) -> int:
     """Valkey, SecantusDB, the edge and workers as child processes; Ctrl-C stops all."""
     from api.embedded import start_mongo, start_valkey, wait_for_port
@@ -283,16 +298,8 @@ def run_dev(args: argparse.Namespace) -> int:
             text=True,
         ).stdout.strip()
         edge = spawn("api", "api", "--host", "127.0.0.1", "--port", str(args.port))
-        spawn(
-            "worker-single",
-            "worker",
-            "--queues",
-            "single,webhooks,maintenance",
-            "--beat",
-            "--hostname",
-            "single@%h",
-        )
-        spawn("worker-bulk", "worker", "--queues", "bulk", "--hostname", "bulk@%h")
+        for name, worker_args in DEV_WORKERS.items():
+            spawn(name, *worker_args)
         wait_for_port(args.port, edge, timeout=60)
         info = json.loads(key)
         print(f"assistant-ingest is running on http://127.0.0.1:{args.port}")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from api.cli import DEV_WORKERS
 from api.embedded import start_mongo, start_valkey
 from tests.stack import Servers, Stack, Tenant, wait_until
 
@@ -28,16 +29,8 @@ def deployment(**overrides: str) -> Iterator[tuple[Stack, Tenant]]:
         stack = Stack(Servers(mongo=mongo, valkey=valkey), data, {**QUIET, **overrides})
         try:
             stack.start_api()
-            stack.spawn(
-                "worker-single",
-                "worker",
-                "--queues",
-                "single,webhooks,maintenance",
-                "--beat",
-                "--hostname",
-                "single@%h",
-            )
-            stack.spawn("worker-bulk", "worker", "--queues", "bulk", "--hostname", "bulk@%h")
+            for name, worker_args in DEV_WORKERS.items():
+                stack.spawn(name, *worker_args)
             tenant = stack.new_tenant("bench")
             warm_up(tenant)
             yield stack, tenant
