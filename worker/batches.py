@@ -24,8 +24,6 @@ from worker.store import Doc, Store
 
 log = logging.getLogger(__name__)
 
-OPEN_UNIT_STATES = ("queued", "in_progress")
-
 
 def ensure_indexes(store: Store) -> None:
     store.batches.create_index(

@@ -14,18 +14,14 @@ import time
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError
 
 from worker import assistants, batches, metrics, webhooks
 from worker.retention import expire_at
 from worker.runtime import Runtime
 from worker.schema import AssistantCreate, validate_create
-from worker.store import Doc
+from worker.store import Doc, insert_new
 
 log = logging.getLogger(__name__)
-
-DUPLICATE_KEY = 11000
-
 
 Outcomes = dict[str, list[tuple[int, Any]]]
 
@@ -125,7 +121,7 @@ def claim(rt: Runtime, unit_ids: list[str]) -> list[Doc]:
 
 
 def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
-    """Insert the assistants; returns the assistant object of each job id.
+    """Insert the assistants; returns each job id's reference to its assistant.
 
     The `_id` derived from the job makes this idempotent: a job processed
     before (its result lost to a crash) finds the assistant it made then.
@@ -134,15 +130,9 @@ def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
     created: dict[str, Any] = {}
     if not docs:
         return created
-    duplicates: list[str] = []
-    try:
-        rt.store.assistants.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        failed = {err["index"]: err for err in exc.details["writeErrors"]}
-        if any(err["code"] != DUPLICATE_KEY for err in failed.values()):
-            raise
-        duplicates = [docs[i]["_id"] for i in failed]
-        docs = [doc for i, doc in enumerate(docs) if i not in failed]
+    existing = insert_new(rt.store.assistants, docs)
+    duplicates = [docs[i]["_id"] for i in existing]
+    docs = [doc for i, doc in enumerate(docs) if i not in existing]
     for doc in docs:
         created[doc["job_id"]] = assistants.reference(doc)
     if duplicates:

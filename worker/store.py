@@ -8,11 +8,33 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
 from worker.settings import Settings
 
 Doc = dict[str, Any]
+
+DUPLICATE_KEY = 11000
+
+
+def insert_new(collection: Collection[Doc], docs: list[Doc]) -> set[int]:
+    """Insert what is not there yet; returns the indexes of `docs` that were.
+
+    The insert is unordered, so one duplicate does not stop the rest; any
+    other write error is raised.
+    """
+    if not docs:
+        return set()
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        if any(err["code"] != DUPLICATE_KEY for err in errors):
+            raise
+        return {err["index"] for err in errors}
+    return set()
+
 
 # For the write after which a client is told "accepted" (202): acknowledged
 # only once it is in the journal, which also holds every earlier write of the

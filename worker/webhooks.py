@@ -15,13 +15,12 @@ import time
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING
-from pymongo.errors import BulkWriteError
 
 from worker import jobs
 from worker.ids import RANDOM_CHARS
 from worker.retention import expire_at
 from worker.runtime import Runtime
-from worker.store import Doc, Store
+from worker.store import Doc, Store, insert_new
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
@@ -80,16 +79,7 @@ def new_delivery(
 
 def _insert_new(rt: Runtime, deliveries: list[Doc]) -> list[str]:
     """Insert deliveries; those already there (a second flush) are skipped."""
-    if not deliveries:
-        return []
-    skipped: set[int] = set()
-    try:
-        rt.store.deliveries.insert_many(deliveries, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details["writeErrors"]
-        if any(err["code"] != 11000 for err in errors):
-            raise
-        skipped = {err["index"] for err in errors}
+    skipped = insert_new(rt.store.deliveries, deliveries)
     return [d["_id"] for i, d in enumerate(deliveries) if i not in skipped]
 
 
