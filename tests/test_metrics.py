@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.embedded import free_port
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.test_batches import submit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -93,12 +94,7 @@ def test_worker_counts_jobs_by_outcome_with_their_latency(
 def test_batch_throughput_is_counted(observed: Observed, client: Tenant) -> None:
     before = observed.worker()
     lines = "".join(f'{{"custom_id": "c{i}", "body": {{"model": "m"}}}}\n' for i in range(3))
-    response = client.request(
-        "POST",
-        "/v1/batches",
-        data=lines.encode(),
-        headers={"Content-Type": "application/x-ndjson"},
-    )
+    response = submit(client, lines.encode())
     assert response.status_code == 202, response.text
     batch_id = response.json()["id"]
 

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.stack import Servers, Stack, Tenant, running_stack
+from tests.test_batches import submit
 
 LIMIT = 3
 
@@ -98,12 +99,7 @@ def test_429_comes_before_415_413_and_422(limited: Stack, client: Tenant) -> Non
 
 def test_a_batch_costs_one_request(client: Tenant) -> None:
     lines = "".join(f'{{"body": {{"model": "m{i}"}}}}\n' for i in range(10))
-    response = client.request(
-        "POST",
-        "/v1/batches",
-        data=lines.encode(),
-        headers={"Content-Type": "application/x-ndjson"},
-    )
+    response = submit(client, lines.encode())
     assert response.status_code == 202, response.text
     assert response.headers["RateLimit-Remaining"] == str(LIMIT - 1)
 
