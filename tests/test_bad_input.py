@@ -632,7 +632,8 @@ HEADER_TEXT = st.text(
 def test_random_header_values_are_never_a_5xx(fuzzed: Tenant, headers: dict[str, str]) -> None:
     if "Prefer" in headers:
         headers["Prefer"] = headers["Prefer"].replace("wait", "w")  # no long holds
-    encoded = {name: value.encode("latin-1") for name, value in headers.items()}
+    # HTTP drops whitespace before a field value, and requests refuses to send it.
+    encoded = {name: value.lstrip(" \t").encode("latin-1") for name, value in headers.items()}
     response = fuzzed.request(
         "POST",
         "/v1/assistants",
