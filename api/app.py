@@ -7,7 +7,6 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from worker.celery_app import configure
 from worker.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -34,7 +33,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["assistant_ingest.settings"] = settings
-    configure(settings)  # the Celery app, for sending; no connection yet
 
     @app.before_request
     def assign_request_id() -> None:

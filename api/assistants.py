@@ -10,9 +10,10 @@ from api.errors import ApiError, not_found, unprocessable
 from api.jobs import wait_for_job
 from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
-from api.submissions import submit_single
 from api.waiting import parse_prefer
-from worker import assistants
+from worker.domain.assistants import public
+from worker.services.intake import submit_single
+from worker.store import assistants
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
 
@@ -50,7 +51,7 @@ def get_assistant(assistant_id: str) -> Response:
     doc = assistants.get(store(), tenant(), assistant_id)
     if doc is None:
         raise not_found("No assistant found")
-    return jsonify(assistants.public(doc))
+    return jsonify(public(doc))
 
 
 @bp.delete("/assistants/<assistant_id>")
@@ -72,4 +73,4 @@ def list_assistants() -> Response:
         )
     except assistants.UnknownCursor as exc:
         raise queries.unknown_cursor(exc.name, exc.value) from exc
-    return jsonify(queries.list_object([assistants.public(doc) for doc in docs], has_more))
+    return jsonify(queries.list_object([public(doc) for doc in docs], has_more))

@@ -6,7 +6,7 @@ from flask import Flask, g, request
 
 from api.context import store
 from api.errors import ApiError
-from worker import tenants
+from worker.store import tenants
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

@@ -14,10 +14,11 @@ from api import inputs, queries
 from api.batch_input import Reader, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
-from api.submissions import UNAVAILABLE
-from worker import batches, idempotency
-from worker.ids import new_id
-from worker.runtime import Runtime
+from worker.domain.batches import new_batch, public
+from worker.domain.ids import new_id
+from worker.services import batches, intake
+from worker.store import batches as batch_store
+from worker.store import idempotency
 
 bp = Blueprint("batches", __name__, url_prefix="/v1")
 
@@ -40,7 +41,7 @@ def create_batch() -> Response:
     try:
         stager = batches.Stager(
             rt,
-            batches.new_batch(
+            new_batch(
                 batch_id=batch_id,
                 tenant=tenant(),
                 total=0,
@@ -52,7 +53,7 @@ def create_batch() -> Response:
             ),
         )
     except PyMongoError as exc:
-        raise UNAVAILABLE from exc
+        raise intake.Unavailable from exc
     try:
         requests = (
             reader.jsonl(request.stream)
@@ -65,26 +66,23 @@ def create_batch() -> Response:
             stager.add(item.custom_id, item.body_text)
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
-            rt.store.batches.update_one(
-                {"_id": batch_id},
-                {"$set": {"metadata_json": json.dumps(reader.metadata, ensure_ascii=False)}},
+            batch_store.set_metadata_json(
+                rt.store, batch_id, json.dumps(reader.metadata, ensure_ascii=False)
             )
         replay = None
         if key is not None:
-            scope = idempotency.scope_id(tenant(), "POST", "/v1/batches", key)
-            fp = reader.digest.hexdigest() + idempotency.fingerprint(b"", callback)
-            claim = idempotency.claim(
-                rt.store, scope, fp, batch_id, limits.idempotency_window_seconds
+            replay = intake.claim_batch_key(
+                rt,
+                tenant=tenant(),
+                key=key,
+                fingerprint=reader.digest.hexdigest() + idempotency.fingerprint(b"", callback),
+                batch_id=batch_id,
             )
-            if claim.conflict:
-                raise ApiError(409, "Idempotency-Key was used with a different request body")
-            if claim.replay and not _take_over(rt, scope, claim.target_id, batch_id):
-                replay = claim.target_id
         if replay is not None:
             stager.abort()
-            doc = batches.get(rt.store, tenant(), replay)
+            doc = batch_store.get(rt.store, tenant(), replay)
             if doc is None:
-                raise UNAVAILABLE
+                raise intake.Unavailable
             return _answer(doc, replayed=True)
         doc = stager.commit(reader.count)
     except TooLarge:
@@ -92,25 +90,11 @@ def create_batch() -> Response:
         raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
     except PyMongoError as exc:
         _abort_quietly(stager)
-        raise UNAVAILABLE from exc
+        raise intake.Unavailable from exc
     except BaseException:
         _abort_quietly(stager)
         raise
     return _answer(doc, replayed=False)
-
-
-def _take_over(rt: Runtime, scope: str, claimed: str, batch_id: str) -> bool:
-    """Whether this request takes over a key whose batch was never stored.
-
-    A key's first request stages its whole batch before it claims the key, so
-    a claimed batch that does not exist at all was given up: its request failed
-    and removed it, or the reconciler removed it, half-stored. The key then
-    belongs to this same request (the fingerprint matched). A batch still
-    `validating` may yet be committed: that one is replayed (503 until then).
-    """
-    if rt.store.batches.find_one({"_id": claimed}, {"_id": 1}) is not None:
-        return False
-    return idempotency.retarget(rt.store, scope, claimed, batch_id)
 
 
 def _refuse_if_invalid(reader: Reader, max_requests: int) -> None:
@@ -139,7 +123,7 @@ def _abort_quietly(stager: batches.Stager) -> None:
 
 
 def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
-    response = jsonify(batches.public(doc))
+    response = jsonify(public(doc))
     response.status_code = 202
     response.headers["Location"] = url_for(".get_batch", batch_id=doc["_id"])
     if replayed:
@@ -149,21 +133,21 @@ def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
 
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    doc = batches.get(store(), tenant(), batch_id)
+    doc = batch_store.get(store(), tenant(), batch_id)
     if doc is None:
         raise not_found("No batch found")
-    return jsonify(batches.public(doc))
+    return jsonify(public(doc))
 
 
 @bp.get("/batches")
 def list_batches() -> Response:
     queries.allow_only(("limit", "after"))
     limit, after = queries.limit(), queries.text("after")
-    page = batches.list_page(store(), tenant(), limit=limit, after=after)
+    page = batch_store.list_page(store(), tenant(), limit=limit, after=after)
     if page is None:
         raise queries.unknown_cursor("after", after)
     docs, has_more = page
-    return jsonify(queries.list_object([batches.public(doc) for doc in docs], has_more))
+    return jsonify(queries.list_object([public(doc) for doc in docs], has_more))
 
 
 @bp.post("/batches/<batch_id>/cancel")
@@ -171,7 +155,7 @@ def cancel_batch(batch_id: str) -> Response:
     doc = batches.cancel(runtime(), tenant(), batch_id)
     if doc is None:
         raise not_found("No batch found")
-    return jsonify(batches.public(doc))
+    return jsonify(public(doc))
 
 
 @bp.get("/batches/<batch_id>/results")
@@ -179,7 +163,7 @@ def batch_results(batch_id: str) -> Response:
     queries.allow_only(("status",))
     status = queries.choice("status", ("succeeded", "failed", "cancelled"))
     db = store()
-    if batches.get(db, tenant(), batch_id) is None:
+    if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
 
     def lines() -> Iterator[str]:

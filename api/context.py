@@ -6,7 +6,7 @@ from flask import current_app, g
 
 from worker.runtime import Runtime, for_process
 from worker.settings import Settings
-from worker.store import Store
+from worker.store.connection import Store
 
 
 def settings() -> Settings:

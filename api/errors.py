@@ -7,6 +7,10 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from worker.services import intake
+
+RETRY_LATER = {"Retry-After": "2"}
+
 
 class ApiError(Exception):
     """An error answer: `detail` is a message or a list of 422 entries."""
@@ -45,12 +49,20 @@ def register(app: Flask) -> None:
         headers.pop("Content-Type", None)
         return _answer(exc.code or 500, exc.description or exc.name, headers)
 
+    @app.errorhandler(intake.Unavailable)
+    def unavailable(_: intake.Unavailable) -> Response:
+        return _answer(503, "The job could not be stored; nothing was accepted", RETRY_LATER)
+
+    @app.errorhandler(intake.KeyConflict)
+    def key_conflict(_: intake.KeyConflict) -> Response:
+        return _answer(409, "Idempotency-Key was used with a different request body")
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         from pymongo.errors import PyMongoError
 
         if isinstance(exc, PyMongoError):
             app.logger.warning("store unavailable: %s", exc)
-            return _answer(503, "The store is unavailable; retry later", {"Retry-After": "2"})
+            return _answer(503, "The store is unavailable; retry later", RETRY_LATER)
         app.logger.exception("unhandled error")
         return _answer(500, "Internal Server Error")

@@ -7,7 +7,7 @@ from flask import request
 
 from api.context import settings
 from api.errors import ApiError, unprocessable
-from worker import urlguard
+from worker.services import urlguard
 
 
 def require_content_type(*allowed: str) -> str:

@@ -12,7 +12,9 @@ from api.context import runtime, settings, store, tenant
 from api.errors import not_found
 from api.responses import job_headers
 from api.waiting import FinishedListener, parse_prefer
-from worker import jobs
+from worker.domain.statuses import JobStatus
+from worker.domain.units import is_finished
+from worker.store import units
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -34,15 +36,13 @@ def listener() -> FinishedListener:
 
 def wait_for_job(job_id: str, seconds: int) -> dict[str, Any] | None:
     owner, db = tenant(), store()
-    return listener().wait(
-        job_id, seconds, lambda: jobs.get_job(db, owner, job_id), jobs.is_finished
-    )
+    return listener().wait(job_id, seconds, lambda: units.get_job(db, owner, job_id), is_finished)
 
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
-    job = wait_for_job(job_id, wait) if wait else jobs.get_job(store(), tenant(), job_id)
+    job = wait_for_job(job_id, wait) if wait else units.get_job(store(), tenant(), job_id)
     if job is None:
         raise not_found("No job found")
     response = jsonify(job)
@@ -56,9 +56,9 @@ def get_job(job_id: str) -> Response:
 def list_jobs() -> Response:
     queries.allow_only(("batch_id", "status", "limit", "after"))
     limit = queries.limit()
-    status = queries.choice("status", jobs.JOB_STATUSES)
+    status = queries.choice("status", tuple(JobStatus))
     batch_id, after = queries.text("batch_id"), queries.text("after")
-    page = jobs.list_jobs(
+    page = units.list_jobs(
         store(), tenant(), batch_id=batch_id, status=status, limit=limit, after=after
     )
     if page is None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from worker import logs
+from worker.telemetry import logs
 
 access_log = logging.getLogger("api.access")
 

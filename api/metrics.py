@@ -12,7 +12,7 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from api.context import runtime, settings
-from worker import metrics
+from worker.telemetry import metrics
 
 bp = Blueprint("metrics", __name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify
@@ -19,38 +18,14 @@ from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from api import operations
 from api.context import settings
-from worker.schema import request_model
+from api.operations import Body
+from worker.domain.schema import request_model
 
 bp = Blueprint("openapi", __name__)
 
 REF = "#/components/schemas/{model}"
-Body = type[BaseModel] | dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One documented response: a model (or a raw schema) under a media type."""
-
-    description: str
-    body: Body = None
-    media: str = "application/json"
-    headers: tuple[str, ...] = ()  # names in HEADERS; a trailing "!" marks required
-
-
-@dataclass(frozen=True)
-class Operation:
-    name: str  # the operationId
-    method: str
-    path: str
-    summary: str
-    tag: str
-    answers: dict[int, Answer]
-    description: str = ""
-    query: type[BaseModel] | None = None
-    headers: tuple[type[BaseModel], ...] = ()
-    body: dict[str, Body] = field(default_factory=dict)  # media type -> schema
-    public: bool = False  # no API key needed
 
 
 def _schema_of(kind: Any) -> dict[str, Any]:
@@ -132,7 +107,6 @@ def _content(components: _Components, media: str, body: Body, mode: JsonSchemaMo
 
 def build(models: tuple[str, ...] = ()) -> dict[str, Any]:
     """The OpenAPI 3.1 document; `models` is the configured model list, if any."""
-    from api import operations
 
     components = _Components()
     create = request_model(models)

@@ -7,14 +7,42 @@ named (pydantic models, or `{}` for any JSON value).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from api import schemas as s
-from api.openapi import Answer, Body, Operation
 from api.webhooks import WebhookEndpointUpdate
-from worker.schema import Assistant
+from worker.domain.schema import Assistant
+
+Body = type[BaseModel] | dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One documented response: a model (or a raw schema) under a media type."""
+
+    description: str
+    body: Body = None
+    media: str = "application/json"
+    headers: tuple[str, ...] = ()  # names in HEADERS; a trailing "!" marks required
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # the operationId
+    method: str
+    path: str
+    summary: str
+    tag: str
+    answers: dict[int, Answer]
+    description: str = ""
+    query: type[BaseModel] | None = None
+    headers: tuple[type[BaseModel], ...] = ()
+    body: dict[str, Body] = field(default_factory=dict)  # media type -> schema
+    public: bool = False  # no API key needed
+
 
 DESCRIPTION = """\
 Asynchronous, reliable bulk provisioning of OpenAI-style assistants.

@@ -8,7 +8,7 @@ from typing import Any
 from flask import request
 
 from api.errors import ApiError
-from worker.store import Doc
+from worker.domain.documents import Doc
 
 
 def _error(name: str, type_: str, msg: str, value: Any, **ctx: Any) -> ApiError:

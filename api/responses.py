@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, jsonify, url_for
 
-from worker.store import Doc
+from worker.domain.documents import Doc
 
 
 def job_headers(job: Doc) -> dict[str, str]:

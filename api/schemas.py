@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
-from worker.schema import Assistant
+from worker.domain.schema import Assistant
 
 Unix = Annotated[int, Field(description="Unix seconds")]
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=64)]

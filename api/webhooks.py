@@ -12,7 +12,10 @@ from api import inputs, queries
 from api.context import runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from api.jsonbody import JsonInvalid, parse
-from worker import tenants, urlguard, webhooks
+from worker.domain.events import delivery_public
+from worker.domain.statuses import DeliveryStatus
+from worker.services import outbox, urlguard
+from worker.store import deliveries, tenants
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 
@@ -33,33 +36,33 @@ def endpoint_object(url: str) -> dict[str, Any]:
 def list_deliveries() -> Response:
     queries.allow_only(("status", "limit", "after"))
     limit = queries.limit()
-    status = queries.choice("status", webhooks.DELIVERY_STATUSES)
+    status = queries.choice("status", tuple(DeliveryStatus))
     after = queries.text("after")
-    page = webhooks.list_page(store(), tenant(), status=status, limit=limit, after=after)
+    page = deliveries.list_page(store(), tenant(), status=status, limit=limit, after=after)
     if page is None:
         raise queries.unknown_cursor("after", after)
     docs, has_more = page
-    return jsonify(queries.list_object([webhooks.public(doc) for doc in docs], has_more))
+    return jsonify(queries.list_object([delivery_public(doc) for doc in docs], has_more))
 
 
 @bp.get("/webhook_deliveries/<delivery_id>")
 def get_delivery(delivery_id: str) -> Response:
-    doc = webhooks.get(store(), tenant(), delivery_id)
+    doc = deliveries.get(store(), tenant(), delivery_id)
     if doc is None:
         raise not_found("No webhook delivery found")
-    return jsonify(webhooks.public(doc))
+    return jsonify(delivery_public(doc))
 
 
 @bp.post("/webhook_deliveries/<delivery_id>/retry")
 def retry_delivery(delivery_id: str) -> Response:
-    doc, resent = webhooks.retry(runtime(), tenant(), delivery_id)
+    doc, resent = outbox.retry(runtime(), tenant(), delivery_id)
     if doc is None:
         raise not_found("No webhook delivery found")
     if not resent and doc["status"] == "delivered":
         raise ApiError(409, "Only a failed webhook delivery can be retried; this one was delivered")
     # A pending delivery is already on its way: answered unchanged, so a
     # client repeating its retry call does no harm.
-    return jsonify(webhooks.public(doc))
+    return jsonify(delivery_public(doc))
 
 
 @bp.get("/webhook_endpoint")

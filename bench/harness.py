@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from api.cli import DEV_WORKERS
-from api.embedded import start_mongo, start_valkey
+from cli.dev import DEV_WORKERS
+from cli.embedded import start_mongo, start_valkey
 from tests.stack import Servers, Stack, Tenant, wait_until
 
 QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true"}

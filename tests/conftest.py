@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from api.embedded import start_mongo, start_valkey
+from cli.embedded import start_mongo, start_valkey
 from tests.stack import Servers, Stack, Tenant, running_stack
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from worker.store import Store
+from worker.store.connection import Store
 
 OPEN = ("staged", "queued", "in_progress")
 

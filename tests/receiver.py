@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-from api.embedded import free_port
+from cli.embedded import free_port
 
 
 @dataclass(frozen=True)

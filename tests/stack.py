@@ -18,10 +18,10 @@ from typing import Any
 
 import requests
 
-from api.embedded import Server, free_port, wait_for_port
-from worker import tenants
+from cli.embedded import Server, free_port, wait_for_port
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import tenants
+from worker.store.connection import Store
 
 # Short timings so reconciling, leases and webhook retries happen within a test.
 FAST = {
@@ -89,7 +89,7 @@ class Stack:
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{self.name}-{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "api.cli", *args],
+                [sys.executable, "-m", "cli.main", *args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

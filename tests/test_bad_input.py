@@ -31,7 +31,7 @@ from tests.receiver import Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import finished_batch, results
 from tests.test_openapi import CHECKS, schemathesis
-from worker.store import Store
+from worker.store.connection import Store
 
 JSON = "application/json"
 JSONL = "application/x-ndjson"

@@ -14,7 +14,7 @@ def cli(
     stack: Stack, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env={**stack.env, **(env or {})},
         capture_output=True,
         text=True,

@@ -101,7 +101,7 @@ def test_missing_or_unknown_key_is_401_with_challenge(stack: Stack) -> None:
 
 
 def test_revoked_key_is_401(stack: Stack) -> None:
-    from worker import tenants
+    from worker.store import tenants
 
     owner = stack.new_tenant()
     store = stack.store()

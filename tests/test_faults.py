@@ -23,12 +23,13 @@ import pytest
 import redis
 import requests
 
-from api.embedded import start_mongo, start_valkey
+from cli.embedded import start_mongo, start_valkey
 from tests.outcomes import Outcome, assert_each_accepted_job_done_once, outcome
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import finished_batch, jsonl, results, submit
-from worker import batches, idempotency
-from worker.ids import new_id
+from worker.domain.batches import new_batch
+from worker.domain.ids import new_id
+from worker.store import idempotency
 
 BATCH_SIZE = 3000
 INVALID_EVERY = 100  # one request in a hundred fails validation: a 422 result
@@ -439,7 +440,7 @@ def test_batch_key_held_by_a_request_that_died_is_taken_over(stack: Stack) -> No
         for key, target in (("gone", gone), ("half-stored", half_stored)):
             scope = idempotency.scope_id(tenant.name, "POST", "/v1/batches", key)
             idempotency.claim(store, scope, fingerprint, target, 3600)
-        left = batches.new_batch(
+        left = new_batch(
             batch_id=half_stored,
             tenant=tenant.name,
             total=0,

@@ -12,7 +12,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.embedded import free_port
+from cli.embedded import free_port
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import submit
 

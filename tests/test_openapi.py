@@ -113,7 +113,7 @@ def _openapi_path(rule: str) -> str:
 
 
 def test_schemas_are_the_code_models(document: dict[str, Any]) -> None:
-    from worker.schema import Assistant, AssistantCreate
+    from worker.domain.schema import Assistant, AssistantCreate
 
     schemas = document["components"]["schemas"]
     create = schemas["AssistantCreate"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 
 from tests.stack import Stack, Tenant, wait_until
-from worker import jobs
-from worker.ids import new_id
+from worker.domain.ids import new_id
+from worker.domain.units import new_unit
+from worker.store.units import insert_unit
 
 
 def store_unsent_job(stack: Stack, tenant: Tenant, body: str, **fields: object) -> str:
     """A job stored as the edge stores it, whose message never reached Redis."""
     job_id = new_id("job_")
-    unit = jobs.new_unit(
+    unit = new_unit(
         unit_id=job_id,
         tenant=tenant.name,
         items=[{"id": job_id, "custom_id": None, "body": body}],
@@ -22,7 +23,7 @@ def store_unsent_job(stack: Stack, tenant: Tenant, body: str, **fields: object) 
     unit.update(fields)
     store = stack.store()
     try:
-        jobs.insert_unit(store, unit)
+        insert_unit(store, unit)
     finally:
         store.close()
     return job_id
@@ -88,7 +89,7 @@ def test_a_half_stored_batch_is_removed(stack: Stack, tenant: Tenant) -> None:
                 "request_counts": {"total": 0, "completed": 0, "failed": 0, "cancelled": 0},
             }
         )
-        unit = jobs.new_unit(
+        unit = new_unit(
             unit_id=f"{batch_id}.000000",
             tenant=tenant.name,
             items=[{"id": new_id("job_"), "custom_id": "0", "body": "{}"}],

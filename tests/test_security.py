@@ -28,14 +28,14 @@ import requests
 from tests.receiver import Receiver, Reply
 from tests.stack import Stack, Tenant, wait_until
 from worker.settings import Settings
-from worker.store import Store
+from worker.store.connection import Store
 
 JSONL = {"Content-Type": "application/x-ndjson"}
 
 
 def cli(stack: Stack, *args: str) -> Any:
     run = subprocess.run(
-        [sys.executable, "-m", "api.cli", "keys", *args],
+        [sys.executable, "-m", "cli.main", "keys", *args],
         env=stack.env,
         capture_output=True,
         text=True,

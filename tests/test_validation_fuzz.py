@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.stack import Stack, Tenant
 from tests.test_validation_reference import encode, reference_answer
-from worker.schema import validate_create
+from worker.domain.schema import validate_create
 
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from api.embedded import free_port
+from cli.embedded import free_port
 from tests.receiver import Drip, Endless, Hang, Received, Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
-from worker.tenants import new_webhook_secret
+from worker.store.tenants import new_webhook_secret
 
 FINAL = ("delivered", "failed")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker import urlguard
+from worker.services import urlguard
 
 
 @pytest.mark.parametrize(

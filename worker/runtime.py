@@ -1,19 +1,21 @@
-"""What a process needs to do work: settings, the store, Redis.
+"""What a process needs to do work: settings, the store, Redis and a sender.
 
-Built once per process, after fork: pymongo and redis-py clients must not
-cross a fork.
+Built once per process, after fork: pymongo, redis-py and kombu clients must
+not cross a fork.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import cast
 
 import redis
 
+from worker.queueing.sender import Sender
 from worker.settings import Settings
-from worker.store import Store
+from worker.store.connection import Store
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class Runtime:
             ),
         )
 
+    @cached_property
+    def sender(self) -> Sender:
+        return Sender(self.settings)
+
     @property
     def finished_channel(self) -> str:
         return f"{self.settings.redis_prefix}:finished"
@@ -49,6 +55,8 @@ class Runtime:
     def close(self) -> None:
         self.store.close()
         self.redis.close()
+        if "sender" in self.__dict__:
+            self.sender.close()
 
 
 _per_process: dict[int, Runtime] = {}

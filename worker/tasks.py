@@ -1,19 +1,18 @@
-"""Celery tasks: thin wrappers that carry ids, never documents.
-
-Task names are a contract with messages already queued: keep them stable.
-"""
+"""Celery tasks: thin wrappers over services that carry ids, never documents."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from celery.signals import worker_init
 from celery_batches import Batches
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from worker import delivery, provisioning, reconciler
 from worker.celery_app import app, runtime, settings
+from worker.queueing import routes
+from worker.services import delivery, provisioning, reconciler
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ TRANSIENT = (PyMongoError, RedisError, ConnectionError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 12}
 
 
-@app.task(name="assistants.process_single", base=Batches, flush_every=100, flush_interval=0.02)
+@app.task(name=routes.PROCESS_SINGLE, base=Batches, flush_every=100, flush_interval=0.02)
 def process_single(requests: list[Any]) -> None:
     # Single creates queued together are processed together: one claim, one
     # insert_many, one bulk_write for the lot. A failure leaves the jobs
@@ -35,37 +34,27 @@ def process_single(requests: list[Any]) -> None:
         log.exception("processing %d single jobs failed; the reconciler will resend", len(job_ids))
 
 
-@app.task(name="assistants.process_chunk", **RETRY)
+@worker_init.connect(weak=False)
+def _group_single_creates(**_: Any) -> None:
+    process_single.flush_every = settings().single_flush_every
+    process_single.flush_interval = settings().single_flush_interval
+
+
+@app.task(name=routes.PROCESS_CHUNK, **RETRY)
 def process_chunk(unit_id: str) -> None:
     provisioning.process(runtime(), [unit_id])
 
 
-@app.task(name="webhooks.deliver", **RETRY)
+@app.task(name=routes.DELIVER, **RETRY)
 def deliver(delivery_id: str) -> None:
     delivery.attempt(runtime(), delivery_id)
 
 
-@app.task(name="maintenance.reconcile")
+@app.task(name=routes.RECONCILE)
 def reconcile() -> None:
     reconciler.reconcile(runtime())
 
 
-@app.task(name="maintenance.sweep_webhooks")
+@app.task(name=routes.SWEEP_WEBHOOKS)
 def sweep_webhooks() -> None:
     reconciler.sweep_webhooks(runtime())
-
-
-def send_single(job_id: str) -> None:
-    process_single.apply_async(args=(job_id,), queue="single")
-
-
-def send_chunk(unit_id: str) -> None:
-    process_chunk.apply_async(args=(unit_id,), queue="bulk")
-
-
-def send_delivery(delivery_id: str) -> None:
-    # The attempt keeps its own deadline; the hard limit is a backstop for
-    # anything outside it (a name lookup that hangs). The delivery's lease
-    # outlasts it, so the sweep sends it again after such a kill.
-    limit = settings().webhook_timeout_seconds + delivery.LEASE_MARGIN_SECONDS / 2
-    deliver.apply_async(args=(delivery_id,), queue="webhooks", time_limit=limit)

@@ -1,4 +1,4 @@
-"""Stored assistants.
+"""The assistant document and object.
 
 `tools` and `metadata` are user-controlled trees whose keys may hold anything
 JSON allows ("$where", "a.b", NUL), which BSON keys cannot all hold; they are
@@ -12,18 +12,10 @@ import json
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
 
-from worker.ids import new_id
-from worker.schema import AssistantCreate, tools_as_given
-from worker.store import Doc, Store
-
-
-def ensure_indexes(store: Store) -> None:
-    store.assistants.create_index("id", unique=True)
-    store.assistants.create_index(
-        [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
-    )
+from worker.domain.documents import Doc
+from worker.domain.ids import new_id
+from worker.domain.schema import AssistantCreate, tools_as_given
 
 
 def object_id_for(job_id: str, job_created_at: int) -> ObjectId:
@@ -97,72 +89,3 @@ def public(doc: Doc) -> dict[str, Any]:
         "file_ids": list(doc.get("file_ids") or []),
         "metadata": json.loads(doc["metadata_json"]),
     }
-
-
-def get(store: Store, tenant: str, assistant_id: str) -> Doc | None:
-    return store.assistants.find_one({"id": assistant_id, "tenant": tenant})
-
-
-def delete(store: Store, tenant: str, assistant_id: str) -> bool:
-    return store.assistants.delete_one({"id": assistant_id, "tenant": tenant}).deleted_count == 1
-
-
-class UnknownCursor(LookupError):
-    """An `after` or `before` id that names no assistant of the tenant."""
-
-    def __init__(self, name: str, value: str) -> None:
-        super().__init__(f"{name}={value}")
-        self.name = name
-        self.value = value
-
-
-def list_page(
-    store: Store,
-    tenant: str,
-    *,
-    limit: int,
-    order: str,
-    after: str | None = None,
-    before: str | None = None,
-) -> tuple[list[Doc], bool]:
-    """A page ordered by (created_at, _id) and whether more follow in its direction.
-
-    `after` continues in the list's own order, `before` goes back against it.
-    Raises UnknownCursor for a cursor id the tenant does not have.
-    """
-    ascending = order == "asc"
-    bounds: list[Doc] = []
-    for name, cursor_id in (("after", after), ("before", before)):
-        if cursor_id is None:
-            continue
-        anchor = store.assistants.find_one({"id": cursor_id, "tenant": tenant}, {"created_at": 1})
-        if anchor is None:
-            raise UnknownCursor(name, cursor_id)
-        op = "$gt" if (name == "after") == ascending else "$lt"
-        bounds += [
-            # The range alone bounds the index scan; the $or breaks ties by _id.
-            {"created_at": {op + "e": anchor["created_at"]}},
-            {
-                "$or": [
-                    {"created_at": {op: anchor["created_at"]}},
-                    {"_id": {op: anchor["_id"]}},
-                ]
-            },
-        ]
-    query: Doc = {"tenant": tenant}
-    if bounds:
-        query["$and"] = bounds
-    direction = ASCENDING if ascending else DESCENDING
-    backwards = before is not None and after is None
-    if backwards:
-        # Read from the cursor towards the start, then restore the list's order.
-        direction = -direction
-    docs = list(
-        store.assistants.find(
-            query, sort=[("created_at", direction), ("_id", direction)], limit=limit + 1
-        )
-    )
-    page = docs[:limit]
-    if backwards:
-        page.reverse()
-    return page, len(docs) > limit

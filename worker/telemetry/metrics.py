@@ -24,8 +24,9 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from worker.celery_app import ALL_QUEUES
-from worker.store import Doc
+from worker.domain.documents import Unit
+from worker.domain.units import kind
+from worker.queueing.routes import ALL_QUEUES
 
 log = logging.getLogger("worker.jobs")
 
@@ -66,11 +67,7 @@ _PRIORITY_SEP = "\x06\x16"
 _PRIORITIES = (0, 3, 6, 9)
 
 
-def _kind(unit: Doc) -> str:
-    return "batch" if unit.get("batch_id") else "single"
-
-
-def units_claimed(units: list[Doc]) -> None:
+def units_claimed(units: list[Unit]) -> None:
     """A worker took these units: one line each, carrying the request that made it."""
     for unit in units:
         log.info(
@@ -80,20 +77,20 @@ def units_claimed(units: list[Doc]) -> None:
 
 
 def units_finished(
-    units: list[Doc], outcomes: dict[str, list[tuple[int, Any]]], finished: set[str]
+    units: list[Unit], outcomes: dict[str, list[tuple[int, Any]]], finished: set[str]
 ) -> None:
     """Count and log the units this worker finished (a fenced-out write counts nothing)."""
     now = time.time()
     for unit in units:
         if unit["_id"] not in finished:
             continue
-        kind = _kind(unit)
+        unit_kind = kind(unit)
         codes = [code for code, _ in outcomes[unit["_id"]]]
         latency = max(0.0, now - unit["created_at"])
         for code in codes:
-            JOBS.labels(kind, OUTCOMES.get(code, "error")).inc()
-            JOB_LATENCY.labels(kind).observe(latency)
-        if kind == "batch":
+            JOBS.labels(unit_kind, OUTCOMES.get(code, "error")).inc()
+            JOB_LATENCY.labels(unit_kind).observe(latency)
+        if unit_kind == "batch":
             BATCH_CHUNKS.inc()
         tally = {OUTCOMES.get(code, "error"): codes.count(code) for code in set(codes)}
         extra: dict[str, Any] = {**_unit_fields(unit), "latency_seconds": round(latency, 3)}
@@ -104,7 +101,7 @@ def units_finished(
         log.info("job finished", extra=extra)
 
 
-def _unit_fields(unit: Doc) -> dict[str, Any]:
+def _unit_fields(unit: Unit) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": unit.get("request_id")}
     if unit.get("batch_id"):
         fields.update(batch_id=unit["batch_id"], unit_id=unit["_id"], jobs=len(unit["items"]))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from pymongo import ASCENDING
 
-from worker.store import Doc, Store
+from worker.domain.documents import Doc
+from worker.store.connection import Store
 
 KEY_PREFIX = "aik_"
 
@@ -126,8 +127,13 @@ def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> Rotated:
 
 
 def webhook_url(store: Store, tenant: str) -> str | None:
-    doc = store.tenants.find_one({"_id": tenant}, {"webhook_url": 1})
-    return doc.get("webhook_url") if doc else None
+    return webhook_urls(store, {tenant}).get(tenant)
+
+
+def webhook_urls(store: Store, tenants: set[str]) -> dict[str, str | None]:
+    """Each tenant's endpoint, in one read."""
+    docs = store.tenants.find({"_id": {"$in": list(tenants)}}, {"webhook_url": 1})
+    return {doc["_id"]: doc.get("webhook_url") for doc in docs}
 
 
 def set_webhook_url(store: Store, tenant: str, url: str) -> None:

@@ -1,9 +1,8 @@
-"""The MongoDB store: one client per process, made after fork, and its indexes."""
+"""The MongoDB store: one client per process, made after fork."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -11,9 +10,8 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
+from worker.domain.documents import Doc
 from worker.settings import Settings
-
-Doc = dict[str, Any]
 
 DUPLICATE_KEY = 11000
 
@@ -95,13 +93,6 @@ class Store:
 
     def ping(self) -> None:
         self.client.admin.command("ping")
-
-    def ensure_indexes(self) -> None:
-        # Each module declares the indexes its queries need.
-        from worker import assistants, batches, idempotency, jobs, tenants, webhooks
-
-        for module in (assistants, batches, idempotency, jobs, tenants, webhooks):
-            module.ensure_indexes(self)
 
     def close(self) -> None:
         self.client.close()

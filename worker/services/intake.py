@@ -1,7 +1,7 @@
-"""Accepting work: idempotency, one store write, one send.
+"""Accepting work: idempotency keys, one journaled store write, one send.
 
-Once the job is stored the answer is 202 even if the send to Redis fails:
-the reconciler sends it. If it cannot be stored, nothing was accepted (503).
+Once a job is stored it is accepted, even if the send to Redis fails: the
+reconciler sends it. If it cannot be stored, nothing was accepted.
 """
 
 from __future__ import annotations
@@ -12,17 +12,22 @@ from dataclasses import dataclass
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from api.errors import ApiError
-from worker import idempotency, jobs, tasks
-from worker.ids import new_id
+from worker.domain.documents import Doc
+from worker.domain.ids import new_id
+from worker.domain.units import job_public, new_unit
+from worker.queueing.routes import PROCESS_SINGLE
 from worker.runtime import Runtime
-from worker.store import Doc
+from worker.store import batches, idempotency, units
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = ApiError(
-    503, "The job could not be stored; nothing was accepted", {"Retry-After": "2"}
-)
+
+class Unavailable(Exception):
+    """The work could not be stored: nothing was accepted."""
+
+
+class KeyConflict(Exception):
+    """The Idempotency-Key was used with a different request."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,9 @@ def submit_single(
                 rt.store, scope, fp, job_id, rt.settings.idempotency_window_seconds
             )
             if claim.conflict:
-                raise ApiError(409, "Idempotency-Key was used with a different request body")
+                raise KeyConflict
             if claim.replay:
-                job = jobs.get_job(rt.store, tenant, claim.target_id)
+                job = units.get_job(rt.store, tenant, claim.target_id)
                 if job is not None:
                     return Accepted(job=job, replayed=True)
                 # The key's first request has not stored its job: not yet, or
@@ -62,44 +67,73 @@ def submit_single(
                 # fingerprint, same request: store it under the id it claimed.
                 # Whichever request stores it first, there is one job.
                 job_id, adopted = claim.target_id, True
-        now = int(time.time())
-        unit = jobs.new_unit(
+        unit = new_unit(
             unit_id=job_id,
             tenant=tenant,
             items=[{"id": job_id, "custom_id": None, "body": body_text}],
-            now=now,
+            now=int(time.time()),
             callback_url=callback_url,
             request_id=request_id,
             resend_after=rt.settings.resend_after_seconds,
         )
         try:
-            jobs.insert_unit(rt.store, unit)
+            units.insert_unit(rt.store, unit)
         except DuplicateKeyError:
             # Stored already: by the other request with this key, or by this
             # insert's own first try (a retried write whose answer was lost).
-            stored = jobs.get_job(rt.store, tenant, job_id)
+            stored = units.get_job(rt.store, tenant, job_id)
             if stored is None:
-                raise UNAVAILABLE from None
+                raise Unavailable from None
             return Accepted(job=stored, replayed=adopted)
     except PyMongoError as exc:
         log.warning("could not store job: %s", exc)
         if scope is not None and not adopted:
             _release_quietly(rt, scope, job_id, tenant)
-        raise UNAVAILABLE from exc
+        raise Unavailable from exc
     try:
-        tasks.send_single(job_id)
+        rt.sender.send(PROCESS_SINGLE, job_id)
     except Exception:
         log.warning(
             "job %s stored but not sent; the reconciler will send it", job_id, exc_info=True
         )
-    return Accepted(job=jobs.job_public(unit, 0), replayed=adopted)
+    return Accepted(job=job_public(unit, 0), replayed=adopted)
 
 
 def _release_quietly(rt: Runtime, scope: str, target: str, tenant: str) -> None:
     try:
         # A write that failed may still have been stored (its answer was lost):
         # then the key stays, and a retry with it finds that job.
-        if jobs.get_job(rt.store, tenant, target) is None:
+        if units.get_job(rt.store, tenant, target) is None:
             idempotency.release(rt.store, scope, target)
     except PyMongoError:
         log.warning("could not release idempotency key; it expires with its window")
+
+
+def claim_batch_key(
+    rt: Runtime, *, tenant: str, key: str, fingerprint: str, batch_id: str
+) -> str | None:
+    """Reserve an Idempotency-Key for a staged batch; returns the batch to replay
+    instead, if the key already holds one. Raises KeyConflict for another upload."""
+    scope = idempotency.scope_id(tenant, "POST", "/v1/batches", key)
+    claim = idempotency.claim(
+        rt.store, scope, fingerprint, batch_id, rt.settings.idempotency_window_seconds
+    )
+    if claim.conflict:
+        raise KeyConflict
+    if claim.replay and not _take_over(rt, scope, claim.target_id, batch_id):
+        return claim.target_id
+    return None
+
+
+def _take_over(rt: Runtime, scope: str, claimed: str, batch_id: str) -> bool:
+    """Whether this request takes over a key whose batch was never stored.
+
+    A key's first request stages its whole batch before it claims the key, so
+    a claimed batch that does not exist at all was given up: its request failed
+    and removed it, or the reconciler removed it, half-stored. The key then
+    belongs to this same request (the fingerprint matched). A batch still
+    `validating` may yet be committed: that one is replayed (503 until then).
+    """
+    if batches.exists(rt.store, claimed):
+        return False
+    return idempotency.retarget(rt.store, scope, claimed, batch_id)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
-from worker.store import Store
+from worker.store.connection import Store
 
 
 def ensure_indexes(store: Store) -> None:

@@ -13,27 +13,24 @@ import hashlib
 import hmac
 import http.client
 import logging
-import random
-import secrets
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from worker import metrics, tenants, urlguard
-from worker.retention import expire_at
+from worker.domain.documents import Delivery
+from worker.domain.retention import expire_at
+from worker.domain.retries import Outcome, RetryPolicy
+from worker.domain.statuses import DeliveryStatus
 from worker.runtime import Runtime
-from worker.store import Doc
+from worker.services import urlguard
+from worker.store import deliveries, tenants
+from worker.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 RESPONSE_CAP = 64 * 1024
-RETRYABLE_STATUS = {408, 429}
-# Beyond the attempt's own deadline: name resolution and the two MongoDB
-# writes. A worker that dies mid-attempt holds the delivery this long.
-LEASE_MARGIN_SECONDS = 30
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
@@ -42,40 +39,13 @@ def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-@dataclass(frozen=True)
-class Outcome:
-    status_code: int | None
-    error: str | None
-    retry_after: float | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-    @property
-    def retryable(self) -> bool:
-        # Network errors and timeouts are retried; a refused address is not.
-        if self.status_code is None:
-            return self.error is not None and not self.error.startswith("refused:")
-        return self.status_code in RETRYABLE_STATUS or self.status_code >= 500
-
-
 def attempt(rt: Runtime, delivery_id: str) -> None:
     """Make the attempt that is due now, if any; later ones are scheduled in MongoDB."""
-    token = secrets.token_hex(16)
-    now = time.time()
-    lease = rt.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-    doc = rt.store.deliveries.find_one_and_update(
-        {
-            "_id": delivery_id,
-            "status": "pending",
-            "next_attempt_at": {"$lte": now},
-            "$or": [{"lease_expires": {"$exists": False}}, {"lease_expires": {"$lt": now}}],
-        },
-        {"$set": {"lease": token, "lease_expires": now + lease}},
-    )
-    if doc is None:
+    policy = RetryPolicy.from_settings(rt.settings)
+    claimed = deliveries.claim(rt.store, delivery_id, time.time(), policy.lease_seconds)
+    if claimed is None:
         return  # not due, already being sent, or finished
+    doc, token = claimed
     tenant = tenants.get(rt.store, doc["tenant"])
     signing = tenants.current_secrets(tenant) if tenant else []
     started = time.monotonic()
@@ -83,10 +53,10 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
         outcome = post(rt, doc, signing)
     else:
         outcome = Outcome(None, "refused: the tenant has no signing secret")
-    record(rt, doc, token, outcome, duration_ms=int((time.monotonic() - started) * 1000))
+    record(rt, policy, doc, token, outcome, int((time.monotonic() - started) * 1000))
 
 
-def post(rt: Runtime, doc: Doc, signing: list[str]) -> Outcome:
+def post(rt: Runtime, doc: Delivery, signing: list[str]) -> Outcome:
     timeout = rt.settings.webhook_timeout_seconds
     deadline = time.monotonic() + timeout
     try:
@@ -189,21 +159,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def next_delay(rt: Runtime, made: int, outcome: Outcome) -> float | None:
-    """Seconds until the next attempt, or None when the delivery is over."""
-    schedule = rt.settings.webhook_schedule
-    if outcome.delivered or not outcome.retryable or made >= len(schedule):
-        return None
-    # Jitter spreads retries of many deliveries to one receiver apart.
-    delay = schedule[made] * random.uniform(0.9, 1.1)
-    if outcome.retry_after is not None:
-        # The receiver's Retry-After is a floor, capped so it cannot park a
-        # delivery for days.
-        delay = max(delay, min(outcome.retry_after, rt.settings.webhook_max_retry_after_seconds))
-    return delay
-
-
-def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int) -> None:
+def record(
+    rt: Runtime, policy: RetryPolicy, doc: Delivery, token: str, outcome: Outcome, duration_ms: int
+) -> None:
     """Record the attempt and decide what follows, fenced by the lease."""
     now = time.time()
     entry = {
@@ -213,25 +171,20 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
         "duration_ms": duration_ms,
     }
     made = len(doc["attempts"]) + 1 - doc.get("retry_from", 0)
-    delay = next_delay(rt, made, outcome)
-    update: Doc = {"expire_at": expire_at(rt.settings, now)}
+    delay = policy.next_delay(made, outcome)
+    update: dict[str, object] = {"expire_at": expire_at(rt.settings, now)}
     if outcome.delivered:
-        update["status"] = "delivered"
+        status = DeliveryStatus.DELIVERED
     elif delay is not None:
         # swept_at 0: the periodic sweep sends it once it is due.
-        update.update(status="pending", next_attempt_at=now + delay, swept_at=0)
+        status = DeliveryStatus.PENDING
+        update.update(next_attempt_at=now + delay, swept_at=0)
     else:
-        update["status"] = "failed"
-    result = rt.store.deliveries.update_one(
-        {"_id": doc["_id"], "lease": token},
-        {
-            "$set": update,
-            "$push": {"attempts": entry},
-            "$unset": {"lease": "", "lease_expires": ""},
-        },
-    )
-    metrics.webhook_attempt(update["status"], duration_ms)
-    if not result.modified_count:
+        status = DeliveryStatus.FAILED
+    update["status"] = status
+    recorded = deliveries.record_attempt(rt.store, doc["_id"], token, entry, update)
+    metrics.webhook_attempt(status, duration_ms)
+    if not recorded:
         log.warning("delivery %s: lease lost before its attempt was recorded", doc["_id"])
         return
     log.info(
@@ -239,5 +192,5 @@ def record(rt: Runtime, doc: Doc, token: str, outcome: Outcome, duration_ms: int
         doc["_id"],
         len(doc["attempts"]) + 1,
         outcome.status_code or outcome.error,
-        update["status"],
+        status,
     )

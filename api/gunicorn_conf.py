@@ -1,0 +1,66 @@
+"""gunicorn's configuration for the edge:
+
+    gunicorn -c python:api.gunicorn_conf 'api.app:create_app()'
+
+Command-line options and GUNICORN_CMD_ARGS override what is set here, as
+gunicorn does for every configuration file. The hooks give every process
+JSON logs, share the workers' metrics through one folder, and make the
+store's indexes before the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from api.logging_setup import gunicorn_config
+from worker.settings import Settings
+
+bind = ["0.0.0.0:8000"]
+workers = 2
+# Threads hold `Prefer: wait` requests and result streams cheaply.
+worker_class = "gthread"
+threads = 32
+# Above the longest wait (60 s) and a long results stream.
+timeout = 300
+graceful_timeout = 30
+# The app writes its own access line (with the request id, as JSON).
+accesslog = None
+# One control socket per user would be shared by every edge on the host.
+control_socket_disable = True
+# gunicorn's own loggers as JSON too; its access log is replaced by the app's.
+logconfig_dict = gunicorn_config(Settings().log_level)
+
+_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server: Any) -> None:
+    from worker.store.connection import Store
+    from worker.store.indexes import ensure_indexes
+    from worker.telemetry import logs
+
+    settings = Settings()
+    logs.configure(settings.log_level)
+    if not os.environ.get(_METRICS_DIR):
+        # prometheus_client reads this when first imported: in each worker, after fork.
+        os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
+        server._metrics_dir_made = os.environ[_METRICS_DIR]
+    store = Store.connect(settings, timeout_ms=30_000)
+    try:
+        ensure_indexes(store)
+    finally:
+        store.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    made = getattr(server, "_metrics_dir_made", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)

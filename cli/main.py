@@ -1,0 +1,64 @@
+"""The `assistant-ingest` command: run the stack, the edge, workers; manage keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cli import bulk, dev, keys, serve
+
+    parser = argparse.ArgumentParser(prog="assistant-ingest")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("dev", help="run everything locally with embedded Redis and MongoDB")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--data-dir", type=Path, default=Path(".data"))
+    run.add_argument("--tenant", default="dev")
+
+    api = sub.add_parser(
+        "api", help="run the HTTP edge under gunicorn (GUNICORN_CMD_ARGS is honoured)"
+    )
+    api.add_argument("--host", default=None, help="default 0.0.0.0")
+    api.add_argument("--port", type=int, default=None, help="default 8000")
+    api.add_argument("--workers", type=int, default=None, help="default 2")
+    api.add_argument("--threads", type=int, default=None, help="default 32")
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="single,bulk,webhooks,maintenance")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
+    worker.add_argument("--pool", default="prefork")
+    worker.add_argument("--hostname", default=None)
+
+    beat = sub.add_parser("beat", help="run the periodic scheduler (reconciler, webhook sweep)")
+    beat.add_argument("--schedule", default="celerybeat-schedule")
+
+    keys_parser = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints one line of JSON")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--webhook-url", default=None)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("api_key")
+
+    bulk.add_parser(sub)
+
+    args = parser.parse_args(argv)
+    command: Any = {
+        "dev": dev.run_dev,
+        "api": serve.run_api,
+        "worker": serve.run_worker,
+        "beat": serve.run_beat,
+        "keys": keys.run_keys,
+        "bulk": bulk.run,
+    }[args.command]
+    result: int = command(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Running the processes: the edge under gunicorn, Celery workers, beat."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from worker.settings import Settings
+
+EDGE_APP = "api.app:create_app()"
+EDGE_CONFIG = "python:api.gunicorn_conf"
+
+
+@contextlib.contextmanager
+def multiprocess_metrics() -> Iterator[None]:
+    """A folder through which forked processes share their metrics; prometheus_client
+    reads its variable when it is first imported, so this comes first."""
+    metrics_dir = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        yield
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def run_api(args: argparse.Namespace) -> int:
+    """gunicorn with the edge's configuration file; the options given here override it,
+    and GUNICORN_CMD_ARGS overrides the file where no option is given."""
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    argv = ["gunicorn", "-c", EDGE_CONFIG]
+    if args.host is not None or args.port is not None:
+        argv += ["--bind", f"{args.host or '0.0.0.0'}:{args.port or 8000}"]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    sys.argv = [*argv, EDGE_APP]
+    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog="gunicorn").run()
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if not settings.metrics_port:
+        return _run_worker(args, settings)
+    with multiprocess_metrics():
+        return _run_worker(args, settings)
+
+
+def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from celery.signals import setup_logging, worker_ready
+
+    from worker.celery_app import app
+    from worker.queueing.routes import SINGLE_QUEUE
+    from worker.store.connection import Store
+    from worker.store.indexes import ensure_indexes
+    from worker.telemetry import logs, metrics
+
+    def configure_logs(**_: Any) -> None:
+        logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
+
+    configure_logs()
+    # Celery leaves logging (and stdout) alone when someone answers this signal.
+    setup_logging.connect(configure_logs, weak=False)
+    if settings.metrics_port:
+        # Served from the main process once the pool is up, so no pool
+        # process inherits the listening socket.
+        worker_ready.connect(lambda **_: metrics.serve(settings.metrics_port), weak=False)
+    store = Store.connect(settings, timeout_ms=30_000)
+    ensure_indexes(store)
+    store.close()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    concurrency = args.concurrency or settings.worker_concurrency
+    # celery-batches buffers single creates unacknowledged until it flushes,
+    # so that queue needs a prefetch of at least the flush size; chunks are
+    # big, so a bulk-only worker takes one at a time per process.
+    prefetch = 1
+    if SINGLE_QUEUE in queues:
+        prefetch = max(1, math.ceil(2 * settings.single_flush_every / concurrency))
+    app.conf.worker_prefetch_multiplier = prefetch
+    argv = [
+        "--quiet",  # no banner on stdout: every line is JSON; the start is logged below
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        args.pool,
+        "--loglevel",
+        settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    if args.beat:
+        argv += [
+            "--beat",
+            "--schedule",
+            str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}"),
+        ]
+    logging.getLogger("worker").info(
+        "worker starting",
+        extra={
+            "queues": queues,
+            "concurrency": concurrency,
+            "pool": args.pool,
+            "prefetch_multiplier": prefetch,
+            "beat": bool(args.beat),
+            "metrics_port": settings.metrics_port or None,
+        },
+    )
+    app.worker_main(argv)
+    return 0
+
+
+def run_beat(args: argparse.Namespace) -> int:
+    from celery.signals import setup_logging
+
+    from worker.celery_app import app
+    from worker.telemetry import logs
+
+    settings = Settings()
+
+    def configure_logs(**_: Any) -> None:
+        logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
+
+    configure_logs()
+    setup_logging.connect(configure_logs, weak=False)
+    app.start(["beat", "--schedule", args.schedule, "--loglevel", settings.log_level])
+    return 0

@@ -1,0 +1,108 @@
+"""Jobs, as work units hold them.
+
+A unit is one document holding one request (a single create) or a chunk of a
+batch's requests, with their results in parallel arrays. One document per
+chunk instead of per request is what lets a batch cost little more than the
+assistants it inserts; the API still shows one job per request. A job's
+status is derived from its unit's status and its result code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.domain import assistants
+from worker.domain.documents import Doc, Item, Unit
+from worker.domain.statuses import FINISHED_JOB, JobStatus, UnitStatus
+
+
+def new_unit(
+    *,
+    unit_id: str,
+    tenant: str,
+    items: list[Item],
+    now: int,
+    callback_url: str | None = None,
+    request_id: str | None = None,
+    batch_id: str | None = None,
+    seq: int = 0,
+    job_events: bool = True,
+    resend_after: int = 30,
+) -> Unit:
+    """A unit ready to insert, queued and due to be sent again after `resend_after`."""
+    unit: Unit = {
+        "_id": unit_id,
+        "tenant": tenant,
+        "seq": seq,
+        "status": UnitStatus.QUEUED,
+        "created_at": now,
+        "started_at": None,
+        "completed_at": None,
+        "due_at": now + resend_after,
+        "attempts": 0,
+        "callback_url": callback_url,
+        "request_id": request_id,
+        "job_events": job_events,
+        "items": items,
+        "codes": [None] * len(items),
+        "results": [None] * len(items),
+    }
+    if batch_id is not None:
+        unit["batch_id"] = batch_id
+    return unit
+
+
+def item_status(unit: Unit, index: int) -> JobStatus:
+    code = unit["codes"][index]
+    if code == 200:
+        return JobStatus.SUCCEEDED
+    if code is not None:
+        return JobStatus.FAILED
+    if unit["status"] == UnitStatus.CANCELLED:
+        return JobStatus.CANCELLED
+    if unit["status"] == UnitStatus.DONE:  # finished without a result: cannot happen, say so
+        return JobStatus.FAILED
+    return JobStatus(unit["status"])
+
+
+def job_public(unit: Unit, index: int) -> Doc:
+    """The job object of API.md for request `index` of a unit."""
+    item = unit["items"][index]
+    code = unit["codes"][index]
+    status = item_status(unit, index)
+    result = None
+    if code is not None:
+        result = {"status_code": code, "body": result_body(unit, index)}
+    return {
+        "id": item["id"],
+        "object": "assistant.job",
+        "status": status,
+        "created_at": unit["created_at"],
+        "started_at": unit.get("started_at"),
+        "completed_at": unit.get("completed_at") if status in FINISHED_JOB else None,
+        "attempts": unit.get("attempts", 0),
+        "batch_id": unit.get("batch_id"),
+        "custom_id": item.get("custom_id"),
+        "callback_url": unit.get("callback_url"),
+        "result": result,
+    }
+
+
+def result_body(unit: Unit, index: int) -> Any:
+    """The body of a finished request's result: the assistant object or the error."""
+    stored = unit["results"][index]
+    assert stored is not None
+    body = json.loads(stored)
+    if unit["codes"][index] == 200:
+        return assistants.public_from_request(json.loads(unit["items"][index]["body"]), body)
+    return body
+
+
+def is_finished(job: Doc) -> bool:
+    return job["status"] in FINISHED_JOB
+
+
+def kind(unit: Unit) -> str:
+    """single or batch: the label of metrics and the queue it goes to."""
+    return "batch" if unit.get("batch_id") else "single"

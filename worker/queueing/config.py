@@ -1,0 +1,40 @@
+"""Celery's configuration, from settings: one definition for the workers, beat,
+Flower and every process that only sends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.queueing.routes import QUEUE_OF, RECONCILE, SINGLE_QUEUE, SWEEP_WEBHOOKS
+from worker.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.redis_url,
+        "broker_connection_retry_on_startup": True,
+        # Job state lives in MongoDB; the result backend is not used.
+        "task_ignore_result": True,
+        # At-least-once: a message is acknowledged only after its work is
+        # recorded, and redelivered if the worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Well above the longest task, so an unacked message is not redelivered
+        # while its task still runs; the reconciler covers lost ones sooner.
+        "broker_transport_options": {
+            "visibility_timeout": 3600,
+            "global_keyprefix": f"{settings.redis_prefix}:celery:",
+        },
+        "task_default_queue": SINGLE_QUEUE,
+        "task_routes": {name: {"queue": queue} for name, queue in QUEUE_OF.items()},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds},
+            "sweep-webhooks": {
+                "task": SWEEP_WEBHOOKS,
+                "schedule": settings.webhook_sweep_interval_seconds,
+            },
+        },
+    }

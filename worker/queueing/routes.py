@@ -1,0 +1,31 @@
+"""Task names and the queue each goes to: the one place both are written.
+
+Task names are a contract with messages already queued: keep them stable.
+"""
+
+from __future__ import annotations
+
+SINGLE_QUEUE = "single"
+BULK_QUEUE = "bulk"
+WEBHOOK_QUEUE = "webhooks"
+MAINTENANCE_QUEUE = "maintenance"
+ALL_QUEUES = (SINGLE_QUEUE, BULK_QUEUE, WEBHOOK_QUEUE, MAINTENANCE_QUEUE)
+
+PROCESS_SINGLE = "assistants.process_single"
+PROCESS_CHUNK = "assistants.process_chunk"
+DELIVER = "webhooks.deliver"
+RECONCILE = "maintenance.reconcile"
+SWEEP_WEBHOOKS = "maintenance.sweep_webhooks"
+
+QUEUE_OF = {
+    PROCESS_SINGLE: SINGLE_QUEUE,
+    PROCESS_CHUNK: BULK_QUEUE,
+    DELIVER: WEBHOOK_QUEUE,
+    RECONCILE: MAINTENANCE_QUEUE,
+    SWEEP_WEBHOOKS: MAINTENANCE_QUEUE,
+}
+
+
+def unit_task(batch_id: str | None) -> str:
+    """The task that processes a unit: batch chunks go to the bulk queue."""
+    return PROCESS_CHUNK if batch_id else PROCESS_SINGLE

@@ -1,0 +1,28 @@
+"""Sending work by task name: senders never import the tasks or the worker's app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.queueing.config import celery_config
+from worker.settings import Settings
+
+
+class Sender:
+    """A Celery client of its own, for processes that send and never consume.
+
+    Made after fork, like every connection: kombu's producer pool is per process.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = Celery("assistant_ingest", set_as_current=False)
+        self._app.conf.update(celery_config(settings))
+
+    def send(self, task: str, arg: str, **options: Any) -> None:
+        """Queue `task(arg)`; its queue comes from the routes. Raises if the broker is down."""
+        self._app.send_task(task, args=(arg,), **options)
+
+    def close(self) -> None:
+        self._app.close()

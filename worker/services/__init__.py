@@ -1,0 +1,1 @@
+"""Services: accepting, processing, reconciling and telling; over the store and the queues."""

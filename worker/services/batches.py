@@ -1,0 +1,174 @@
+"""Batches: many requests stored as chunk units, counted from the units themselves.
+
+No multi-document transactions: a batch is stored as `validating` (invisible,
+not sent) until every chunk is in, and the reconciler removes one a crash
+left half-stored. Counters are recomputed from the chunks' tallies, so a
+redelivered chunk cannot count twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from worker.domain.batches import tally
+from worker.domain.documents import Doc, Item, Tally
+from worker.domain.ids import new_ids
+from worker.domain.retention import expire_at
+from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
+from worker.domain.units import new_unit, result_body
+from worker.queueing.routes import PROCESS_CHUNK
+from worker.runtime import Runtime
+from worker.services import outbox
+from worker.store import batches, units
+from worker.store.connection import Store
+
+log = logging.getLogger(__name__)
+
+
+def chunk_id(batch_id: str, seq: int) -> str:
+    return f"{batch_id}.{seq:06d}"
+
+
+class Stager:
+    """Stores a batch chunk by chunk as its requests stream in.
+
+    Chunks are inserted `staged`, invisible and unsent; `commit` makes the
+    whole batch visible and sends it, `abort` removes it.
+    """
+
+    def __init__(self, rt: Runtime, batch: Doc) -> None:
+        self.rt = rt
+        self.batch = batch
+        self.seq = 0
+        self.items: list[Item] = []
+        self.size = 0
+        batches.insert(rt.store, batch)
+
+    def add(self, custom_id: str, body_text: str) -> None:
+        self.items.append({"id": "", "custom_id": custom_id, "body": body_text})
+        self.size += len(body_text)
+        settings = self.rt.settings
+        if len(self.items) >= settings.chunk_size or self.size >= settings.chunk_max_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.items:
+            return
+        for item, job_id in zip(self.items, new_ids("job_", len(self.items)), strict=True):
+            item["id"] = job_id
+        unit = new_unit(
+            unit_id=chunk_id(self.batch["_id"], self.seq),
+            tenant=self.batch["tenant"],
+            items=self.items,
+            now=self.batch["created_at"],
+            callback_url=self.batch.get("callback_url"),
+            request_id=self.batch.get("request_id"),
+            batch_id=self.batch["_id"],
+            seq=self.seq,
+            job_events=self.batch["job_events"],
+        )
+        units.insert_staged(self.rt.store, unit)
+        self.seq += 1
+        self.items, self.size = [], 0
+
+    def commit(self, total: int) -> Doc:
+        """Make the batch visible and send its chunks; returns the batch."""
+        self._flush()
+        batch_id = self.batch["_id"]
+        now = int(time.time())
+        units.queue_staged(self.rt.store, batch_id, now + self.rt.settings.resend_after_seconds)
+        # The edge answers 202 after this write: journaled, it holds the chunks too.
+        doc = batches.commit(self.rt.store, batch_id, now=now, total=total, chunks=self.seq)
+        try:
+            for seq in range(self.seq):
+                self.rt.sender.send(PROCESS_CHUNK, chunk_id(batch_id, seq))
+        except Exception:  # stored: the reconciler sends what did not go
+            log.warning("batch %s stored but not all sent; the reconciler will", batch_id)
+        return doc
+
+    def abort(self) -> None:
+        units.delete_batch_units(self.rt.store, self.batch["_id"])
+        batches.delete(self.rt.store, self.batch["_id"])
+
+
+def refresh(rt: Runtime, batch_id: str, tallies: dict[int, Tally]) -> None:
+    """Record what chunks of a batch finished with, and finish the batch after its last.
+
+    Each chunk's tally goes under its own key, so recording it again (a
+    redelivered chunk, a reconciler pass) changes nothing.
+    """
+    doc = batches.add_tallies(rt.store, batch_id, tallies)
+    if doc is None or len(doc.get("tally") or {}) < doc.get("chunks", 0):
+        return
+    now = int(time.time())
+    for current, final, stamp, event in (
+        (BatchStatus.IN_PROGRESS, BatchStatus.COMPLETED, "completed_at", "batch.completed"),
+        (BatchStatus.CANCELLING, BatchStatus.CANCELLED, "cancelled_at", "batch.cancelled"),
+    ):
+        if batches.finish(
+            rt.store,
+            batch_id,
+            current=current,
+            final=final,
+            stamp=stamp,
+            event=event,
+            now=now,
+            expire_at=expire_at(rt.settings, now),
+        ):
+            outbox.flush_batch_event(rt, batch_id)
+            return
+
+
+def settle(rt: Runtime, batch_id: str) -> None:
+    """Tally chunks that finished without being counted (a crash in between)."""
+    known = batches.tallied_seqs(rt.store, batch_id)
+    if known is None:
+        return
+    missing = units.closed_chunks(rt.store, batch_id, known)
+    refresh(rt, batch_id, {unit["seq"]: tally(unit["codes"], unit["status"]) for unit in missing})
+
+
+def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
+    """Cancel the chunks not yet started; started ones finish."""
+    now = int(time.time())
+    batches.start_cancelling(rt.store, tenant, batch_id, now)
+    doc = batches.get(rt.store, tenant, batch_id)
+    if doc is None:
+        return None
+    if doc["status"] == BatchStatus.CANCELLING:
+        units.cancel_queued(rt.store, batch_id, now, expire_at(rt.settings, now))
+        settle(rt, batch_id)
+        doc = batches.get(rt.store, tenant, batch_id)
+    return doc
+
+
+def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Doc]:
+    """Finished requests in input order, one chunk in memory at a time."""
+    for unit in units.iter_chunks(store, batch_id):
+        for index, item in enumerate(unit["items"]):
+            code = unit["codes"][index]
+            if code is None:
+                if unit["status"] != UnitStatus.CANCELLED or status not in (
+                    None,
+                    JobStatus.CANCELLED,
+                ):
+                    continue
+                yield {
+                    "custom_id": item["custom_id"],
+                    "job_id": item["id"],
+                    "status_code": None,
+                    "body": None,
+                    "status": JobStatus.CANCELLED,
+                }
+                continue
+            outcome = JobStatus.SUCCEEDED if code == 200 else JobStatus.FAILED
+            if status is not None and status != outcome:
+                continue
+            yield {
+                "custom_id": item["custom_id"],
+                "job_id": item["id"],
+                "status_code": code,
+                "body": result_body(unit, index),
+            }

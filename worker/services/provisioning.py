@@ -1,0 +1,140 @@
+"""Processing units: claim, validate, persist, record; in bulk, idempotently.
+
+One call handles any number of units (a burst of single creates or one batch
+chunk) with a fixed number of round trips: one claim, one read, one
+`insert_many` of assistants, one `bulk_write` of results, one publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from worker.domain import assistants as assistant_docs
+from worker.domain.batches import tally
+from worker.domain.documents import Doc, Tally, Unit
+from worker.domain.events import destination
+from worker.domain.retention import expire_at
+from worker.domain.schema import AssistantCreate, validate_create
+from worker.domain.statuses import UnitStatus
+from worker.runtime import Runtime
+from worker.services import batches, outbox
+from worker.store import assistants, tenants, units
+from worker.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+Outcomes = dict[str, list[tuple[int, Any]]]
+
+
+def process(rt: Runtime, unit_ids: list[str]) -> int:
+    """Process the queued units among `unit_ids`; returns how many were finished."""
+    claimed = units.claim(rt.store, unit_ids, rt.settings.lease_seconds)
+    if not claimed:
+        return 0
+    metrics.units_claimed(claimed)
+    now = int(time.time())
+    outcomes, valid = evaluate(rt, claimed)
+    by_id = {unit["_id"]: unit for unit in claimed}
+    created = persist(
+        rt,
+        [
+            assistant_docs.new_document(
+                request,
+                tenant=by_id[uid]["tenant"],
+                job_id=by_id[uid]["items"][index]["id"],
+                job_created_at=by_id[uid]["created_at"],
+                now=now,
+            )
+            for uid, index, request in valid
+        ],
+    )
+    for uid, index, _ in valid:
+        outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
+    owing = owes_job_events(rt, claimed)
+    finished = units.record(
+        rt.store,
+        claimed,
+        outcomes,
+        now=now,
+        expire_at=expire_at(rt.settings, now),
+        owing=owing,
+    )
+    metrics.units_finished(claimed, outcomes, finished)
+    done = [unit for unit in claimed if unit["_id"] in finished]
+    rt.publish_finished([item["id"] for unit in done for item in unit["items"]])
+    outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
+    tally_batches(rt, done, outcomes)
+    return len(finished)
+
+
+def evaluate(
+    rt: Runtime, claimed: list[Unit]
+) -> tuple[Outcomes, list[tuple[str, int, AssistantCreate]]]:
+    """Each request's outcome so far (422s final), and the valid requests to persist."""
+    outcomes: Outcomes = {}
+    valid: list[tuple[str, int, AssistantCreate]] = []
+    for unit in claimed:
+        if unit["attempts"] > rt.settings.max_attempts:
+            # This unit has been claimed again and again without finishing:
+            # it likely kills its worker. Fail it instead of looping forever.
+            detail = {"detail": "processing did not complete after repeated attempts"}
+            outcomes[unit["_id"]] = [(500, detail)] * len(unit["items"])
+            continue
+        results: list[tuple[int, Any]] = []
+        for index, item in enumerate(unit["items"]):
+            checked = validate_create(json.loads(item["body"]), rt.settings.models)
+            if isinstance(checked, list):
+                results.append((422, {"detail": checked}))
+            else:
+                results.append((200, None))  # the assistant's reference, once persisted
+                valid.append((unit["_id"], index, checked))
+        outcomes[unit["_id"]] = results
+    return outcomes, valid
+
+
+def tally_batches(rt: Runtime, done: list[Unit], outcomes: Outcomes) -> None:
+    """Tell each batch what its finished chunks came to."""
+    tallies: dict[str, dict[int, Tally]] = {}
+    for unit in done:
+        if "batch_id" in unit:
+            codes: list[int | None] = [code for code, _ in outcomes[unit["_id"]]]
+            tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = tally(codes, UnitStatus.DONE)
+    for batch_id, by_seq in tallies.items():
+        batches.refresh(rt, batch_id, by_seq)
+
+
+def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:
+    """Insert the assistants; returns each job id's reference to its assistant.
+
+    The `_id` derived from the job makes this idempotent: a job processed
+    before (its result lost to a crash) finds the assistant it made then.
+    Results keep only a reference to each assistant (see `units.record`).
+    """
+    created: dict[str, Any] = {}
+    if not docs:
+        return created
+    duplicates = [doc["_id"] for doc in assistants.insert(rt.store, docs)]
+    known = set(duplicates)
+    for doc in docs:
+        if doc["_id"] not in known:
+            created[doc["job_id"]] = assistant_docs.reference(doc)
+    if duplicates:
+        for doc in assistants.find_by_ids(rt.store, duplicates):
+            created[doc["job_id"]] = assistant_docs.reference(doc)
+        missing = {str(oid) for oid in duplicates} - {ref["_id"] for ref in created.values()}
+        if missing:
+            # A duplicate of the random assistant id, not of the job: try again.
+            raise RuntimeError(f"assistant insert collided for jobs {sorted(missing)}")
+    return created
+
+
+def owes_job_events(rt: Runtime, claimed: list[Unit]) -> set[str]:
+    """Units whose jobs have somewhere to send their events."""
+    wanting = [unit for unit in claimed if unit.get("job_events", True)]
+    urls = tenants.webhook_urls(
+        rt.store, {u["tenant"] for u in wanting if not u.get("callback_url")}
+    )
+    return {u["_id"] for u in wanting if destination(u.get("callback_url"), urls.get(u["tenant"]))}

@@ -1,0 +1,1 @@
+"""Persistence: one module per collection family, its indexes beside its queries."""

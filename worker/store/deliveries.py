@@ -1,0 +1,125 @@
+"""The `webhook_deliveries` collection: one document per event and receiver, every
+attempt recorded in it, the next one due at `next_attempt_at`."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import cast
+
+from pymongo import ASCENDING
+
+from worker.domain.documents import Delivery, Doc
+from worker.domain.statuses import DeliveryStatus
+from worker.store import pages
+from worker.store.connection import Store, insert_new
+
+
+def _not_leased(now: float) -> Doc:
+    return {"$or": [{"lease_expires": {"$exists": False}}, {"lease_expires": {"$lt": now}}]}
+
+
+def ensure_indexes(store: Store) -> None:
+    store.deliveries.create_index(
+        [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
+    )
+    store.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+    store.deliveries.create_index("expire_at", expireAfterSeconds=0)
+
+
+def insert(store: Store, deliveries: list[Delivery]) -> list[str]:
+    """Insert deliveries; returns the ids of those that are new (a second flush
+    of the same events makes none)."""
+    skipped = insert_new(store.deliveries, [cast(Doc, d) for d in deliveries])
+    return [d["_id"] for i, d in enumerate(deliveries) if i not in skipped]
+
+
+def get(store: Store, tenant: str, delivery_id: str) -> Doc | None:
+    return store.deliveries.find_one({"_id": delivery_id, "tenant": tenant})
+
+
+def list_page(
+    store: Store, tenant: str, *, status: str | None, limit: int, after: str | None
+) -> tuple[list[Doc], bool] | None:
+    """Oldest first; None when `after` is unknown."""
+    query: Doc = {"tenant": tenant}
+    if status is not None:
+        query["status"] = status
+    if after is not None:
+        anchor = store.deliveries.find_one({"_id": after, "tenant": tenant}, {"created_at": 1})
+        if anchor is None:
+            return None
+        query.update(pages.beyond(anchor, ascending=True))
+    return pages.read(store.deliveries, query, ascending=True, limit=limit)
+
+
+def restart(store: Store, tenant: str, delivery_id: str, now: float, expire_at: datetime) -> bool:
+    """Make a failed delivery pending again, its schedule starting over."""
+    result = store.deliveries.update_one(
+        {"_id": delivery_id, "tenant": tenant, "status": DeliveryStatus.FAILED},
+        [
+            {
+                "$set": {
+                    "status": DeliveryStatus.PENDING,
+                    "next_attempt_at": now,
+                    "swept_at": now,
+                    # Earlier attempts stay recorded.
+                    "retry_from": {"$size": "$attempts"},
+                    "expire_at": expire_at,
+                }
+            },
+            {"$unset": ["lease", "lease_expires"]},
+        ],
+    )
+    return result.modified_count == 1
+
+
+def sweep_due(store: Store, now: float, resend_after: float, limit: int = 1000) -> list[str]:
+    """Deliveries due now and not sent recently; marks them sent. Sending one
+    twice is harmless: an attempt claims its delivery under a lease."""
+    ids = [
+        doc["_id"]
+        for doc in store.deliveries.find(
+            {
+                "status": DeliveryStatus.PENDING,
+                "next_attempt_at": {"$lte": now},
+                "swept_at": {"$lt": now - resend_after},
+                **_not_leased(now),
+            },
+            {"_id": 1},
+            limit=limit,
+        )
+    ]
+    if ids:
+        store.deliveries.update_many({"_id": {"$in": ids}}, {"$set": {"swept_at": now}})
+    return ids
+
+
+def claim(
+    store: Store, delivery_id: str, now: float, lease_seconds: float
+) -> tuple[Delivery, str] | None:
+    """Lease the delivery for its attempt, if one is due and nobody holds it."""
+    token = secrets.token_hex(16)
+    doc = store.deliveries.find_one_and_update(
+        {
+            "_id": delivery_id,
+            "status": DeliveryStatus.PENDING,
+            "next_attempt_at": {"$lte": now},
+            **_not_leased(now),
+        },
+        {"$set": {"lease": token, "lease_expires": now + lease_seconds}},
+    )
+    return None if doc is None else (cast(Delivery, doc), token)
+
+
+def record_attempt(store: Store, delivery_id: str, token: str, attempt: Doc, update: Doc) -> bool:
+    """Record an attempt and what follows, fenced by its lease."""
+    result = store.deliveries.update_one(
+        {"_id": delivery_id, "lease": token},
+        {
+            "$set": update,
+            "$push": {"attempts": attempt},
+            "$unset": {"lease": "", "lease_expires": ""},
+        },
+    )
+    return result.modified_count == 1
