@@ -13,11 +13,15 @@ RUN useradd --create-home --uid 10001 app
 # "flower" in the image its Flower service runs.
 ARG EXTRAS=""
 
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md LICENSE ./
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; else pip install .; fi
 
 USER app
 EXPOSE 8000 9100
-CMD ["assistant-ingest", "api", "--host", "0.0.0.0", "--port", "8000"]
+# The edge; docker-compose.yml gives every other service its own command.
+# GUNICORN_CMD_ARGS overrides api/gunicorn_conf.py's settings (bind, workers).
+ENV GUNICORN_CMD_ARGS="--bind=0.0.0.0:8000"
+CMD ["gunicorn", "-c", "python:api.gunicorn_conf", "api.app:create_app()"]
