@@ -1,7 +1,7 @@
 """The Grafana dashboard, its provisioning, and how docker-compose.yml wires them up.
 
 Every series and label a query names is checked against the metric objects the
-code declares (worker.metrics, api.metrics), so a renamed metric or label fails
+code declares (worker.telemetry.metrics, api.metrics), so a renamed metric or label fails
 here, not as an empty panel in production.
 """
 
@@ -100,7 +100,7 @@ class _StandInRedis:
 def declared_series() -> dict[str, set[str]]:
     """Every series name the edge and the workers expose, with the labels it carries."""
     from api import metrics as api_metrics
-    from worker import metrics as worker_metrics
+    from worker.telemetry import metrics as worker_metrics
 
     series: dict[str, set[str]] = {}
     for module in (worker_metrics, api_metrics):

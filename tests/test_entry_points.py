@@ -32,7 +32,8 @@ def test_celery_report_shows_the_configured_app(stack: Stack) -> None:
     assert done.returncode == 0, done.stderr
     assert "transport:redis" in done.stdout.replace(" ", "")
     assert "task_acks_late: True" in done.stdout
-    assert f"'global_keyprefix': '{stack.name}:celery:'" in done.stdout
+    assert "'visibility_timeout': 3600" in done.stdout
+    assert "'assistants.process_chunk': {'queue': 'bulk'}" in done.stdout
 
 
 def test_celery_inspect_lists_the_tasks_of_the_running_workers(stack: Stack) -> None:

@@ -3,7 +3,7 @@ environment when a Celery program loads it."""
 
 from __future__ import annotations
 
-from worker.queueing.config import celery_config
-from worker.settings import Settings
+from worker.queueing.config import celery_config as _celery_config
+from worker.settings import Settings as _Settings
 
-globals().update(celery_config(Settings()))
+globals().update(_celery_config(_Settings()))
