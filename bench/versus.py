@@ -1,0 +1,258 @@
+"""Single creates against a synchronous peer: the same creates, the same store, one run.
+
+The peer (`bench.peer`) is a FastAPI app doing what a synchronous API does:
+validate, one `insert_one`, answer 200. It runs under gunicorn with uvicorn
+workers, as many processes as the edge has, beside a deployment laid out as
+`assistant-ingest dev` lays it out, on the same SecantusDB server (its own
+database). One load generator (`bench.loadgen`) drives all of them.
+
+For each client count it measures, in turn:
+  (a) the peer: 200s per second and their latency;
+  (b) the service with `Prefer: wait=10`: a 200 is a created assistant;
+  (c) the service's 202 path: accepted creates counted until every accepted
+      job has finished, from the first send to the last finish (latency is
+      the 202's own).
+
+    PYTHONPATH=. .venv/bin/python -m bench.versus [--seconds 5] [--clients 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from api.embedded import free_port, wait_for_port
+from bench import peer
+from bench.harness import assistant_body, deployment, percentile, raw_round_trip_seconds
+from bench.loadgen import Connection, Run, closed_loop, delayed_ack_suspects, histogram, post
+from tests.stack import Stack, Tenant
+
+HOST = "127.0.0.1"
+# A create is about this size, as in the other benches.
+BODY_SIZE = 1000
+# The service's own limit is policy, not capacity: lifted so no case meets it.
+NO_RATE_LIMIT = "100000000/minute"
+# How long the service's backlog may take to drain before the run is abandoned.
+DRAIN_TIMEOUT = 300.0
+
+
+@dataclass
+class Case:
+    label: str
+    clients: int
+    creates: int  # assistants created (c: accepted and finished)
+    seconds: float  # the time the rate is over
+    latencies: list[float]
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.creates / self.seconds
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 99)
+
+
+def edge_workers(stack: Stack) -> int:
+    """The edge's process count, read from how the deployment started it
+    (`assistant-ingest api` starts 2 when not told)."""
+    command = stack.processes["api"].args
+    args = [str(arg) for arg in command] if isinstance(command, list | tuple) else []
+    return int(args[args.index("--workers") + 1]) if "--workers" in args else 2
+
+
+def body_bytes(slot: int, i: int) -> bytes:
+    return json.dumps(assistant_body(slot * 1_000_000 + i, BODY_SIZE)).encode()
+
+
+def check_peer(port: int) -> None:
+    """The peer answers as the contract says: 200 with the assistant, FastAPI's 422."""
+    connection = Connection(HOST, port)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = connection.exchange(post("/v1/assistants", HOST, body_bytes(999, 0)))
+            break
+        except OSError:
+            # The gunicorn master listens before its workers have started.
+            connection.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assistant = json.loads(reply.body)
+    assert reply.status == 200, reply
+    assert assistant["object"] == "assistant" and assistant["id"].startswith("asst_"), assistant
+    assert len(assistant["_id"]) == 24, assistant
+    bad = connection.exchange(post("/v1/assistants", HOST, b'{"name": "x", "extra": 1}'))
+    assert bad.status == 422, bad
+    types = sorted(error["type"] for error in json.loads(bad.body)["detail"])
+    assert types == ["extra_forbidden", "missing"], types
+    connection.close()
+
+
+def run_peer(port: int, clients: int, seconds: float) -> Case:
+    run = closed_loop(
+        HOST, port, clients, seconds, lambda s, i: post("/v1/assistants", HOST, body_bytes(s, i))
+    )
+    label = "(a) peer: FastAPI, insert_one"
+    return Case(label, clients, run.count(200), run.elapsed, run.latencies)
+
+
+def service_request(
+    tenant: Tenant, host: str, headers: dict[str, str]
+) -> Callable[[int, int], bytes]:
+    auth = {"Authorization": f"Bearer {tenant.api_key}", **headers}
+    return lambda s, i: post("/v1/assistants", host, body_bytes(s, i), auth)
+
+
+def run_waited(stack: Stack, clients: int, seconds: float) -> Case:
+    tenant = stack.new_tenant()
+    run = closed_loop(
+        HOST, stack.port, clients, seconds, service_request(tenant, HOST, {"Prefer": "wait=10"})
+    )
+    others = {status: n for status, n in run.statuses.items() if status != 200}
+    note = f"non-200: {others}" if others else ""
+    return Case(
+        "(b) service: Prefer: wait=10", clients, run.count(200), run.elapsed, run.latencies, note
+    )
+
+
+def finished_units(stack: Stack, tenant: Tenant, succeeded_only: bool = False) -> int:
+    store = stack.store()
+    try:
+        query: dict[str, Any] = {"tenant": tenant.name, "status": "done"}
+        if succeeded_only:
+            query["codes"] = 200
+        return store.jobs.count_documents(query)
+    finally:
+        store.close()
+
+
+def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
+    # A fresh tenant: every finished job of it was accepted in this run.
+    tenant = stack.new_tenant()
+    run: Run = closed_loop(HOST, stack.port, clients, seconds, service_request(tenant, HOST, {}))
+    accepted = run.count(202)
+    store = stack.store()
+    try:
+        # One store connection for the whole drain; polled finely, since the
+        # finish time is what the rate is over.
+        while True:
+            done = store.jobs.count_documents({"tenant": tenant.name, "status": "done"})
+            now = time.perf_counter()
+            if done >= accepted:
+                break
+            if now - run.started > seconds + DRAIN_TIMEOUT:
+                raise AssertionError(f"{accepted - done} of {accepted} accepted jobs unfinished")
+            time.sleep(0.01)
+    finally:
+        store.close()
+    total = now - run.started
+    succeeded = finished_units(stack, tenant, succeeded_only=True)
+    others = {status: n for status, n in run.statuses.items() if status != 202}
+    note = (
+        f"accepted {accepted / run.elapsed:,.0f}/s; last job finished "
+        f"{total - run.elapsed:.1f} s after the last 202; {succeeded}/{accepted} succeeded"
+    )
+    if others:
+        note += f"; non-202: {others}"
+    return Case("(c) service: 202, until finished", clients, succeeded, total, run.latencies, note)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def report(cases: list[Case]) -> None:
+    print(f"{'clients':>7}  {'case':<34} {'creates/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for case in cases:
+        print(
+            f"{case.clients:>7}  {case.label:<34} {case.rate:>10,.0f} "
+            f"{case.p50 * 1000:>8.1f} {case.p99 * 1000:>8.1f}"
+            + (f"  {case.note}" if case.note else "")
+        )
+    by_key = {(case.label[:3], case.clients): case for case in cases}
+    print("ratios:")
+    if ("(a)", 8) in by_key:
+        a = by_key["(a)", 8]
+        print(f"  8 clients: (c)/(a) creates/s = {by_key['(c)', 8].rate / a.rate:.2f}")
+        print(f"  8 clients: (b)/(a) creates/s = {by_key['(b)', 8].rate / a.rate:.2f}")
+    if ("(a)", 1) in by_key:
+        ratio = by_key["(b)", 1].p50 / by_key["(a)", 1].p50
+        print(f"  1 client:  (b) p50 / (a) p50 = {ratio:.2f}")
+    print("latency histograms (ms bucket:count); ~40 ms over the median = delayed-ACK suspect:")
+    for case in cases:
+        suspects = delayed_ack_suspects(case.latencies, case.p50)
+        print(f"  {case.clients} {case.label[:3]} suspects {suspects}: {histogram(case.latencies)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5, help="of load per case")
+    parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
+    parser.add_argument(
+        "--journaled-peer",
+        action="store_true",
+        help="the peer's insert waits for the journal, as the service's 202 write does",
+    )
+    args = parser.parse_args()
+    counts = [int(n) for n in args.clients.split(",")]
+    with deployment(RATE_LIMIT=NO_RATE_LIMIT) as (stack, _tenant):
+        workers = edge_workers(stack)
+        port = free_port()
+        process = peer.serve(
+            port,
+            f"{stack.servers.mongo_base}/{stack.name}_peer",
+            workers,
+            stack.logs / f"{stack.name}-peer.log",
+            journaled=args.journaled_peer,
+        )
+        try:
+            wait_for_port(port, process, timeout=60)
+            check_peer(port)
+            # Warm both servers' connection pools and code paths at every
+            # concurrency before anything is timed.
+            for clients in counts:
+                run_peer(port, clients, 0.5)
+                run_waited(stack, clients, 0.5)
+            raw = raw_round_trip_seconds(stack, 300)
+            print(
+                f"{os.cpu_count()} cores; edge and peer {workers} processes each; "
+                f"{args.seconds:g} s of load a case; peer insert "
+                f"{'journaled' if args.journaled_peer else 'with the default write concern'}"
+            )
+            print(
+                f"raw insert_one + find_one by _id: p50 {statistics.median(raw) * 1000:.2f} ms, "
+                f"p99 {percentile(raw, 99) * 1000:.2f} ms"
+            )
+            cases: list[Case] = []
+            for clients in counts:
+                cases.append(run_peer(port, clients, args.seconds))
+                cases.append(run_waited(stack, clients, args.seconds))
+                cases.append(run_accepted(stack, clients, args.seconds))
+            report(cases)
+        finally:
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()
