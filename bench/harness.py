@@ -16,8 +16,16 @@ from typing import Any
 from api.cli import DEV_WORKERS
 from api.embedded import start_mongo, start_valkey
 from tests.stack import Servers, Stack, Tenant, wait_until
+from worker.settings import Settings
 
-QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true"}
+# The tests' short reconciling and lease timings (tests.stack.FAST) are put back
+# to the service's own: with a 3 s resend threshold the reconciler sends every
+# job of a backlog again, and the duplicates slow the very drain being measured.
+SERVICE_TIMINGS = {
+    key: str(Settings.model_fields[key.lower()].default)
+    for key in ("RECONCILE_INTERVAL_SECONDS", "RESEND_AFTER_SECONDS", "LEASE_SECONDS")
+}
+QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true", **SERVICE_TIMINGS}
 
 
 @contextmanager
