@@ -23,7 +23,12 @@ from worker.settings import Settings
 # job of a backlog again, and the duplicates slow the very drain being measured.
 SERVICE_TIMINGS = {
     key: str(Settings.model_fields[key.lower()].default)
-    for key in ("RECONCILE_INTERVAL_SECONDS", "RESEND_AFTER_SECONDS", "LEASE_SECONDS")
+    for key in (
+        "RECONCILE_INTERVAL_SECONDS",
+        "RESEND_AFTER_SECONDS",
+        "LEASE_SECONDS",
+        "WEBHOOK_SWEEP_INTERVAL_SECONDS",
+    )
 }
 QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true", **SERVICE_TIMINGS}
 
@@ -163,6 +168,17 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of one process so far; 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def process_tree(pid: int) -> list[int]:
