@@ -26,11 +26,19 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from api.embedded import free_port, wait_for_port
 from bench import peer
-from bench.harness import assistant_body, deployment, percentile, raw_round_trip_seconds
+from bench.harness import (
+    assistant_body,
+    cpu_seconds,
+    deployment,
+    percentile,
+    process_tree,
+    raw_round_trip_seconds,
+)
 from bench.loadgen import Connection, Run, closed_loop, delayed_ack_suspects, histogram, post
 from tests.stack import Stack, Tenant
 
@@ -51,6 +59,7 @@ class Case:
     seconds: float  # the time the rate is over
     latencies: list[float]
     note: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group
 
     @property
     def rate(self) -> float:
@@ -63,6 +72,43 @@ class Case:
     @property
     def p99(self) -> float:
         return percentile(self.latencies, 99)
+
+
+class CpuMeter:
+    """CPU seconds spent by each part of the run, to see where a case's time goes."""
+
+    def __init__(self, stack: Stack, peer_pid: int) -> None:
+        processes = stack.processes
+        self.roots: dict[str, list[int]] = {
+            "store": [stack.servers.mongo.process.pid],
+            "edge": [processes["api"].pid],
+            "workers": [p.pid for name, p in processes.items() if name.startswith("worker")],
+            "redis": [stack.servers.valkey.process.pid],
+            "peer": [peer_pid],
+        }
+
+    def read(self) -> dict[str, float]:
+        used = {
+            name: sum(cpu_seconds(pid) for root in roots for pid in process_tree(root))
+            for name, roots in self.roots.items()
+        }
+        # This process alone: every server above is its child.
+        used["loadgen"] = cpu_seconds(os.getpid())
+        return used
+
+    def idle(self, seconds: float) -> dict[str, float]:
+        """What the deployment spends with no load (periodic sweeps, heartbeats)."""
+        before = self.read()
+        time.sleep(seconds)
+        after = self.read()
+        return {name: max(0.0, after[name] - before[name]) for name in after}
+
+    def measure(self, case: Callable[..., Case], *args: Any) -> Case:
+        before = self.read()
+        result = case(*args)
+        after = self.read()
+        result.cpu = {name: max(0.0, after[name] - before[name]) for name in after}
+        return result
 
 
 def edge_workers(stack: Stack) -> int:
@@ -198,7 +244,18 @@ def report(cases: list[Case]) -> None:
     if ("(a)", 1) in by_key:
         ratio = by_key["(b)", 1].p50 / by_key["(a)", 1].p50
         print(f"  1 client:  (b) p50 / (a) p50 = {ratio:.2f}")
-    print("latency histograms (ms bucket:count); ~40 ms over the median = delayed-ACK suspect:")
+    print("CPU seconds used during each case, by process group (per create in brackets, ms):")
+    for case in cases:
+        parts = " ".join(
+            f"{name} {seconds:.1f} [{seconds / max(case.creates, 1) * 1000:.1f}]"
+            for name, seconds in case.cpu.items()
+            if seconds >= 0.05
+        )
+        print(f"  {case.clients} {case.label[:3]} over {case.seconds:.1f} s: {parts}")
+    print(
+        "latency histograms (ms bucket:count); suspects: requests ~40 ms over the median, "
+        "the mark of a delayed-ACK stall where the spread is narrow (1 client):"
+    )
     for case in cases:
         suspects = delayed_ack_suspects(case.latencies, case.p50)
         print(f"  {case.clients} {case.label[:3]} suspects {suspects}: {histogram(case.latencies)}")
@@ -243,11 +300,17 @@ def main() -> None:
                 f"raw insert_one + find_one by _id: p50 {statistics.median(raw) * 1000:.2f} ms, "
                 f"p99 {percentile(raw, 99) * 1000:.2f} ms"
             )
+            meter = CpuMeter(stack, process.pid)
+            idle = meter.idle(2)
+            print(
+                "CPU seconds over 2 s idle: "
+                + " ".join(f"{name} {seconds:.2f}" for name, seconds in idle.items())
+            )
             cases: list[Case] = []
             for clients in counts:
-                cases.append(run_peer(port, clients, args.seconds))
-                cases.append(run_waited(stack, clients, args.seconds))
-                cases.append(run_accepted(stack, clients, args.seconds))
+                cases.append(meter.measure(run_peer, port, clients, args.seconds))
+                cases.append(meter.measure(run_waited, stack, clients, args.seconds))
+                cases.append(meter.measure(run_accepted, stack, clients, args.seconds))
             report(cases)
         finally:
             stop(process)
