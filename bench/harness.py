@@ -44,6 +44,7 @@ def deployment(**overrides: str) -> Iterator[tuple[Stack, Tenant]]:
             stack.start_api()
             for name, worker_args in DEV_WORKERS.items():
                 stack.spawn(name, *worker_args)
+            stack.spawn("beat", "beat", "--schedule", str(data / "celerybeat-schedule"))
             tenant = stack.new_tenant("bench")
             warm_up(tenant)
             yield stack, tenant

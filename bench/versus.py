@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.embedded import free_port, wait_for_port
 from bench import peer
 from bench.harness import (
     assistant_body,
@@ -40,6 +39,7 @@ from bench.harness import (
     raw_round_trip_seconds,
 )
 from bench.loadgen import Connection, Run, closed_loop, delayed_ack_suspects, histogram, post
+from cli.embedded import free_port, wait_for_port
 from tests.stack import Stack, Tenant
 
 HOST = "127.0.0.1"
