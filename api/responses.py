@@ -7,11 +7,12 @@ from typing import Any
 from flask import Response, jsonify, url_for
 
 from worker.domain.documents import Doc
+from worker.domain.units import is_finished
 
 
 def job_headers(job: Doc) -> dict[str, str]:
     headers = {"Location": url_for("jobs.get_job", job_id=job["id"])}
-    if job["status"] in ("queued", "in_progress"):
+    if not is_finished(job):
         headers["Retry-After"] = "1"
     return headers
 

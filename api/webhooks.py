@@ -58,7 +58,7 @@ def retry_delivery(delivery_id: str) -> Response:
     doc, resent = outbox.retry(runtime(), tenant(), delivery_id)
     if doc is None:
         raise not_found("No webhook delivery found")
-    if not resent and doc["status"] == "delivered":
+    if not resent and doc["status"] == DeliveryStatus.DELIVERED:
         raise ApiError(409, "Only a failed webhook delivery can be retried; this one was delivered")
     # A pending delivery is already on its way: answered unchanged, so a
     # client repeating its retry call does no harm.
