@@ -19,6 +19,7 @@ from worker.domain.events import destination
 from worker.domain.retention import expire_at
 from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
+from worker.domain.units import accepted_at
 from worker.runtime import Runtime
 from worker.services import batches, outbox
 from worker.store import assistants, tenants, units
@@ -45,7 +46,8 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
                 request,
                 tenant=by_id[uid]["tenant"],
                 job_id=by_id[uid]["items"][index]["id"],
-                job_created_at=by_id[uid]["created_at"],
+                accepted_at=accepted_at(by_id[uid]),
+                offset=index,
                 now=now,
             )
             for uid, index, request in valid
