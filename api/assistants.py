@@ -1,4 +1,4 @@
-"""`/v1/assistants`: accept creates as jobs; read what the workers stored."""
+"""`/v1/assistants`: accept creates and modifies as jobs; read what the workers stored."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.waiting import parse_prefer
 from worker.domain.assistants import public
-from worker.services.intake import submit_single
+from worker.services.change_intake import NoSuchAssistant, submit_modify
+from worker.services.intake import Accepted, submit_single
 from worker.store import assistants
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
 
 
-@bp.post("/assistants")
-def create_assistant() -> Response:
+def _read_submission() -> tuple[bytes, str | None, str | None]:
+    """The body, Idempotency-Key and Callback-URL, checked in API.md's order."""
     inputs.require_content_type("application/json")
     raw = inputs.read_body(settings().max_body_bytes)
     key = inputs.idempotency_key()
@@ -30,6 +31,28 @@ def create_assistant() -> Response:
         parse(raw)
     except JsonInvalid as exc:
         raise ApiError(422, [exc.detail]) from exc
+    return raw, key, callback
+
+
+def _answer(done: Accepted) -> Response:
+    """202 with the job, or the job's result when it finishes within the wait:
+    `Prefer: wait=N`, or DEFAULT_WAIT_SECONDS when no `Prefer` was sent."""
+    values = request.headers.getlist("Prefer")
+    config = settings()
+    preferred = bool(values) or config.default_wait_seconds <= 0
+    if preferred:
+        wait = parse_prefer(values, config.max_wait_seconds)
+    else:
+        wait = min(config.default_wait_seconds, config.max_wait_seconds)
+    job = done.job
+    if wait is not None:
+        job = wait_for_job(job["id"], wait) or job
+    return accepted(job, replayed=done.replayed, waited=wait, preferred=preferred)
+
+
+@bp.post("/assistants")
+def create_assistant() -> Response:
+    raw, key, callback = _read_submission()
     done = submit_single(
         runtime(),
         tenant=tenant(),
@@ -39,11 +62,26 @@ def create_assistant() -> Response:
         idempotency_key=key,
         request_id=request_id(),
     )
-    wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
-    job = done.job
-    if wait is not None:
-        job = wait_for_job(job["id"], wait) or job
-    return accepted(job, replayed=done.replayed, waited=wait)
+    return _answer(done)
+
+
+@bp.post("/assistants/<assistant_id>")
+def modify_assistant(assistant_id: str) -> Response:
+    raw, key, callback = _read_submission()
+    try:
+        done = submit_modify(
+            runtime(),
+            tenant=tenant(),
+            assistant_id=assistant_id,
+            body_text=decode_text(raw),
+            raw=raw,
+            callback_url=callback,
+            idempotency_key=key,
+            request_id=request_id(),
+        )
+    except NoSuchAssistant:
+        raise not_found("No assistant found") from None
+    return _answer(done)
 
 
 @bp.get("/assistants/<assistant_id>")

@@ -4,8 +4,8 @@ Two forms: JSON Lines (`{"custom_id", "body"}` a line, OpenAI Batch lines
 too) and a JSON document `{"requests": [...], "metadata": {...}}`, read
 incrementally. Each request's structure is checked here (a JSON object with
 a `body`, a unique `custom_id` of 1 to 64 chars, the OpenAI method and url
-if given, a body within the single-create limit); its fields are not: that
-is the worker's job.
+if given (`batch_routes`), a body within the single-create limit); its
+fields are not: that is the worker's job.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import ijson
 
+from api import batch_routes
 from api.jsonbody import JsonInvalid, check_value, parse
 
 MAX_REPORTED = 100
@@ -32,6 +33,8 @@ class TooLarge(Exception):
 class Request:
     custom_id: str
     body_text: str
+    op: str | None = None  # a modify or delete (see batch_routes), else a create
+    target: str | None = None
 
 
 @dataclass
@@ -84,18 +87,15 @@ class Reader:
                     }
                 )
                 ok = False
-        for key, expected in (("method", "POST"), ("url", "/v1/assistants")):
-            if key in value and value[key] != expected:
-                self.fail(
-                    {
-                        "type": "literal_error",
-                        "loc": [*loc, key],
-                        "msg": f"Input should be '{expected}'",
-                        "input": value[key],
-                        "ctx": {"expected": f"'{expected}'"},
-                    }
-                )
-                ok = False
+        routed = batch_routes.route(value, loc)
+        if isinstance(routed, list):
+            for entry in routed:
+                self.fail(entry)
+            # A DELETE line has no body to check; any other is checked as a create's.
+            ok, routed = (
+                False,
+                batch_routes.Route("delete" if value.get("method") == "DELETE" else None),
+            )
         custom_id = value.get("custom_id", str(index))
         if not isinstance(custom_id, str):
             self.fail(
@@ -135,6 +135,8 @@ class Reader:
             ok = False
         else:
             self._custom_ids[custom_id] = index
+        if routed.op == "delete":
+            return Request(custom_id, "{}", routed.op, routed.target) if ok else None
         if "body" not in value:
             self.fail(
                 {"type": "missing", "loc": [*loc, "body"], "msg": "Field required", "input": value}
@@ -150,7 +152,7 @@ class Reader:
                 }
             )
             return None
-        return Request(custom_id, body_text) if ok else None
+        return Request(custom_id, body_text, routed.op, routed.target) if ok else None
 
     def jsonl(self, stream: IO[bytes]) -> Iterator[Request]:
         """Requests of a JSON Lines upload; lines are numbered from 0, blank ones skipped."""

@@ -63,7 +63,7 @@ def create_batch() -> Response:
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
                 continue  # keep reading only to report every offending line
-            stager.add(item.custom_id, item.body_text)
+            stager.add(item.custom_id, item.body_text, op=item.op, target=item.target)
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
             batch_store.set_metadata_json(

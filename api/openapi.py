@@ -21,7 +21,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from api import operations
 from api.context import settings
 from api.operations import Body
-from worker.domain.schema import request_model
+from worker.domain.schema import modify_model, request_model
 
 bp = Blueprint("openapi", __name__)
 
@@ -111,7 +111,7 @@ def build(models: tuple[str, ...] = ()) -> dict[str, Any]:
     components = _Components()
     create = request_model(models)
     paths: dict[str, dict[str, Any]] = {}
-    for op in operations.table(create):
+    for op in operations.table(create, modify_model(models)):
         item: dict[str, Any] = {
             "operationId": op.name,
             "summary": op.summary,

@@ -101,8 +101,9 @@ def _ok(description: str, body: Body, *headers: str) -> dict[int, Answer]:
     return {200: Answer(description, body, headers=headers)}
 
 
-def table(create: type[BaseModel]) -> list[Operation]:
-    """`create` is the request model in force (a Literal `model` when a list is set)."""
+def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
+    """`create` and `modify` are the request models in force (a Literal `model`
+    when a model list is set)."""
     job_accepted = Answer(
         "Accepted: the job, `queued` (or as it is now, for an idempotent replay)",
         s.Job,
@@ -118,9 +119,10 @@ def table(create: type[BaseModel]) -> list[Operation]:
             "assistants",
             {
                 200: Answer(
-                    "With `Prefer: wait=N`, the job succeeded in time: the assistant",
+                    "With `Prefer: wait=N` (or the default wait, when one is set and "
+                    "no `Prefer` is sent), the job succeeded in time: the assistant",
                     Assistant,
-                    headers=("Location!", "Preference-Applied!", "Idempotent-Replayed"),
+                    headers=("Location!", "Preference-Applied", "Idempotent-Replayed"),
                 ),
                 202: job_accepted,
                 **_errors(409, 413, 415, 422),
@@ -132,6 +134,32 @@ def table(create: type[BaseModel]) -> list[Operation]:
             ),
             headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
             body={"application/json": create},
+        ),
+        Operation(
+            "modifyAssistant",
+            "POST",
+            "/v1/assistants/{assistant_id}",
+            "Modify an assistant (as a job)",
+            "assistants",
+            {
+                200: Answer(
+                    "With `Prefer: wait=N`, the job succeeded in time: the updated assistant",
+                    Assistant,
+                    headers=("Location!", "Preference-Applied", "Idempotent-Replayed"),
+                ),
+                202: job_accepted,
+                **_errors(404, 409, 413, 415, 422),
+            },
+            description=(
+                "OpenAI's modify: every field is optional, the fields sent replace the "
+                "stored ones (`metadata` as a whole). An assistant the tenant does not "
+                "have is a 404 at once; otherwise any JSON body is accepted (202) and "
+                "checked by the worker, as a create is. Modifies of one assistant apply "
+                "in the order they were accepted; one that loses a race with a delete "
+                "ends with a 404 result."
+            ),
+            headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
+            body={"application/json": modify},
         ),
         Operation(
             "listAssistants",
@@ -215,7 +243,10 @@ def table(create: type[BaseModel]) -> list[Operation]:
             },
             description=(
                 "NDJSON (`application/x-ndjson` or `application/jsonl`: one "
-                "`BatchRequest` a line) or JSON (`BatchCreate`). A line that is not an "
+                "`BatchRequest` a line) or JSON (`BatchCreate`). A line creates, or with "
+                "OpenAI Batch's `method` and `url` modifies (`POST /v1/assistants/{id}`) "
+                "or deletes (`DELETE /v1/assistants/{id}`, no body); a missing assistant "
+                "is that line's 404 result. A line that is not an "
                 "object with a `body`, or a duplicate `custom_id`, rejects the whole "
                 'batch with 422 at `["body", <line>, ...]`; field problems inside a '
                 "`body` are that job's 422 result. `Callback-URL` receives "
@@ -397,8 +428,10 @@ def table(create: type[BaseModel]) -> list[Operation]:
 
 
 EVENTS = {
-    "job.succeeded": "A job finished with a 200 result (`data.result.body` is the assistant)",
-    "job.failed": "A job finished with a 422 (or 500) result",
+    "job.succeeded": "A job finished with a 200 result (`data.result.body` is the assistant, "
+    "or the deleted object of a batch's delete)",
+    "job.failed": "A job finished with a 422, 404 (a modify or delete of a missing "
+    "assistant) or 500 result",
     "batch.completed": "Every request of a batch has a result",
     "batch.cancelled": "A cancelled batch's started requests have finished",
 }

@@ -17,8 +17,9 @@ def job_headers(job: Doc) -> dict[str, str]:
     return headers
 
 
-def accepted(job: Doc, *, replayed: bool, waited: int | None) -> Response:
-    """The answer to a create: the result if the job finished in the wait, else 202."""
+def accepted(job: Doc, *, replayed: bool, waited: int | None, preferred: bool = True) -> Response:
+    """The answer to a create or modify: the result if the job finished in the wait,
+    else 202. `preferred` is false for a default wait the client did not ask for."""
     body: Any = job
     status = 202
     if waited is not None and job["result"] is not None:
@@ -27,7 +28,7 @@ def accepted(job: Doc, *, replayed: bool, waited: int | None) -> Response:
     response = jsonify(body)
     response.status_code = status
     response.headers.update(job_headers(job))
-    if waited is not None:
+    if waited is not None and preferred:
         response.headers["Preference-Applied"] = f"wait={waited}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -41,9 +41,18 @@ class ValidationErrors(BaseModel):
     detail: list[ValidationIssue]
 
 
+class AssistantDeleted(BaseModel):
+    id: str
+    object: Literal["assistant.deleted"]
+    deleted: Literal[True]
+
+
 class JobResult(BaseModel):
-    status_code: Literal[200, 422, 500]
-    body: Assistant | ValidationErrors | ErrorMessage
+    """200: the assistant (created or modified) or, for a batch's delete line, the
+    deleted object; 404: a modify or delete whose assistant is gone; 422; 500."""
+
+    status_code: Literal[200, 404, 422, 500]
+    body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage
 
 
 class Job(BaseModel):
@@ -85,16 +94,25 @@ class Batch(BaseModel):
 
 class BatchRequest(BaseModel):
     """One request of a batch; an NDJSON line has the same shape (OpenAI Batch
-    lines, with `method` and `url`, are accepted too)."""
+    lines, with `method` and `url`, are accepted too). `POST /v1/assistants`
+    (the default) creates, `POST /v1/assistants/{id}` modifies, `DELETE
+    /v1/assistants/{id}` deletes."""
 
     custom_id: CustomId | SkipJsonSchema[None] = Field(
         None, description="unique in the batch; the 0-based line number when absent"
     )
-    method: Literal["POST"] | SkipJsonSchema[None] = None
-    url: Literal["/v1/assistants"] | SkipJsonSchema[None] = None
-    body: dict[str, Any] = Field(
-        description="a Create Assistant request; its fields are checked by the worker, "
-        "and a request that fails them gets a 422 result like any other job"
+    method: Literal["POST", "DELETE"] | SkipJsonSchema[None] = Field(
+        None, description="POST when absent"
+    )
+    url: (
+        Annotated[str, StringConstraints(pattern=r"^/v1/assistants(/[A-Za-z0-9_-]{1,255})?$")]
+        | SkipJsonSchema[None]
+    ) = Field(None, description="`/v1/assistants` when absent; a DELETE names an assistant")
+    body: dict[str, Any] | SkipJsonSchema[None] = Field(
+        None,
+        description="a Create or Modify Assistant request (required but for a DELETE, "
+        "which has none); its fields are checked by the worker, and a request that fails "
+        "them gets a 422 result like any other job",
     )
 
 
@@ -110,15 +128,9 @@ class BatchResultLine(BaseModel):
 
     custom_id: str
     job_id: str
-    status_code: Literal[200, 422, 500] | None
-    body: Assistant | ValidationErrors | ErrorMessage | None
+    status_code: Literal[200, 404, 422, 500] | None
+    body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage | None
     status: Literal["cancelled"] | SkipJsonSchema[None] = None
-
-
-class AssistantDeleted(BaseModel):
-    id: str
-    object: Literal["assistant.deleted"]
-    deleted: Literal[True]
 
 
 class Model(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import bulk, dev, keys, serve
+    from cli import bulk, dev, keys, migrate, serve
 
     parser = argparse.ArgumentParser(prog="assistant-ingest")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("api_key")
 
     bulk.add_parser(sub)
+    migrate.add_parser(sub)
 
     args = parser.parse_args(argv)
     command: Any = {
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "beat": serve.run_beat,
         "keys": keys.run_keys,
         "bulk": bulk.run,
+        "migrate": migrate.run,
     }[args.command]
     result: int = command(args)
     return result

@@ -272,3 +272,37 @@ def test_the_openapi_document_names_the_configured_models(models_stack: Stack) -
     document = requests.get(models_stack.url + "/openapi.json", timeout=30).json()
     model = document["components"]["schemas"]["AssistantCreate"]["properties"]["model"]
     assert model["enum"] == ["gpt-4o", "gpt-4o-mini"]
+
+
+def test_sequential_creates_list_in_creation_order_across_pages(tenant: Tenant) -> None:
+    """Twenty creates, each waited for before the next, many within one second:
+    the list follows creation in either order, page by page, with after and before."""
+    made = []
+    for index in range(20):
+        response = tenant.create({"model": "m", "name": f"n{index:02d}"}, Prefer="wait=30")
+        assert response.status_code == 200, response.text
+        made.append(response.json()["id"])
+    assert ids(list_page(tenant, order="asc", limit=100)) == made
+    assert ids(list_page(tenant, limit=100)) == made[::-1]
+
+    for order, expected in (("asc", made), ("desc", made[::-1])):
+        seen: list[str] = []
+        page = list_page(tenant, order=order, limit=6)
+        while True:
+            seen += ids(page)
+            if not page["has_more"]:
+                break
+            page = list_page(tenant, order=order, limit=6, after=page["last_id"])
+        assert seen == expected, order
+
+        back: list[str] = []
+        page = list_page(tenant, order=order, limit=7, before=expected[-1])
+        while True:
+            back = ids(page) + back
+            if not page["has_more"]:
+                break
+            page = list_page(tenant, order=order, limit=7, before=page["first_id"])
+        assert back == expected[:-1], order
+
+    between = list_page(tenant, order="asc", after=made[4], before=made[15], limit=100)
+    assert ids(between) == made[5:15]

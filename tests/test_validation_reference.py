@@ -1,4 +1,4 @@
-"""The service validates Create Assistant bodies exactly as FastAPI would.
+"""The service validates Create and Modify Assistant bodies exactly as FastAPI would.
 
 The reference is a FastAPI app whose models are written here from API.md's
 table, as an app author would write them, without reading worker/schema.py.
@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import StarletteDeprecationWarning
 
-from tests.stack import Stack, Tenant
+from tests.stack import Stack, Tenant, wait_until
 
 with warnings.catch_warnings():
     # Starlette's test client asks for httpx2 when it finds httpx; both work.
@@ -77,6 +77,13 @@ class CreateAssistant(Closed):
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
 
 
+class ModifyAssistant(CreateAssistant):
+    """OpenAI's ModifyAssistantRequest: the create schema with every field
+    optional; `model` may be left out but is not nullable."""
+
+    model: str = None  # type: ignore[assignment]
+
+
 reference_app = FastAPI()
 
 
@@ -85,15 +92,20 @@ def create_assistant(body: CreateAssistant) -> dict[str, Any]:
     return body.model_dump(exclude_unset=True)
 
 
+@reference_app.post("/v1/assistants/{assistant_id}")
+def modify_assistant(assistant_id: str, body: ModifyAssistant) -> dict[str, Any]:
+    return body.model_dump(exclude_unset=True)
+
+
 @functools.cache
 def reference_client() -> TestClient:
     return TestClient(reference_app)
 
 
-def reference_answer(payload: bytes) -> tuple[int, Any]:
+def reference_answer(payload: bytes, path: str = "/v1/assistants") -> tuple[int, Any]:
     """FastAPI's status and JSON body for these request bytes."""
     response = reference_client().post(
-        "/v1/assistants", content=payload, headers={"Content-Type": "application/json"}
+        path, content=payload, headers={"Content-Type": "application/json"}
     )
     return response.status_code, response.json()
 
@@ -496,3 +508,77 @@ def test_valid_body_is_200_and_every_field_round_trips(
         assert assistant[field] == value, field
     stored = submitter.request("GET", f"/v1/assistants/{assistant['id']}")
     assert stored.json() == assistant
+
+
+# Modify: the same corpus, each body sent to an assistant of its own.
+
+BASE = {
+    "model": "base-model",
+    "name": "base",
+    "description": "base description",
+    "instructions": "base instructions",
+    "tools": [{"type": "code_interpreter"}],
+    "file_ids": ["file-base"],
+    "metadata": {"base": "yes"},
+}
+MODIFY_PATH = "/v1/assistants/asst_reference"
+
+
+@pytest.fixture(scope="module")
+def modified(submitter: Tenant) -> dict[str, tuple[dict[str, Any], str]]:
+    """Per case, the assistant it modifies (as made) and the modify's job id."""
+    lines = b"".join(
+        json.dumps({"custom_id": name, "body": BASE}).encode() + b"\n" for name in CASES
+    )
+    response = submitter.request(
+        "POST", "/v1/batches", data=lines, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+    wait_until(
+        lambda: submitter.request("GET", f"/v1/batches/{batch_id}").json()["status"] == "completed",
+        timeout=120,
+    )
+    rows = submitter.request("GET", f"/v1/batches/{batch_id}/results").text.splitlines()
+    made = {row["custom_id"]: row["body"] for row in map(json.loads, rows)}
+    jobs: dict[str, tuple[dict[str, Any], str]] = {}
+    for name, case in CASES.items():
+        response = submitter.request(
+            "POST",
+            f"/v1/assistants/{made[name]['id']}",
+            data=case.payload,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 202, (name, response.text)
+        jobs[name] = (made[name], response.json()["id"])
+    return jobs
+
+
+@pytest.mark.parametrize("name", list(CASES), ids=str)
+def test_modify_answers_as_fastapi_and_changes_only_the_fields_sent(
+    name: str, submitter: Tenant, modified: dict[str, tuple[dict[str, Any], str]]
+) -> None:
+    case = CASES[name]
+    status, reference = reference_answer(case.payload, MODIFY_PATH)
+    before, job_id = modified[name]
+    service_status, answer = service_answer(submitter, job_id)
+    assert service_status == status, answer
+    if status == 422:
+        assert len(answer["detail"]) == len(reference["detail"])
+        for got, want in zip(answer["detail"], reference["detail"], strict=True):
+            assert got == want
+        assert submitter.request("GET", f"/v1/assistants/{before['id']}").json() == before
+        return
+    sent = dict(case.body)
+    if "metadata" in sent:
+        sent["metadata"] = sent["metadata"] or {}
+    assert answer == {**before, **sent}
+    assert submitter.request("GET", f"/v1/assistants/{before['id']}").json() == answer
+
+
+def test_modify_corpus_has_bodies_valid_only_for_modify() -> None:
+    statuses = {
+        name: reference_answer(case.payload, MODIFY_PATH)[0] for name, case in CASES.items()
+    }
+    assert statuses["model_missing"] == 200 and statuses["extra_field_only"] == 422
+    assert statuses["model_null"] == 422 and statuses["body_null"] == 422

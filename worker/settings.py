@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Edge
     store_timeout_ms: int = 2000
     max_wait_seconds: int = 60
+    # The wait applied to creates and modifies sent without a `Prefer` header
+    # (0: answer 202 at once), so a client that knows nothing of jobs, such as
+    # an unmodified OpenAI SDK, gets the assistant.
+    default_wait_seconds: int = 0
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
 

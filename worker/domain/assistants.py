@@ -1,8 +1,18 @@
 """The assistant document and object.
 
-`tools` and `metadata` are user-controlled trees whose keys may hold anything
-JSON allows ("$where", "a.b", NUL), which BSON keys cannot all hold; they are
-stored as JSON text, so every value the schema allows round-trips exactly.
+An assistant is stored as the origin API stored it: `tools` an array of
+objects, `metadata` an object, every field native, so whatever reads the
+collection (the origin server, mongosh, `find({"metadata.team": "sales"})`)
+finds arrays and objects where they belong. MongoDB (5.0 and later) keeps
+keys such as "$where", "a.b", "" and "$" as they are. Two trees cannot be
+kept as they are: one with a key holding NUL (BSON keys are C strings), and
+one with an object shaped like a DBRef (`$ref` beside `$id`), which drivers
+read back as a DBRef. Such a field alone is stored as its JSON text: a string
+where an array or an object belongs, which no valid value is, so reads can
+tell the two apart and give every value back exactly.
+
+Documents stored before this shape keep `tools_json` / `metadata_json`; reads
+take both shapes, and `assistant-ingest migrate` rewrites them.
 """
 
 from __future__ import annotations
@@ -17,23 +27,71 @@ from worker.domain.documents import Doc
 from worker.domain.ids import new_id
 from worker.domain.schema import AssistantCreate, tools_as_given
 
+# ObjectId time: 4 bytes of seconds and 3 of the fraction, in 2**-24 s ticks.
+TICKS_PER_SECOND = 1 << 24
+TREES = ("tools", "metadata")
+LEGACY = {name: f"{name}_json" for name in TREES}
 
-def object_id_for(job_id: str, job_created_at: int) -> ObjectId:
+
+def object_id_for(job_id: str, accepted_at: float, offset: int = 0) -> ObjectId:
     """The assistant's `_id`, fixed by its job: the idempotency key of processing.
 
     A redelivered job derives the same `_id`, so its insert collides with the
-    assistant made before and finds it; no extra unique index is needed. The
-    first four bytes are a timestamp, as in every ObjectId.
+    assistant made before and finds it. The first seven bytes are the time
+    the job was accepted (seconds, then the fraction in 2**-24 s ticks, plus
+    `offset` ticks: a batch line's place in its chunk), so ids sort in
+    acceptance order; five bytes of a hash of the job id keep them unique.
     """
+    seconds = int(accepted_at)
+    ticks = (seconds << 24) + int((accepted_at - seconds) * TICKS_PER_SECOND) + offset
     digest = hashlib.sha256(job_id.encode()).digest()
-    return ObjectId(job_created_at.to_bytes(4, "big") + digest[:8])
+    return ObjectId(ticks.to_bytes(7, "big") + digest[:5])
+
+
+def fits_bson(value: Any) -> bool:
+    """Whether a JSON tree is stored and read back as it is."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "$ref" in node and "$id" in node:
+                return False
+            if any("\0" in key for key in node):
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return True
+
+
+def storable(tree: Any) -> Any:
+    """A user-controlled tree as it is stored: itself, or its JSON text."""
+    return tree if fits_bson(tree) else json.dumps(tree, ensure_ascii=False)
+
+
+def readable(stored: Any) -> Any:
+    return json.loads(stored) if isinstance(stored, str) else stored
+
+
+def tree(doc: Doc, name: str, default: Any) -> Any:
+    """`tools` or `metadata` of a stored document, in either shape."""
+    if name in doc:
+        return readable(doc[name])
+    legacy = doc.get(LEGACY[name])
+    return json.loads(legacy) if legacy is not None else default
 
 
 def new_document(
-    request: AssistantCreate, *, tenant: str, job_id: str, job_created_at: int, now: int
+    request: AssistantCreate,
+    *,
+    tenant: str,
+    job_id: str,
+    accepted_at: float,
+    offset: int = 0,
+    now: int,
 ) -> Doc:
     return {
-        "_id": object_id_for(job_id, job_created_at),
+        "_id": object_id_for(job_id, accepted_at, offset),
         "id": new_id("asst_"),
         "tenant": tenant,
         "job_id": job_id,
@@ -42,9 +100,27 @@ def new_document(
         "description": request.description,
         "model": request.model,
         "instructions": request.instructions,
-        "tools_json": json.dumps(tools_as_given(request), ensure_ascii=False),
+        "tools": storable(tools_as_given(request)),
         "file_ids": request.file_ids,
-        "metadata_json": json.dumps(request.metadata or {}, ensure_ascii=False),
+        "metadata": storable(request.metadata or {}),
+    }
+
+
+def changes(fields: dict[str, Any]) -> Doc:
+    """The stored form of the fields a modify sets (metadata null is `{}`)."""
+    stored: Doc = {}
+    for name, value in fields.items():
+        if name == "metadata":
+            value = value or {}
+        stored[name] = storable(value) if name in TREES else value
+    return stored
+
+
+def migrated(doc: Doc) -> Doc:
+    """The native fields of a document stored in the earlier shape."""
+    return {
+        name: storable(tree(doc, name, default))
+        for name, default in (("tools", []), ("metadata", {}))
     }
 
 
@@ -85,7 +161,11 @@ def public(doc: Doc) -> dict[str, Any]:
         "description": doc.get("description"),
         "model": doc["model"],
         "instructions": doc.get("instructions"),
-        "tools": json.loads(doc["tools_json"]),
+        "tools": tree(doc, "tools", []),
         "file_ids": list(doc.get("file_ids") or []),
-        "metadata": json.loads(doc["metadata_json"]),
+        "metadata": tree(doc, "metadata", {}),
     }
+
+
+def deleted(assistant_id: str) -> dict[str, Any]:
+    return {"id": assistant_id, "object": "assistant.deleted", "deleted": True}

@@ -9,11 +9,14 @@ Doc = dict[str, Any]
 
 
 class Item(TypedDict):
-    """One request of a unit: its job id, the batch line's custom_id, the raw body."""
+    """One request of a unit: its job id, the batch line's custom_id, the raw body;
+    a modify or delete also names its operation and the assistant it targets."""
 
     id: str
     custom_id: str | None
     body: str
+    op: NotRequired[str]  # "modify" or "delete"; a create has none
+    target: NotRequired[str]
 
 
 class Unit(TypedDict):
@@ -37,6 +40,13 @@ class Unit(TypedDict):
     results: list[str | None]
     batch_id: NotRequired[str]
     lease: NotRequired[str]
+    # When the edge accepted it (Unix seconds, a float): orders assistant ids
+    # and the changes of one assistant. Units stored before it have created_at.
+    accepted_at: NotRequired[float]
+    # The assistants its modifies and deletes target, and the jobs among them
+    # whose delete is under way (so a redelivery knows it deleted the target).
+    targets: NotRequired[list[str]]
+    deleting: NotRequired[list[str]]
 
 
 class Tally(NamedTuple):

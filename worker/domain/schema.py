@@ -1,4 +1,4 @@
-"""The Create Assistant request and the assistant object, as the origin API had them.
+"""The Create and Modify Assistant requests and the assistant object, as the origin API had them.
 
 Validation errors are shaped exactly as FastAPI shapes a request-body model's
 errors: pydantic's own entries, `loc` prefixed with "body", no `url`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
@@ -18,6 +18,7 @@ Description = Annotated[str, StringConstraints(max_length=512)]
 Instructions = Annotated[str, StringConstraints(max_length=32768)]
 MetadataKey = Annotated[str, StringConstraints(max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,20 @@ class AssistantCreate(_Strict):
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not a null a client could send
+
+
+class AssistantModify(AssistantCreate):
+    """The request body of `POST /v1/assistants/{assistant_id}`: the create schema
+    with every field optional. Only the fields sent are changed (`fields_sent`)."""
+
+    # Optional but not nullable, as in OpenAI's ModifyAssistantRequest; the
+    # default is never stored, since only fields that were sent are applied
+    # (a None default that is not a valid value is what that takes).
+    model: str = Field(default=None, json_schema_extra=_no_default)  # type: ignore[assignment]
+
+
 class Assistant(BaseModel):
     """The assistant object, the 200 body."""
 
@@ -91,18 +106,51 @@ def request_model(models: tuple[str, ...] = ()) -> type[AssistantCreate]:
     )
 
 
+@functools.cache
+def modify_model(models: tuple[str, ...] = ()) -> type[AssistantModify]:
+    """The modify request model; with a model list, `model` is a Literal of its names."""
+    if not models:
+        return AssistantModify
+    return create_model(
+        "AssistantModify",
+        __base__=AssistantModify,
+        model=(Literal[models], Field(default=None, json_schema_extra=_no_default)),  # type: ignore[arg-type]
+    )
+
+
 def validate_create(
     body: Any, models: Sequence[str] = ()
 ) -> AssistantCreate | list[dict[str, Any]]:
     """The validated request, or the 422 `detail` list FastAPI would answer."""
+    return _validate(request_model(tuple(models)), body)
+
+
+def validate_modify(
+    body: Any, models: Sequence[str] = ()
+) -> AssistantModify | list[dict[str, Any]]:
+    """The validated modify request, or the 422 `detail` list FastAPI would answer."""
+    return _validate(modify_model(tuple(models)), body)
+
+
+def _validate(model: type[M], body: Any) -> M | list[dict[str, Any]]:
     try:
         # from_attributes=True is how FastAPI validates a body field.
-        return request_model(tuple(models)).model_validate(body, from_attributes=True)
+        return model.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         errors = [{**err, "loc": ["body", *err["loc"]]} for err in exc.errors(include_url=False)]
         # ctx may hold non-JSON values (exceptions); FastAPI stringifies them.
         detail: list[dict[str, Any]] = json.loads(json.dumps(errors, default=str))
         return detail
+
+
+def fields_sent(request: AssistantModify) -> dict[str, Any]:
+    """The fields a modify request sets, with their values as sent."""
+    fields: dict[str, Any] = {}
+    for name in AssistantModify.model_fields:
+        if name not in request.model_fields_set:
+            continue
+        fields[name] = tools_as_given(request) if name == "tools" else getattr(request, name)
+    return fields
 
 
 def tools_as_given(request: AssistantCreate) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ def new_unit(
     seq: int = 0,
     job_events: bool = True,
     resend_after: int = 30,
+    accepted_at: float | None = None,
 ) -> Unit:
     """A unit ready to insert, queued and due to be sent again after `resend_after`."""
     unit: Unit = {
@@ -50,7 +51,20 @@ def new_unit(
     }
     if batch_id is not None:
         unit["batch_id"] = batch_id
+    unit["accepted_at"] = float(now) if accepted_at is None else accepted_at
+    targets = sorted({item["target"] for item in items if "target" in item})
+    if targets:
+        unit["targets"] = targets
     return unit
+
+
+def accepted_at(unit: Unit) -> float:
+    return unit.get("accepted_at", float(unit["created_at"]))
+
+
+def order_key(unit: Unit) -> tuple[float, str]:
+    """Acceptance order of units: the changes of one assistant apply in it."""
+    return accepted_at(unit), unit["_id"]
 
 
 def item_status(unit: Unit, index: int) -> JobStatus:
@@ -90,12 +104,17 @@ def job_public(unit: Unit, index: int) -> Doc:
 
 
 def result_body(unit: Unit, index: int) -> Any:
-    """The body of a finished request's result: the assistant object or the error."""
+    """The body of a finished request's result: the assistant object or the error.
+
+    A create's 200 result is kept as a reference and rebuilt with its request;
+    a modify's or a delete's is kept whole.
+    """
     stored = unit["results"][index]
     assert stored is not None
     body = json.loads(stored)
-    if unit["codes"][index] == 200:
-        return assistants.public_from_request(json.loads(unit["items"][index]["body"]), body)
+    item = unit["items"][index]
+    if unit["codes"][index] == 200 and "op" not in item:
+        return assistants.public_from_request(json.loads(item["body"]), body)
     return body
 
 

@@ -44,10 +44,16 @@ class Stager:
         self.seq = 0
         self.items: list[Item] = []
         self.size = 0
+        self.next_stamp = 0.0
         batches.insert(rt.store, batch)
 
-    def add(self, custom_id: str, body_text: str) -> None:
-        self.items.append({"id": "", "custom_id": custom_id, "body": body_text})
+    def add(
+        self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
+    ) -> None:
+        item: Item = {"id": "", "custom_id": custom_id, "body": body_text}
+        if op is not None and target is not None:
+            item["op"], item["target"] = op, target
+        self.items.append(item)
         self.size += len(body_text)
         settings = self.rt.settings
         if len(self.items) >= settings.chunk_size or self.size >= settings.chunk_max_bytes:
@@ -58,6 +64,10 @@ class Stager:
             return
         for item, job_id in zip(self.items, new_ids("job_", len(self.items)), strict=True):
             item["id"] = job_id
+        # Each chunk's stamp follows the last one's lines (an item's assistant id
+        # adds its place in the chunk, in 2**-24 s ticks), so ids keep input order.
+        accepted_at = max(time.time(), self.next_stamp)
+        self.next_stamp = accepted_at + (len(self.items) + 8) / 2**24
         unit = new_unit(
             unit_id=chunk_id(self.batch["_id"], self.seq),
             tenant=self.batch["tenant"],
@@ -68,6 +78,7 @@ class Stager:
             batch_id=self.batch["_id"],
             seq=self.seq,
             job_events=self.batch["job_events"],
+            accepted_at=accepted_at,
         )
         units.insert_staged(self.rt.store, unit)
         self.seq += 1

@@ -67,11 +67,13 @@ def submit_single(
                 # fingerprint, same request: store it under the id it claimed.
                 # Whichever request stores it first, there is one job.
                 job_id, adopted = claim.target_id, True
+        accepted_at = time.time()
         unit = new_unit(
             unit_id=job_id,
             tenant=tenant,
             items=[{"id": job_id, "custom_id": None, "body": body_text}],
-            now=int(time.time()),
+            now=int(accepted_at),
+            accepted_at=accepted_at,
             callback_url=callback_url,
             request_id=request_id,
             resend_after=rt.settings.resend_after_seconds,

@@ -19,8 +19,9 @@ from worker.domain.events import destination
 from worker.domain.retention import expire_at
 from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
+from worker.domain.units import accepted_at
 from worker.runtime import Runtime
-from worker.services import batches, outbox
+from worker.services import batches, changes, outbox
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
 
@@ -32,6 +33,8 @@ Outcomes = dict[str, list[tuple[int, Any]]]
 def process(rt: Runtime, unit_ids: list[str]) -> int:
     """Process the queued units among `unit_ids`; returns how many were finished."""
     claimed = units.claim(rt.store, unit_ids, rt.settings.lease_seconds)
+    # Modifies and deletes wait for earlier changes of their assistants.
+    claimed = changes.hold_back(rt, claimed)
     if not claimed:
         return 0
     metrics.units_claimed(claimed)
@@ -45,7 +48,8 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
                 request,
                 tenant=by_id[uid]["tenant"],
                 job_id=by_id[uid]["items"][index]["id"],
-                job_created_at=by_id[uid]["created_at"],
+                accepted_at=accepted_at(by_id[uid]),
+                offset=index,
                 now=now,
             )
             for uid, index, request in valid
@@ -53,6 +57,7 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     )
     for uid, index, _ in valid:
         outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
+    changes.apply(rt, claimed, outcomes)
     owing = owes_job_events(rt, claimed)
     finished = units.record(
         rt.store,
@@ -67,6 +72,7 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     rt.publish_finished([item["id"] for unit in done for item in unit["items"]])
     outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
     tally_batches(rt, done, outcomes)
+    changes.wake(rt, done)
     return len(finished)
 
 
@@ -85,6 +91,9 @@ def evaluate(
             continue
         results: list[tuple[int, Any]] = []
         for index, item in enumerate(unit["items"]):
+            if "op" in item:
+                results.append((0, None))  # a modify or delete: `changes.apply`
+                continue
             checked = validate_create(json.loads(item["body"]), rt.settings.models)
             if isinstance(checked, list):
                 results.append((422, {"detail": checked}))

@@ -40,6 +40,8 @@ def ensure_indexes(store: Store) -> None:
     store.jobs.create_index([("due_at", ASCENDING)], sparse=True)
     store.jobs.create_index([("events_pending", ASCENDING)], sparse=True)
     store.jobs.create_index("expire_at", expireAfterSeconds=0)
+    # Only units that modify or delete assistants carry `targets`: creates pay nothing.
+    store.jobs.create_index([("targets", ASCENDING)], sparse=True)
 
 
 def insert_unit(store: Store, unit: Unit) -> None:
@@ -177,6 +179,56 @@ def record(
     ids = [unit["_id"] for unit in units]
     done = store.jobs.find({"_id": {"$in": ids}, "done_by": units[0]["lease"]}, {"_id": 1})
     return {doc["_id"] for doc in done}
+
+
+# Changes of assistants (modify, delete): one assistant's apply in acceptance order.
+
+OPEN = [UnitStatus.QUEUED, UnitStatus.IN_PROGRESS]
+
+
+def open_changes(store: Store, targets: list[str], exclude: list[str]) -> list[Doc]:
+    """Accepted units, not finished, that change any of `targets`, but for `exclude`."""
+    return list(
+        store.jobs.find(
+            {"targets": {"$in": targets}, "status": {"$in": OPEN}, "_id": {"$nin": exclude}},
+            {"targets": 1, "accepted_at": 1, "created_at": 1},
+        )
+    )
+
+
+def queued_changes(store: Store, targets: list[str]) -> list[Doc]:
+    """Queued units that change any of `targets`: those that waited for a change of them."""
+    return list(
+        store.jobs.find({"targets": {"$in": targets}, "status": UnitStatus.QUEUED}, {"batch_id": 1})
+    )
+
+
+def release(store: Store, unit: Unit, due_at: int) -> bool:
+    """Give back a claimed unit that must wait: queued again, its claim not counted."""
+    result = store.jobs.update_one(
+        {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
+        [
+            {
+                "$set": {
+                    "status": UnitStatus.QUEUED,
+                    "due_at": due_at,
+                    "attempts": {"$subtract": ["$attempts", 1]},
+                    "started_at": {"$cond": [{"$lte": ["$attempts", 1]}, None, "$started_at"]},
+                }
+            },
+            {"$unset": ["lease"]},
+        ],
+    )
+    return result.modified_count == 1
+
+
+def note_deleting(store: Store, unit: Unit, job_ids: list[str]) -> bool:
+    """Record, before deleting, which jobs of the unit delete an existing assistant."""
+    result = store.jobs.update_one(
+        {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
+        {"$addToSet": {"deleting": {"$each": job_ids}}},
+    )
+    return result.matched_count == 1
 
 
 # Batches' chunks.

@@ -30,11 +30,11 @@ from worker.queueing.routes import ALL_QUEUES
 
 log = logging.getLogger("worker.jobs")
 
-OUTCOMES = {200: "succeeded", 422: "failed"}
+OUTCOMES = {200: "succeeded", 404: "failed", 422: "failed"}
 
 JOBS = Counter(
     "assistant_ingest_jobs_finished_total",
-    "Jobs finished, by kind (single or batch) and outcome (succeeded: 200, failed: 422, "
+    "Jobs finished, by kind (single or batch) and outcome (succeeded: 200, failed: 404 or 422, "
     "error: 500 after repeated attempts).",
     ["kind", "outcome"],
 )
