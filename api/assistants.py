@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
@@ -30,6 +30,7 @@ def create_assistant() -> Response:
         parse(raw)
     except JsonInvalid as exc:
         raise ApiError(422, [exc.detail]) from exc
+    g.stages.lap("parse")
     done = submit_single(
         runtime(),
         tenant=tenant(),
@@ -38,6 +39,7 @@ def create_assistant() -> Response:
         callback_url=callback,
         idempotency_key=key,
         request_id=request_id(),
+        stages=g.stages,
     )
     wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
     job = done.job

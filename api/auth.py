@@ -25,3 +25,4 @@ def register(app: Flask) -> None:
         if tenant is None:
             raise ApiError(401, "Missing or invalid API key", CHALLENGE)
         g.tenant = tenant
+        g.stages.lap("auth")

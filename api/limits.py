@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from worker.settings import Settings
@@ -43,6 +43,10 @@ def register(app: Flask, settings: Settings) -> Limiter:
     )
     limiter.request_filter(lambda: not request.path.startswith("/v1/"))
     app.extensions[EXTENSION] = limiter
+
+    @app.before_request
+    def timed() -> None:
+        g.stages.lap("rate_limit")  # runs right after the limiter's own check
 
     @app.errorhandler(RateLimitExceeded)
     def too_many(exc: RateLimitExceeded) -> Response:

@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from worker.telemetry.stages import Stages
+
 log = logging.getLogger(__name__)
 
 
@@ -75,8 +77,10 @@ class FinishedListener:
         seconds: float,
         read: Callable[[], dict[str, Any] | None],
         finished: Callable[[dict[str, Any]], bool],
+        stages: Stages | None = None,
     ) -> dict[str, Any] | None:
         """Read the job, waiting up to `seconds` for it to finish."""
+        stages = stages or Stages()
         self._start()
         event = threading.Event()
         with self._lock:
@@ -85,6 +89,7 @@ class FinishedListener:
             deadline = time.monotonic() + seconds
             while True:
                 job = read()
+                stages.lap("read")
                 if job is None or finished(job):
                     return job
                 remaining = deadline - time.monotonic()
@@ -93,6 +98,7 @@ class FinishedListener:
                 # Without a subscription, poll slowly rather than miss the finish.
                 event.wait(remaining if self._subscribed.is_set() else min(remaining, 0.5))
                 event.clear()
+                stages.lap("wait")
         finally:
             with self._lock:
                 events = self._waiters.get(job_id)

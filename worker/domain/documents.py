@@ -28,6 +28,7 @@ class Unit(TypedDict):
     started_at: int | None
     completed_at: int | None
     due_at: NotRequired[float]
+    accepted_at: NotRequired[float]
     attempts: int
     callback_url: str | None
     request_id: str | None

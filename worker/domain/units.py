@@ -29,6 +29,7 @@ def new_unit(
     seq: int = 0,
     job_events: bool = True,
     resend_after: int = 30,
+    accepted_at: float | None = None,
 ) -> Unit:
     """A unit ready to insert, queued and due to be sent again after `resend_after`."""
     unit: Unit = {
@@ -40,6 +41,9 @@ def new_unit(
         "started_at": None,
         "completed_at": None,
         "due_at": now + resend_after,
+        # When the edge took it, to the microsecond: where its time went is
+        # measured from here (and `created_at` is whole seconds, as the API shows).
+        "accepted_at": now if accepted_at is None else accepted_at,
         "attempts": 0,
         "callback_url": callback_url,
         "request_id": request_id,

@@ -18,6 +18,7 @@ from worker.domain.units import job_public, new_unit
 from worker.queueing.routes import PROCESS_SINGLE
 from worker.runtime import Runtime
 from worker.store import batches, idempotency, units
+from worker.telemetry.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ def submit_single(
     callback_url: str | None,
     idempotency_key: str | None,
     request_id: str | None,
+    stages: Stages | None = None,
 ) -> Accepted:
+    stages = stages or Stages()
     job_id = new_id("job_")
     scope = None
     adopted = False
@@ -67,17 +70,21 @@ def submit_single(
                 # fingerprint, same request: store it under the id it claimed.
                 # Whichever request stores it first, there is one job.
                 job_id, adopted = claim.target_id, True
+        stages.lap("idempotency")
+        accepted_at = time.time()
         unit = new_unit(
             unit_id=job_id,
             tenant=tenant,
             items=[{"id": job_id, "custom_id": None, "body": body_text}],
-            now=int(time.time()),
+            now=int(accepted_at),
+            accepted_at=accepted_at,
             callback_url=callback_url,
             request_id=request_id,
             resend_after=rt.settings.resend_after_seconds,
         )
         try:
             units.insert_unit(rt.store, unit)
+            stages.lap("insert")
         except DuplicateKeyError:
             # Stored already: by the other request with this key, or by this
             # insert's own first try (a retried write whose answer was lost).
@@ -96,6 +103,7 @@ def submit_single(
         log.warning(
             "job %s stored but not sent; the reconciler will send it", job_id, exc_info=True
         )
+    stages.lap("send")
     return Accepted(job=job_public(unit, 0), replayed=adopted)
 
 

@@ -23,6 +23,7 @@ from worker.runtime import Runtime
 from worker.services import batches, outbox
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
+from worker.telemetry.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,16 @@ Outcomes = dict[str, list[tuple[int, Any]]]
 
 def process(rt: Runtime, unit_ids: list[str]) -> int:
     """Process the queued units among `unit_ids`; returns how many were finished."""
+    started = time.time()
+    stages = Stages()
     claimed = units.claim(rt.store, unit_ids, rt.settings.lease_seconds)
     if not claimed:
         return 0
+    stages.lap("claim")
     metrics.units_claimed(claimed)
     now = int(time.time())
     outcomes, valid = evaluate(rt, claimed)
+    stages.lap("validate")
     by_id = {unit["_id"]: unit for unit in claimed}
     created = persist(
         rt,
@@ -53,7 +58,9 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     )
     for uid, index, _ in valid:
         outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
+    stages.lap("insert")
     owing = owes_job_events(rt, claimed)
+    stages.lap("tenants")
     finished = units.record(
         rt.store,
         claimed,
@@ -62,11 +69,14 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
         expire_at=expire_at(rt.settings, now),
         owing=owing,
     )
-    metrics.units_finished(claimed, outcomes, finished)
+    stages.lap("record")
     done = [unit for unit in claimed if unit["_id"] in finished]
     rt.publish_finished([item["id"] for unit in done for item in unit["items"]])
+    stages.lap("publish")
     outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
     tally_batches(rt, done, outcomes)
+    stages.lap("tell")
+    metrics.units_finished(claimed, outcomes, finished, started=started, stages=stages.ms)
     return len(finished)
 
 
