@@ -87,7 +87,7 @@ def main() -> None:
         whole = [totals[rid] for rid in measured]
         print(
             f"{'client, whole request':<22}{statistics.median(whole):>9.2f}"
-            f"{percentile(whole, 0.9):>9.2f}"
+            f"{percentile(whole, 90):>9.2f}"
         )
 
 
