@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from flask import Blueprint, Response, g, jsonify, request
 
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
-from api.jobs import wait_for_job
+from api.jobs import listener, wait_for_job
 from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.waiting import parse_prefer
 from worker.domain.assistants import public
+from worker.domain.ids import new_id
+from worker.domain.units import is_finished
 from worker.services.intake import submit_single
-from worker.store import assistants
+from worker.store import assistants, units
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
 
@@ -31,20 +36,31 @@ def create_assistant() -> Response:
     except JsonInvalid as exc:
         raise ApiError(422, [exc.detail]) from exc
     g.stages.lap("parse")
-    done = submit_single(
-        runtime(),
-        tenant=tenant(),
-        body_text=decode_text(raw),
-        raw=raw,
-        callback_url=callback,
-        idempotency_key=key,
-        request_id=request_id(),
-        stages=g.stages,
-    )
     wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
-    job = done.job
-    if wait is not None:
-        job = wait_for_job(job["id"], wait) or job
+    job_id = new_id("job_")
+    with contextlib.ExitStack() as cleanup:
+        # Listening from before the job is stored: its finish cannot be missed,
+        # and the worker's message carries the job, so no read is needed.
+        expected = cleanup.enter_context(listener().expect(job_id)) if wait else None
+        done = submit_single(
+            runtime(),
+            tenant=tenant(),
+            body_text=decode_text(raw),
+            raw=raw,
+            callback_url=callback,
+            idempotency_key=key,
+            request_id=request_id(),
+            job_id=job_id,
+            stages=g.stages,
+        )
+        job = done.job
+        if wait and not is_finished(job):
+            if expected is not None and job["id"] == job_id:
+                owner, db = tenant(), store()
+                read = functools.partial(units.get_job, db, owner, job_id)
+                job = expected.until(wait, read, is_finished, g.stages) or job
+            else:  # a replay of another job
+                job = wait_for_job(job["id"], wait) or job
     return accepted(job, replayed=done.replayed, waited=wait)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from bench.harness import assistant_body, deployment, percentile
 from bench.loadgen import Connection, post
 
-EDGE = ("rate_limit", "auth", "parse", "idempotency", "insert", "send", "read", "wait")
+EDGE = ("rate_limit", "auth", "parse", "idempotency", "commit", "wait", "read")
 WORKER = ("pickup", "claim", "validate", "insert", "tenants", "record", "publish", "tell")
 
 

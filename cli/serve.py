@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import shutil
 import sys
@@ -81,12 +80,10 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     store.close()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     concurrency = args.concurrency or settings.worker_concurrency
-    # celery-batches buffers single creates unacknowledged until it flushes,
-    # so that queue needs a prefetch of at least the flush size; chunks are
+    # A message of single creates is small and quick: a few reserved per
+    # process keep the pool busy between round trips to the broker. Chunks are
     # big, so a bulk-only worker takes one at a time per process.
-    prefetch = 1
-    if SINGLE_QUEUE in queues:
-        prefetch = max(1, math.ceil(2 * settings.single_flush_every / concurrency))
+    prefetch = 4 if SINGLE_QUEUE in queues else 1
     app.conf.worker_prefetch_multiplier = prefetch
     argv = [
         "--quiet",  # no banner on stdout: every line is JSON; the start is logged below

@@ -32,6 +32,7 @@ FAST = {
     "WEBHOOK_SCHEDULE": "0,1,1,2",
     "WEBHOOK_TIMEOUT_SECONDS": "2",
     "WEBHOOK_ALLOW_PRIVATE": "true",
+    "AUTH_CACHE_SECONDS": "1",
     # Workers announce " ready." at INFO, which the tests wait for.
     "LOG_LEVEL": "INFO",
 }

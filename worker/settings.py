@@ -41,10 +41,6 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 10.0
     webhook_sweep_interval_seconds: float = 1.0
 
-    # Celery single-create grouping (celery-batches): flush this many, or
-    # whatever is buffered after this long.
-    single_flush_every: int = 100
-    single_flush_interval: float = 0.02
     worker_concurrency: int = 2
 
     # Webhooks: seconds to wait before each attempt; the first is sent at once.
@@ -58,6 +54,9 @@ class Settings(BaseSettings):
     # Edge
     store_timeout_ms: int = 2000
     max_wait_seconds: int = 60
+    # How long an edge process trusts a key it has checked (a revoked key is
+    # refused within this time); 0 checks every request against the store.
+    auth_cache_seconds: float = 5.0
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
 

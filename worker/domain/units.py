@@ -57,6 +57,20 @@ def new_unit(
     return unit
 
 
+def results_fields(results: list[tuple[int, Any]], now: int) -> Doc:
+    """What a unit holds once done: its results in parallel arrays.
+
+    A 200 body is stored as a reference to its assistant (the rest of the
+    object is the request itself), which keeps a chunk's results small.
+    """
+    return {
+        "status": UnitStatus.DONE,
+        "codes": [code for code, _ in results],
+        "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
+        "completed_at": now,
+    }
+
+
 def item_status(unit: Unit, index: int) -> JobStatus:
     code = unit["codes"][index]
     if code == 200:

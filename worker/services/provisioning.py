@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from worker.domain import assistants as assistant_docs
 from worker.domain.batches import tally
@@ -19,6 +19,7 @@ from worker.domain.events import destination
 from worker.domain.retention import expire_at
 from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
+from worker.domain.units import job_public, results_fields
 from worker.runtime import Runtime
 from worker.services import batches, outbox
 from worker.store import assistants, tenants, units
@@ -71,13 +72,26 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     )
     stages.lap("record")
     done = [unit for unit in claimed if unit["_id"] in finished]
-    rt.publish_finished([item["id"] for unit in done for item in unit["items"]])
+    rt.publish_finished(finished_jobs(done, outcomes, now))
     stages.lap("publish")
     outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
     tally_batches(rt, done, outcomes)
     stages.lap("tell")
     metrics.units_finished(claimed, outcomes, finished, started=started, stages=stages.ms)
     return len(finished)
+
+
+def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, Doc | None]:
+    """What to tell waiters: each job id, with its job object for single creates
+    (a batch's jobs are many and rarely waited for: their waiters read them)."""
+    told: dict[str, Doc | None] = {}
+    for unit in done:
+        if "batch_id" in unit:
+            told.update((item["id"], None) for item in unit["items"])
+        else:
+            finished = cast(Unit, {**unit, **results_fields(outcomes[unit["_id"]], now)})
+            told[unit["_id"]] = job_public(finished, 0)
+    return told
 
 
 def evaluate(
