@@ -41,8 +41,6 @@ def run_api(args: argparse.Namespace) -> int:
         argv += ["--bind", f"{args.host or '0.0.0.0'}:{args.port or 8000}"]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
     sys.argv = [*argv, EDGE_APP]
     WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog="gunicorn").run()
     return 0

@@ -109,8 +109,6 @@ class Stack:
             str(self.port),
             "--workers",
             "2",
-            "--threads",
-            "16",
         )
         wait_for_port(self.port, process, timeout=60)
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # How long an edge process trusts a key it has checked (a revoked key is
     # refused within this time); 0 checks every request against the store.
     auth_cache_seconds: float = 5.0
+    # Per edge process: open connections from one client address (503 beyond),
+    # and requests in flight with one API key (429 beyond).
+    max_connections_per_client: int = 256
+    max_requests_per_key: int = 512
+    # A connection that sends nothing (or reads nothing) this long is dropped.
+    read_timeout_seconds: float = 15.0
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
 
