@@ -8,6 +8,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from worker.settings import Settings
+from worker.telemetry.stages import Stages
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def assign_request_id() -> None:
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if _REQUEST_ID.match(given) else "req_" + uuid.uuid4().hex
+        g.stages = Stages()
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:

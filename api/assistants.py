@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+import contextlib
+import functools
+
+from flask import Blueprint, Response, g, jsonify, request
 
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
-from api.jobs import wait_for_job
+from api.jobs import listener, wait_for_job
 from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.waiting import parse_prefer
 from worker.domain.assistants import public
+from worker.domain.ids import new_id
+from worker.domain.units import is_finished
 from worker.services.change_intake import NoSuchAssistant, submit_modify
 from worker.services.intake import Accepted, submit_single
-from worker.store import assistants
+from worker.store import assistants, units
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
 
@@ -31,19 +36,24 @@ def _read_submission() -> tuple[bytes, str | None, str | None]:
         parse(raw)
     except JsonInvalid as exc:
         raise ApiError(422, [exc.detail]) from exc
+    g.stages.lap("parse")
     return raw, key, callback
 
 
-def _answer(done: Accepted) -> Response:
-    """202 with the job, or the job's result when it finishes within the wait:
-    `Prefer: wait=N`, or DEFAULT_WAIT_SECONDS when no `Prefer` was sent."""
+def _wait() -> tuple[int | None, bool]:
+    """The wait to apply: `Prefer: wait=N`, or DEFAULT_WAIT_SECONDS when no
+    `Prefer` was sent; and whether it was the client's preference."""
     values = request.headers.getlist("Prefer")
     config = settings()
     preferred = bool(values) or config.default_wait_seconds <= 0
     if preferred:
-        wait = parse_prefer(values, config.max_wait_seconds)
-    else:
-        wait = min(config.default_wait_seconds, config.max_wait_seconds)
+        return parse_prefer(values, config.max_wait_seconds), preferred
+    return min(config.default_wait_seconds, config.max_wait_seconds), preferred
+
+
+def _answer(done: Accepted) -> Response:
+    """202 with the job, or the job's result when it finishes within the wait."""
+    wait, preferred = _wait()
     job = done.job
     if wait is not None:
         job = wait_for_job(job["id"], wait) or job
@@ -53,16 +63,32 @@ def _answer(done: Accepted) -> Response:
 @bp.post("/assistants")
 def create_assistant() -> Response:
     raw, key, callback = _read_submission()
-    done = submit_single(
-        runtime(),
-        tenant=tenant(),
-        body_text=decode_text(raw),
-        raw=raw,
-        callback_url=callback,
-        idempotency_key=key,
-        request_id=request_id(),
-    )
-    return _answer(done)
+    wait, preferred = _wait()
+    job_id = new_id("job_")
+    with contextlib.ExitStack() as cleanup:
+        # Listening from before the job is stored: its finish cannot be missed,
+        # and the worker's message carries the job, so no read is needed.
+        expected = cleanup.enter_context(listener().expect(job_id)) if wait else None
+        done = submit_single(
+            runtime(),
+            tenant=tenant(),
+            body_text=decode_text(raw),
+            raw=raw,
+            callback_url=callback,
+            idempotency_key=key,
+            request_id=request_id(),
+            job_id=job_id,
+            stages=g.stages,
+        )
+        job = done.job
+        if wait and not is_finished(job):
+            if expected is not None and job["id"] == job_id:
+                owner, db = tenant(), store()
+                read = functools.partial(units.get_job, db, owner, job_id)
+                job = expected.until(wait, read, is_finished, g.stages) or job
+            else:  # a replay of another job
+                job = wait_for_job(job["id"], wait) or job
+    return accepted(job, replayed=done.replayed, waited=wait, preferred=preferred)
 
 
 @bp.post("/assistants/<assistant_id>")

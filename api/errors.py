@@ -57,6 +57,11 @@ def register(app: Flask) -> None:
     def key_conflict(_: intake.KeyConflict) -> Response:
         return _answer(409, "Idempotency-Key was used with a different request body")
 
+    @app.errorhandler(TimeoutError)
+    def too_slow(_: TimeoutError) -> Response:
+        # The connection's read timeout passed while the body was being read.
+        return _answer(408, "The request body did not arrive in time", {"Connection": "close"})
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         from pymongo.errors import PyMongoError

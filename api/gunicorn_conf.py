@@ -20,9 +20,13 @@ from worker.settings import Settings
 
 bind = ["0.0.0.0:8000"]
 workers = 2
-# Threads hold `Prefer: wait` requests and result streams cheaply.
-worker_class = "gthread"
-threads = 32
+# gevent: a `Prefer: wait` request, a result stream or a slow client holds a
+# greenlet, not a thread (api/serving.py), so thousands cost almost nothing.
+worker_class = "api.serving.EdgeWorker"
+worker_connections = 4000
+# A request's headers must arrive within this many seconds, and an idle
+# kept-alive connection is closed after it.
+keepalive = 5
 # Above the longest wait (60 s) and a long results stream.
 timeout = 300
 graceful_timeout = 30
@@ -37,17 +41,22 @@ _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def on_starting(server: Any) -> None:
-    from worker.store.connection import Store
-    from worker.store.indexes import ensure_indexes
     from worker.telemetry import logs
 
-    settings = Settings()
-    logs.configure(settings.log_level)
+    logs.configure(Settings().log_level)
     if not os.environ.get(_METRICS_DIR):
         # prometheus_client reads this when first imported: in each worker, after fork.
         os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
         server._metrics_dir_made = os.environ[_METRICS_DIR]
-    store = Store.connect(settings, timeout_ms=30_000)
+
+
+def post_worker_init(worker: Any) -> None:
+    # In each worker, once gevent has patched it: the store's driver is never
+    # imported by the arbiter, so it never runs unpatched.
+    from worker.store.connection import Store
+    from worker.store.indexes import ensure_indexes
+
+    store = Store.connect(Settings(), timeout_ms=30_000)
     try:
         ensure_indexes(store)
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from api import queries
 from api.context import runtime, settings, store, tenant
@@ -36,7 +36,9 @@ def listener() -> FinishedListener:
 
 def wait_for_job(job_id: str, seconds: int) -> dict[str, Any] | None:
     owner, db = tenant(), store()
-    return listener().wait(job_id, seconds, lambda: units.get_job(db, owner, job_id), is_finished)
+    return listener().wait(
+        job_id, seconds, lambda: units.get_job(db, owner, job_id), is_finished, g.get("stages")
+    )
 
 
 @bp.get("/jobs/<job_id>")

@@ -9,13 +9,16 @@ now. `Retry-After` is set only on 429, since 202 answers use it for polling.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
+import threading
 import time
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask_limiter import Limiter, RateLimitExceeded
 
+from api.errors import ApiError
 from worker.settings import Settings
 
 EXTENSION = "assistant_ingest.limiter"
@@ -25,6 +28,33 @@ def api_key_identity() -> str:
     # Authentication has already accepted this key; a digest keeps it out of Redis.
     _, _, key = request.headers.get("Authorization", "").partition(" ")
     return hashlib.sha256(key.strip().encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class InFlight:
+    """Requests in flight per API key in this process: one key's flood of
+    connections (waiters, slow uploads) cannot take a process's every slot."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._lock = threading.Lock()
+        self._count: collections.Counter[str] = collections.Counter()
+
+    def enter(self, key: str) -> str:
+        with self._lock:
+            if self._count[key] >= self._cap:
+                raise ApiError(
+                    429,
+                    f"More than {self._cap} requests in flight with this API key",
+                    {"Retry-After": "1"},
+                )
+            self._count[key] += 1
+        return key
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            self._count[key] -= 1
+            if self._count[key] <= 0:
+                del self._count[key]
 
 
 def register(app: Flask, settings: Settings) -> Limiter:
@@ -43,6 +73,23 @@ def register(app: Flask, settings: Settings) -> Limiter:
     )
     limiter.request_filter(lambda: not request.path.startswith("/v1/"))
     app.extensions[EXTENSION] = limiter
+
+    @app.before_request
+    def timed() -> None:
+        g.stages.lap("rate_limit")  # runs right after the limiter's own check
+
+    in_flight = InFlight(settings.max_requests_per_key)
+
+    @app.before_request
+    def concurrency() -> None:
+        if request.path.startswith("/v1/") and g.get("tenant") is not None:
+            g.in_flight = in_flight.enter(api_key_identity())
+
+    @app.teardown_request
+    def done(_: BaseException | None) -> None:
+        key = g.pop("in_flight", None)
+        if key is not None:
+            in_flight.leave(key)
 
     @app.errorhandler(RateLimitExceeded)
     def too_many(exc: RateLimitExceeded) -> Response:

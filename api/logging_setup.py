@@ -51,6 +51,9 @@ def register(app: Flask) -> None:
             "duration_ms": round((time.perf_counter() - g.get("log_started", 0.0)) * 1000, 1),
             "tenant": g.get("tenant"),
         }
+        stages = g.get("stages")
+        if stages is not None and stages.ms:
+            fields["stages_ms"] = stages.ms
         location = response.headers.get("Location", "")
         for prefix, name in _CREATED.items():
             if location.startswith(prefix):

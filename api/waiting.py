@@ -1,14 +1,16 @@
 """`Prefer: wait=N`: hold a request until its job finishes, without polling the store.
 
-One pub/sub listener per process hears the ids of finished jobs. A waiter
-registers before it reads the job, so a finish published between the read
-and the wait is not missed; when the listener loses Redis it wakes every
-waiter to read again, for the same reason.
+One pub/sub listener per process hears the ids of finished jobs, and the job
+itself for a single create. A waiter registers before the job can finish
+unseen (before a create is stored, or before a job is read), so no finish is
+missed; when the listener loses Redis it wakes every waiter to read again,
+for the same reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -17,7 +19,68 @@ from typing import Any
 
 import redis
 
+from worker.telemetry.stages import Stages
+
 log = logging.getLogger(__name__)
+
+
+Job = dict[str, Any]
+Read = Callable[[], Job | None]
+
+
+class _Waiter:
+    __slots__ = ("event", "job")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.job: Job | None = None  # the finished job, when the worker sent it along
+
+
+class Expected:
+    """A job some request waits for, registered with the listener until closed."""
+
+    def __init__(self, listener: FinishedListener, job_id: str) -> None:
+        self._listener = listener
+        self.job_id = job_id
+        self._waiter = _Waiter()
+
+    def __enter__(self) -> Expected:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._listener._forget(self.job_id, self._waiter)
+
+    def until(
+        self,
+        seconds: float,
+        read: Read,
+        finished: Callable[[Job], bool],
+        stages: Stages | None = None,
+    ) -> Job | None:
+        """Wait up to `seconds` for the job to finish; the job as it is then."""
+        stages = stages or Stages()
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                job = read()  # as it is at the deadline
+                stages.lap("read")
+                return job
+            # Without a subscription, poll slowly rather than miss the finish.
+            subscribed = self._listener._subscribed.is_set()
+            woken = self._waiter.event.wait(remaining if subscribed else min(remaining, 0.5))
+            self._waiter.event.clear()
+            stages.lap("wait")
+            if self._waiter.job is not None:
+                return self._waiter.job
+            if woken or not subscribed:
+                job = read()
+                stages.lap("read")
+                if job is None or finished(job):
+                    return job
 
 
 class FinishedListener:
@@ -25,7 +88,7 @@ class FinishedListener:
         self._client = client
         self._channel = channel
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[_Waiter]] = {}
         self._subscribed = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,7 +110,7 @@ class FinishedListener:
                 self._wake_all()  # anything published while we were away
                 for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._wake(message["data"].decode().split())
+                        self._wake(decode(message["data"]))
             except Exception:
                 log.warning("finished-job listener lost Redis; reconnecting", exc_info=True)
             finally:
@@ -57,49 +120,62 @@ class FinishedListener:
                     pubsub.close()
             time.sleep(0.5)
 
-    def _wake(self, job_ids: list[str]) -> None:
+    def _wake(self, jobs: dict[str, Job | None]) -> None:
         with self._lock:
-            for job_id in job_ids:
-                for event in self._waiters.get(job_id, ()):
-                    event.set()
+            for job_id, job in jobs.items():
+                for waiter in self._waiters.get(job_id, ()):
+                    waiter.job = job
+                    waiter.event.set()
 
     def _wake_all(self) -> None:
         with self._lock:
-            for events in self._waiters.values():
-                for event in events:
-                    event.set()
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
+    def _forget(self, job_id: str, waiter: _Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def expect(self, job_id: str) -> Expected:
+        """Listen for the job's finish from now on: register before the job can
+        finish (before it is stored, or before it is read), so no finish is missed."""
+        self._start()
+        expected = Expected(self, job_id)
+        with self._lock:
+            self._waiters.setdefault(job_id, set()).add(expected._waiter)
+        return expected
 
     def wait(
         self,
         job_id: str,
         seconds: float,
-        read: Callable[[], dict[str, Any] | None],
-        finished: Callable[[dict[str, Any]], bool],
-    ) -> dict[str, Any] | None:
+        read: Read,
+        finished: Callable[[Job], bool],
+        stages: Stages | None = None,
+    ) -> Job | None:
         """Read the job, waiting up to `seconds` for it to finish."""
-        self._start()
-        event = threading.Event()
-        with self._lock:
-            self._waiters.setdefault(job_id, set()).add(event)
-        try:
-            deadline = time.monotonic() + seconds
-            while True:
-                job = read()
-                if job is None or finished(job):
-                    return job
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return job
-                # Without a subscription, poll slowly rather than miss the finish.
-                event.wait(remaining if self._subscribed.is_set() else min(remaining, 0.5))
-                event.clear()
-        finally:
-            with self._lock:
-                events = self._waiters.get(job_id)
-                if events is not None:
-                    events.discard(event)
-                    if not events:
-                        del self._waiters[job_id]
+        stages = stages or Stages()
+        with self.expect(job_id) as expected:
+            job = read()
+            stages.lap("read")
+            if job is None or finished(job):
+                return job
+            return expected.until(seconds, read, finished, stages)
+
+
+def decode(data: bytes) -> dict[str, Job | None]:
+    """A finished-jobs message: a JSON object of job ids (with the job, or null),
+    or the plain space-separated ids that older workers publish."""
+    text = data.decode()
+    if text.startswith("{"):
+        jobs: dict[str, Job | None] = json.loads(text)
+        return jobs
+    return dict.fromkeys(text.split())
 
 
 def parse_prefer(values: list[str], limit: int) -> int | None:

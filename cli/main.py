@@ -25,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--host", default=None, help="default 0.0.0.0")
     api.add_argument("--port", type=int, default=None, help="default 8000")
     api.add_argument("--workers", type=int, default=None, help="default 2")
-    api.add_argument("--threads", type=int, default=None, help="default 32")
 
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--queues", default="single,bulk,webhooks,maintenance")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import shutil
 import sys
@@ -42,8 +41,6 @@ def run_api(args: argparse.Namespace) -> int:
         argv += ["--bind", f"{args.host or '0.0.0.0'}:{args.port or 8000}"]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
-    if args.threads is not None:
-        argv += ["--threads", str(args.threads)]
     sys.argv = [*argv, EDGE_APP]
     WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog="gunicorn").run()
     return 0
@@ -81,12 +78,10 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     store.close()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     concurrency = args.concurrency or settings.worker_concurrency
-    # celery-batches buffers single creates unacknowledged until it flushes,
-    # so that queue needs a prefetch of at least the flush size; chunks are
+    # A message of single creates is small and quick: a few reserved per
+    # process keep the pool busy between round trips to the broker. Chunks are
     # big, so a bulk-only worker takes one at a time per process.
-    prefetch = 1
-    if SINGLE_QUEUE in queues:
-        prefetch = max(1, math.ceil(2 * settings.single_flush_every / concurrency))
+    prefetch = 4 if SINGLE_QUEUE in queues else 1
     app.conf.worker_prefetch_multiplier = prefetch
     argv = [
         "--quiet",  # no banner on stdout: every line is JSON; the start is logged below

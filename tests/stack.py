@@ -32,6 +32,7 @@ FAST = {
     "WEBHOOK_SCHEDULE": "0,1,1,2",
     "WEBHOOK_TIMEOUT_SECONDS": "2",
     "WEBHOOK_ALLOW_PRIVATE": "true",
+    "AUTH_CACHE_SECONDS": "1",
     # Workers announce " ready." at INFO, which the tests wait for.
     "LOG_LEVEL": "INFO",
 }
@@ -108,8 +109,6 @@ class Stack:
             str(self.port),
             "--workers",
             "2",
-            "--threads",
-            "16",
         )
         wait_for_port(self.port, process, timeout=60)
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.stack import Stack, Tenant
+from tests.stack import Stack, Tenant, wait_until
 
 
 def cli(
@@ -35,7 +35,8 @@ def test_keys_create_prints_one_line_of_json_and_the_key_works(stack: Stack) -> 
 
     revoked = cli(stack, "keys", "revoke", created["api_key"])
     assert revoked.returncode == 0, revoked.stderr
-    assert owner.create({"model": "m"}).status_code == 401
+    # Edges trust a checked key for AUTH_CACHE_SECONDS (1 s here).
+    wait_until(lambda: owner.create({"model": "m"}).status_code == 401, timeout=5)
 
 
 def test_bulk_submit_waits_and_results_are_written(

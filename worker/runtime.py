@@ -6,6 +6,7 @@ not cross a fork.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +14,7 @@ from typing import cast
 
 import redis
 
+from worker.domain.documents import Doc
 from worker.queueing.sender import Sender
 from worker.settings import Settings
 from worker.store.connection import Store
@@ -42,10 +44,11 @@ class Runtime:
     def finished_channel(self) -> str:
         return f"{self.settings.redis_prefix}:finished"
 
-    def publish_finished(self, job_ids: list[str]) -> None:
-        """Tell waiting requests (`Prefer: wait`) which jobs just finished."""
-        if job_ids:
-            self.redis.publish(self.finished_channel, " ".join(job_ids))
+    def publish_finished(self, jobs: dict[str, Doc | None]) -> None:
+        """Tell waiting requests (`Prefer: wait`) which jobs just finished. A job
+        object sent along (a single create's) spares its waiter a read of the store."""
+        if jobs:
+            self.redis.publish(self.finished_channel, json.dumps(jobs, ensure_ascii=False))
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (not counting those a worker prefetched)."""

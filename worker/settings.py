@@ -41,10 +41,6 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = 10.0
     webhook_sweep_interval_seconds: float = 1.0
 
-    # Celery single-create grouping (celery-batches): flush this many, or
-    # whatever is buffered after this long.
-    single_flush_every: int = 100
-    single_flush_interval: float = 0.02
     worker_concurrency: int = 2
 
     # Webhooks: seconds to wait before each attempt; the first is sent at once.
@@ -62,6 +58,15 @@ class Settings(BaseSettings):
     # (0: answer 202 at once), so a client that knows nothing of jobs, such as
     # an unmodified OpenAI SDK, gets the assistant.
     default_wait_seconds: int = 0
+    # How long an edge process trusts a key it has checked (a revoked key is
+    # refused within this time); 0 checks every request against the store.
+    auth_cache_seconds: float = 5.0
+    # Per edge process: open connections from one client address (503 beyond),
+    # and requests in flight with one API key (429 beyond).
+    max_connections_per_client: int = 256
+    max_requests_per_key: int = 512
+    # A connection that sends nothing (or reads nothing) this long is dropped.
+    read_timeout_seconds: float = 15.0
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from celery.signals import worker_init
-from celery_batches import Batches
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from worker.celery_app import app, runtime, settings
+from worker.celery_app import app, runtime
 from worker.queueing import routes
 from worker.services import delivery, provisioning, reconciler
 
@@ -22,22 +19,17 @@ TRANSIENT = (PyMongoError, RedisError, ConnectionError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 12}
 
 
-@app.task(name=routes.PROCESS_SINGLE, base=Batches, flush_every=100, flush_interval=0.02)
-def process_single(requests: list[Any]) -> None:
-    # Single creates queued together are processed together: one claim, one
-    # insert_many, one bulk_write for the lot. A failure leaves the jobs
-    # queued or leased in MongoDB, where the reconciler finds them.
-    job_ids = list(dict.fromkeys(request.args[0] for request in requests))
+@app.task(name=routes.PROCESS_SINGLE)
+def process_single(job_ids: str | list[str]) -> None:
+    # The edge sends the creates it stored together as one message (group
+    # commit), processed together: one claim, one insert_many, one bulk_write.
+    # The reconciler sends one id at a time. A failure leaves the jobs queued
+    # or leased in MongoDB, where the reconciler finds them.
+    ids = [job_ids] if isinstance(job_ids, str) else list(dict.fromkeys(job_ids))
     try:
-        provisioning.process(runtime(), job_ids)
+        provisioning.process(runtime(), ids)
     except TRANSIENT:
-        log.exception("processing %d single jobs failed; the reconciler will resend", len(job_ids))
-
-
-@worker_init.connect(weak=False)
-def _group_single_creates(**_: Any) -> None:
-    process_single.flush_every = settings().single_flush_every
-    process_single.flush_interval = settings().single_flush_interval
+        log.exception("processing %d single jobs failed; the reconciler will resend", len(ids))
 
 
 @app.task(name=routes.PROCESS_CHUNK, **RETRY)

@@ -31,6 +31,9 @@ class Unit(TypedDict):
     started_at: int | None
     completed_at: int | None
     due_at: NotRequired[float]
+    # When the edge accepted it (Unix seconds, a float): orders assistant ids
+    # and the changes of one assistant. Units stored before it have created_at.
+    accepted_at: NotRequired[float]
     attempts: int
     callback_url: str | None
     request_id: str | None
@@ -40,9 +43,6 @@ class Unit(TypedDict):
     results: list[str | None]
     batch_id: NotRequired[str]
     lease: NotRequired[str]
-    # When the edge accepted it (Unix seconds, a float): orders assistant ids
-    # and the changes of one assistant. Units stored before it have created_at.
-    accepted_at: NotRequired[float]
     # The assistants its modifies and deletes target, and the jobs among them
     # whose delete is under way (so a redelivery knows it deleted the target).
     targets: NotRequired[list[str]]

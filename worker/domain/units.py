@@ -41,6 +41,10 @@ def new_unit(
         "started_at": None,
         "completed_at": None,
         "due_at": now + resend_after,
+        # When the edge took it, to the microsecond (`created_at` is whole
+        # seconds, as the API shows): the order of changes and of assistants,
+        # and where a job's time went, are measured from here.
+        "accepted_at": float(now) if accepted_at is None else accepted_at,
         "attempts": 0,
         "callback_url": callback_url,
         "request_id": request_id,
@@ -51,7 +55,6 @@ def new_unit(
     }
     if batch_id is not None:
         unit["batch_id"] = batch_id
-    unit["accepted_at"] = float(now) if accepted_at is None else accepted_at
     targets = sorted({item["target"] for item in items if "target" in item})
     if targets:
         unit["targets"] = targets
@@ -65,6 +68,20 @@ def accepted_at(unit: Unit) -> float:
 def order_key(unit: Unit) -> tuple[float, str]:
     """Acceptance order of units: the changes of one assistant apply in it."""
     return accepted_at(unit), unit["_id"]
+
+
+def results_fields(results: list[tuple[int, Any]], now: int) -> Doc:
+    """What a unit holds once done: its results in parallel arrays.
+
+    A 200 body is stored as a reference to its assistant (the rest of the
+    object is the request itself), which keeps a chunk's results small.
+    """
+    return {
+        "status": UnitStatus.DONE,
+        "codes": [code for code, _ in results],
+        "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
+        "completed_at": now,
+    }
 
 
 def item_status(unit: Unit, index: int) -> JobStatus:

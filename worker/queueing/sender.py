@@ -20,7 +20,7 @@ class Sender:
         self._app = Celery("assistant_ingest", set_as_current=False)
         self._app.conf.update(celery_config(settings))
 
-    def send(self, task: str, arg: str, **options: Any) -> None:
+    def send(self, task: str, arg: str | list[str], **options: Any) -> None:
         """Queue `task(arg)`; its queue comes from the routes. Raises if the broker is down."""
         self._app.send_task(task, args=(arg,), **options)
 

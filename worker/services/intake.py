@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from worker.domain.documents import Doc
+from worker.domain.documents import Doc, Unit
 from worker.domain.ids import new_id
 from worker.domain.units import job_public, new_unit
 from worker.queueing.routes import PROCESS_SINGLE
 from worker.runtime import Runtime
+from worker.services.group_commit import GroupCommit
 from worker.store import batches, idempotency, units
+from worker.telemetry.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,16 @@ def submit_single(
     callback_url: str | None,
     idempotency_key: str | None,
     request_id: str | None,
+    job_id: str | None = None,
+    stages: Stages | None = None,
 ) -> Accepted:
-    job_id = new_id("job_")
+    """Store a create (with the creates that arrive meanwhile) and send it.
+
+    `job_id` may be chosen by the caller, who can then listen for its finish
+    before it is stored; a replayed Idempotency-Key answers another job.
+    """
+    stages = stages or Stages()
+    job_id = job_id or new_id("job_")
     scope = None
     adopted = False
     try:
@@ -67,6 +77,7 @@ def submit_single(
                 # fingerprint, same request: store it under the id it claimed.
                 # Whichever request stores it first, there is one job.
                 job_id, adopted = claim.target_id, True
+        stages.lap("idempotency")
         accepted_at = time.time()
         unit = new_unit(
             unit_id=job_id,
@@ -79,7 +90,8 @@ def submit_single(
             resend_after=rt.settings.resend_after_seconds,
         )
         try:
-            units.insert_unit(rt.store, unit)
+            _committer(rt).submit(unit)
+            stages.lap("commit")
         except DuplicateKeyError:
             # Stored already: by the other request with this key, or by this
             # insert's own first try (a retried write whose answer was lost).
@@ -92,13 +104,40 @@ def submit_single(
         if scope is not None and not adopted:
             _release_quietly(rt, scope, job_id, tenant)
         raise Unavailable from exc
-    try:
-        rt.sender.send(PROCESS_SINGLE, job_id)
-    except Exception:
-        log.warning(
-            "job %s stored but not sent; the reconciler will send it", job_id, exc_info=True
-        )
     return Accepted(job=job_public(unit, 0), replayed=adopted)
+
+
+# One group commit per process runtime: creates that arrive while a group is
+# being stored share the next write and the next message.
+_committers: dict[int, GroupCommit[Unit]] = {}
+
+
+def _committer(rt: Runtime) -> GroupCommit[Unit]:
+    committer = _committers.get(id(rt))
+    if committer is None:
+        committer = _committers[id(rt)] = GroupCommit(lambda group: _store_and_send(rt, group))
+    return committer
+
+
+def _store_and_send(rt: Runtime, group: list[Unit]) -> list[BaseException | None]:
+    """One journaled insert of the group's units, then one message for those that
+    are new. A unit stored already (a retried key's) meets a DuplicateKeyError;
+    a store error fails the whole group (nothing was accepted); once stored, a
+    send that fails is left to the reconciler."""
+    existing = units.insert_units(rt.store, group)
+    fresh = [unit["_id"] for i, unit in enumerate(group) if i not in existing]
+    if fresh:
+        try:
+            rt.sender.send(PROCESS_SINGLE, fresh)
+        except Exception:
+            log.warning(
+                "%d jobs stored but not sent; the reconciler will send them",
+                len(fresh),
+                exc_info=True,
+            )
+    return [
+        DuplicateKeyError("stored already") if i in existing else None for i in range(len(group))
+    ]
 
 
 def _release_quietly(rt: Runtime, scope: str, target: str, tenant: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from worker.domain import assistants as assistant_docs
 from worker.domain.batches import tally
@@ -19,11 +19,12 @@ from worker.domain.events import destination
 from worker.domain.retention import expire_at
 from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
-from worker.domain.units import accepted_at
+from worker.domain.units import accepted_at, job_public, results_fields
 from worker.runtime import Runtime
 from worker.services import batches, changes, outbox
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
+from worker.telemetry.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,18 @@ Outcomes = dict[str, list[tuple[int, Any]]]
 
 def process(rt: Runtime, unit_ids: list[str]) -> int:
     """Process the queued units among `unit_ids`; returns how many were finished."""
+    started = time.time()
+    stages = Stages()
     claimed = units.claim(rt.store, unit_ids, rt.settings.lease_seconds)
     # Modifies and deletes wait for earlier changes of their assistants.
     claimed = changes.hold_back(rt, claimed)
     if not claimed:
         return 0
+    stages.lap("claim")
     metrics.units_claimed(claimed)
     now = int(time.time())
     outcomes, valid = evaluate(rt, claimed)
+    stages.lap("validate")
     by_id = {unit["_id"]: unit for unit in claimed}
     created = persist(
         rt,
@@ -57,8 +62,11 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     )
     for uid, index, _ in valid:
         outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
+    stages.lap("insert")
     changes.apply(rt, claimed, outcomes)
+    stages.lap("change")
     owing = owes_job_events(rt, claimed)
+    stages.lap("tenants")
     finished = units.record(
         rt.store,
         claimed,
@@ -67,13 +75,29 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
         expire_at=expire_at(rt.settings, now),
         owing=owing,
     )
-    metrics.units_finished(claimed, outcomes, finished)
+    stages.lap("record")
     done = [unit for unit in claimed if unit["_id"] in finished]
-    rt.publish_finished([item["id"] for unit in done for item in unit["items"]])
+    rt.publish_finished(finished_jobs(done, outcomes, now))
+    stages.lap("publish")
     outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
     tally_batches(rt, done, outcomes)
     changes.wake(rt, done)
+    stages.lap("tell")
+    metrics.units_finished(claimed, outcomes, finished, started=started, stages=stages.ms)
     return len(finished)
+
+
+def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, Doc | None]:
+    """What to tell waiters: each job id, with its job object for single creates
+    (a batch's jobs are many and rarely waited for: their waiters read them)."""
+    told: dict[str, Doc | None] = {}
+    for unit in done:
+        if "batch_id" in unit:
+            told.update((item["id"], None) for item in unit["items"])
+        else:
+            finished = cast(Unit, {**unit, **results_fields(outcomes[unit["_id"]], now)})
+            told[unit["_id"]] = job_public(finished, 0)
+    return told
 
 
 def evaluate(

@@ -7,20 +7,19 @@ the lease token it claimed the unit with.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
 from worker.domain.documents import Doc, Unit
 from worker.domain.statuses import CLOSED_UNIT, UnitStatus
-from worker.domain.units import job_public
+from worker.domain.units import job_public, results_fields
 from worker.store import pages
-from worker.store.connection import Store
+from worker.store.connection import Store, insert_new
 
 # Every index is paid for on each of a unit's writes, so there are few, and
 # those that only batches need leave single creates out (they carry no batch_id).
@@ -47,6 +46,12 @@ def ensure_indexes(store: Store) -> None:
 def insert_unit(store: Store, unit: Unit) -> None:
     # The edge answers 202 after this write: it must survive a crash of the store.
     store.journaled("jobs").insert_one(cast(Doc, unit))
+
+
+def insert_units(store: Store, new: list[Unit]) -> set[int]:
+    """Insert units in one journaled write (202s follow it); returns the indexes of
+    those already stored."""
+    return insert_new(store.journaled("jobs"), [cast(Doc, unit) for unit in new])
 
 
 def find_unit(
@@ -119,22 +124,29 @@ def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
     """Take the queued units under a fresh lease token; only that lease may finish them."""
     token = secrets.token_hex(16)
     now = time.time()
-    store.jobs.update_many(
-        {"_id": {"$in": unit_ids}, "status": UnitStatus.QUEUED},
-        [
-            {
-                "$set": {
-                    "status": UnitStatus.IN_PROGRESS,
-                    "lease": token,
-                    # Past this, the reconciler takes the unit back.
-                    "due_at": now + lease_seconds,
-                    "attempts": {"$add": ["$attempts", 1]},
-                    # The first attempt's start is the job's start.
-                    "started_at": {"$ifNull": ["$started_at", int(now)]},
-                }
+    claim = [
+        {
+            "$set": {
+                "status": UnitStatus.IN_PROGRESS,
+                "lease": token,
+                # Past this, the reconciler takes the unit back.
+                "due_at": now + lease_seconds,
+                "attempts": {"$add": ["$attempts", 1]},
+                # The first attempt's start is the job's start.
+                "started_at": {"$ifNull": ["$started_at", int(now)]},
             }
-        ],
-    )
+        }
+    ]
+    if len(unit_ids) == 1:
+        # One unit (a chunk, a lone create): claimed and read in one round trip.
+        one = store.jobs.find_one_and_update(
+            {"_id": unit_ids[0], "status": UnitStatus.QUEUED},
+            claim,
+            projection={"results": 0},
+            return_document=ReturnDocument.AFTER,
+        )
+        return [] if one is None else [cast(Unit, one)]
+    store.jobs.update_many({"_id": {"$in": unit_ids}, "status": UnitStatus.QUEUED}, claim)
     found = store.jobs.find({"_id": {"$in": unit_ids}, "lease": token}, {"results": 0})
     return [cast(Unit, unit) for unit in found]
 
@@ -148,19 +160,11 @@ def record(
     expire_at: datetime,
     owing: set[str],
 ) -> set[str]:
-    """Write results, fenced by the lease; returns the ids of units this call finished.
-
-    A 200 result is stored as a reference to its assistant (the rest of the
-    object is the request itself), which keeps a chunk's results small.
-    """
+    """Write results, fenced by the lease; returns the ids of units this call finished."""
     ops = []
     for unit in units:
-        results = outcomes[unit["_id"]]
         update: Doc = {
-            "status": UnitStatus.DONE,
-            "codes": [code for code, _ in results],
-            "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
-            "completed_at": now,
+            **results_fields(outcomes[unit["_id"]], now),
             "expire_at": expire_at,
             "done_by": unit["lease"],
         }
@@ -173,10 +177,12 @@ def record(
                 {"$set": update, "$unset": {"lease": "", "due_at": ""}},
             )
         )
-    store.jobs.bulk_write(ops, ordered=False)
+    written = store.jobs.bulk_write(ops, ordered=False)
+    ids = [unit["_id"] for unit in units]
+    if written.matched_count == len(units):
+        return set(ids)
     # Which writes matched is not reported per operation; read back which
     # units this lease finished (a reclaimed unit's stale write matched nothing).
-    ids = [unit["_id"] for unit in units]
     done = store.jobs.find({"_id": {"$in": ids}, "done_by": units[0]["lease"]}, {"_id": 1})
     return {doc["_id"] for doc in done}
 

@@ -77,7 +77,12 @@ def units_claimed(units: list[Unit]) -> None:
 
 
 def units_finished(
-    units: list[Unit], outcomes: dict[str, list[tuple[int, Any]]], finished: set[str]
+    units: list[Unit],
+    outcomes: dict[str, list[tuple[int, Any]]],
+    finished: set[str],
+    *,
+    started: float,
+    stages: dict[str, float],
 ) -> None:
     """Count and log the units this worker finished (a fenced-out write counts nothing)."""
     now = time.time()
@@ -94,6 +99,11 @@ def units_finished(
             BATCH_CHUNKS.inc()
         tally = {OUTCOMES.get(code, "error"): codes.count(code) for code in set(codes)}
         extra: dict[str, Any] = {**_unit_fields(unit), "latency_seconds": round(latency, 3)}
+        # From the edge's acceptance to this worker's claim: the broker, the
+        # worker's pickup and any grouping; then this worker's own stages.
+        pickup = (started - unit.get("accepted_at", started)) * 1000
+        extra["stages_ms"] = {"pickup": round(pickup, 3), **stages}
+        extra["units_together"] = len(units)
         if len(codes) == 1:
             extra["status_code"] = codes[0]
         else:

@@ -1,0 +1,60 @@
+"""The edge's gunicorn worker: gevent, so a waiting request, an idle connection or a
+client that dawdles costs a greenlet, never one of a few dozen threads.
+
+On top of gevent's worker: a cap on open connections per client address (a
+503 beyond it, so one address cannot take every connection of a process), and
+a read timeout on every connection, so a client that stops sending (or stops
+reading a response) is dropped. A request's headers must arrive within
+`keepalive` seconds, which gunicorn's gevent worker already enforces.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+from typing import Any
+
+from gunicorn.workers.ggevent import GeventWorker
+
+from worker.settings import Settings
+
+
+def _refusal() -> bytes:
+    body = json.dumps({"detail": "Too many connections from this address"}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+REFUSAL = _refusal()
+
+
+class EdgeWorker(GeventWorker):  # type: ignore[misc]
+    def init_process(self) -> None:
+        settings = Settings()
+        self.per_address_cap = settings.max_connections_per_client
+        self.read_timeout = settings.read_timeout_seconds
+        self.open_by_address: collections.Counter[str] = collections.Counter()
+        super().init_process()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        address = addr[0] if isinstance(addr, tuple) else str(addr)
+        if self.open_by_address[address] >= self.per_address_cap:
+            with contextlib.suppress(OSError):
+                client.sendall(REFUSAL)
+            client.close()
+            return
+        self.open_by_address[address] += 1
+        client.settimeout(self.read_timeout)
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.open_by_address[address] -= 1
+            if not self.open_by_address[address]:
+                del self.open_by_address[address]
