@@ -7,16 +7,48 @@ the OpenAPI document, and the models list is serialised through them.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticKnownError
 
 from worker.schema import Assistant
 
 Unix = Annotated[int, Field(description="Unix seconds")]
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+def _ascii_digits(value: Any) -> Any:
+    # Lax int parsing of a string takes "+5", "1_0", " 5" and "5.0"; a query
+    # integer is plain ASCII digits, anything else pydantic's own int_parsing.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticKnownError("int_parsing")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_ascii_digits)]
+
+
+def detail_of(exc: ValidationError, *prefix: str | int) -> list[dict[str, Any]]:
+    """A ValidationError as the entries of a 422 `detail`, as FastAPI answers it:
+    pydantic's own entries, `loc` prefixed (with "query", "body", ...), no `url`."""
+    entries: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False):
+        entry: dict[str, Any] = {**error, "loc": [*prefix, *error["loc"]]}
+        if "ctx" in entry:  # may hold an exception; FastAPI answers it as text
+            entry["ctx"] = json.loads(json.dumps(entry["ctx"], default=str))
+        entries.append(entry)
+    return entries
 
 
 class ErrorMessage(BaseModel):
@@ -213,44 +245,53 @@ class Readiness(BaseModel):
 
 
 # Query strings and headers the client may send, as models of their own so the
-# document's parameters come from the same declarations as everything else.
+# document's parameters come from the same declarations as everything else. The
+# query models are also what validates a query string (api.queries).
 
 
-class AssistantListQuery(BaseModel):
-    limit: int = Field(20, ge=1, le=100)
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# The default of a parameter that may be left out. A query string cannot send a
+# null, so the field's type takes none: what is given is checked as the type
+# says (one error, at the parameter's own loc), what is absent reads as None.
+ABSENT: Any = None
+
+
+class AssistantListQuery(_Query):
+    limit: QueryInt = Field(20, ge=1, le=100)
     order: Literal["asc", "desc"] = "desc"
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="an assistant id")
-    before: Cursor | SkipJsonSchema[None] = Field(None, description="an assistant id")
+    after: Cursor = Field(ABSENT, description="an assistant id")
+    before: Cursor = Field(ABSENT, description="an assistant id")
 
 
-class JobListQuery(BaseModel):
-    batch_id: Cursor | SkipJsonSchema[None] = None
-    status: (
-        Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] | SkipJsonSchema[None]
-    ) = None
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a job id")
+class JobListQuery(_Query):
+    batch_id: Cursor = ABSENT
+    status: Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] = ABSENT
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a job id")
 
 
-class BatchListQuery(BaseModel):
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a batch id")
+class BatchListQuery(_Query):
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a batch id")
 
 
-class BatchCreateQuery(BaseModel):
+class BatchCreateQuery(_Query):
     job_events: Literal["true", "false"] = Field(
         "false", description="also send job.succeeded / job.failed for the batch's jobs"
     )
 
 
-class BatchResultsQuery(BaseModel):
-    status: Literal["succeeded", "failed", "cancelled"] | SkipJsonSchema[None] = None
+class BatchResultsQuery(_Query):
+    status: Literal["succeeded", "failed", "cancelled"] = ABSENT
 
 
-class DeliveryListQuery(BaseModel):
-    status: Literal["pending", "delivered", "failed"] | SkipJsonSchema[None] = None
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a delivery id")
+class DeliveryListQuery(_Query):
+    status: Literal["pending", "delivered", "failed"] = ABSENT
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a delivery id")
 
 
 class SubmitHeaders(BaseModel):
