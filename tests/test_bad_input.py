@@ -433,7 +433,36 @@ def test_prefer_wait_above_60_on_a_job_is_taken_as_60(tenant: Tenant) -> None:
 
 
 @pytest.mark.parametrize(
-    "prefer", ["wait=abc", "wait=-5", "wait=", "wait=" + "9" * 5000, "wait=1e9", "wait", ";;,,="]
+    ("prefer", "applied"),
+    [
+        ("wait=5, wait=10", "wait=5"),  # RFC 7240: the first instance counts
+        ("respond-async, wait=7; x=y, WAIT=20", "wait=7"),
+        ("wait=-1", "wait=0"),  # a negative wait is no wait
+    ],
+)
+def test_prefer_wait_on_a_job_the_first_instance_counts(
+    tenant: Tenant, prefer: str, applied: str
+) -> None:
+    job = tenant.create({"model": "m"}, Prefer="wait=30").headers["Location"]
+    response = tenant.request("GET", job, headers={"Prefer": prefer})
+    assert response.status_code == 200
+    assert response.headers["Preference-Applied"] == applied
+
+
+@pytest.mark.parametrize(
+    "prefer",
+    [
+        "wait=abc",
+        "wait=-5",
+        "wait=",
+        "wait=" + "9" * 5000,
+        "wait=1e9",
+        "wait=+5",
+        "wait=1_0",
+        "wait=\u00b2",  # a digit to str.isdigit, not to RFC 7240
+        "wait",
+        ";;,,=",
+    ],
 )
 def test_malformed_prefer_is_not_an_error(tenant: Tenant, prefer: str) -> None:
     response = tenant.create({"model": "m"}, Prefer=prefer)
