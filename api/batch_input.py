@@ -17,11 +17,18 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import ijson
+from pydantic import TypeAdapter, ValidationError
 
 from api.jsonbody import JsonInvalid, check_value, parse
+from api.schemas import BatchCreate, BatchRequest, detail_of
 
 MAX_REPORTED = 100
-LINE_KEYS = {"custom_id", "method", "url", "body"}
+
+# A request's envelope; its body is the worker's to check.
+_LINE: TypeAdapter[BatchRequest] = TypeAdapter(BatchRequest)
+# Stands for the requests when the rest of a JSON-form document is validated
+# by its model: they are validated one by one as they stream by.
+_CHECKED: list[BatchRequest] = [{"body": None}]
 
 
 class TooLarge(Exception):
@@ -62,95 +69,46 @@ class Reader:
     def check_request(self, value: Any, loc: list[Any], index: int) -> Request | None:
         """The request at `loc`, or None after recording why it is refused."""
         self.count += 1
-        if not isinstance(value, dict):
-            self.fail(
-                {
-                    "type": "dict_type",
-                    "loc": loc,
-                    "msg": "Input should be a valid dictionary",
-                    "input": value,
-                }
-            )
-            return None
-        ok = True
-        for key in value:
-            if key not in LINE_KEYS:
-                self.fail(
-                    {
-                        "type": "extra_forbidden",
-                        "loc": [*loc, key],
-                        "msg": "Extra inputs are not permitted",
-                        "input": value[key],
-                    }
-                )
-                ok = False
-        for key, expected in (("method", "POST"), ("url", "/v1/assistants")):
-            if key in value and value[key] != expected:
-                self.fail(
-                    {
-                        "type": "literal_error",
-                        "loc": [*loc, key],
-                        "msg": f"Input should be '{expected}'",
-                        "input": value[key],
-                        "ctx": {"expected": f"'{expected}'"},
-                    }
-                )
-                ok = False
-        custom_id = value.get("custom_id", str(index))
-        if not isinstance(custom_id, str):
-            self.fail(
-                {
-                    "type": "string_type",
-                    "loc": [*loc, "custom_id"],
-                    "msg": "Input should be a valid string",
-                    "input": custom_id,
-                }
-            )
-            ok = False
-        elif not 1 <= len(custom_id) <= 64:
-            kind, msg = (
-                ("string_too_short", "String should have at least 1 character")
-                if not custom_id
-                else ("string_too_long", "String should have at most 64 characters")
-            )
-            self.fail(
-                {
-                    "type": kind,
-                    "loc": [*loc, "custom_id"],
-                    "msg": msg,
-                    "input": custom_id,
-                    "ctx": {"min_length": 1} if not custom_id else {"max_length": 64},
-                }
-            )
-            ok = False
-        elif custom_id in self._custom_ids:
-            self.fail(
-                {
-                    "type": "duplicate_custom_id",
-                    "loc": [*loc, "custom_id"],
-                    "msg": f"custom_id is already used by request {self._custom_ids[custom_id]}",
-                    "input": custom_id,
-                }
-            )
-            ok = False
+        try:
+            _LINE.validate_python(value)
+        except ValidationError as exc:
+            problems = detail_of(exc, *loc)
         else:
-            self._custom_ids[custom_id] = index
-        if "body" not in value:
-            self.fail(
-                {"type": "missing", "loc": [*loc, "body"], "msg": "Field required", "input": value}
-            )
+            problems = []
+        if not isinstance(value, dict):
+            self._fail_all(problems)
             return None
-        body_text = json.dumps(value["body"], ensure_ascii=False, separators=(",", ":"))
-        if len(body_text.encode("utf-8", "surrogatepass")) > self.max_body_bytes:
-            self.fail(
-                {
-                    "type": "body_too_large",
-                    "loc": [*loc, "body"],
-                    "msg": f"Request body is larger than {self.max_body_bytes} bytes",
-                }
-            )
+        custom_id = value.get("custom_id", str(index))
+        if not any(entry["loc"][len(loc) : len(loc) + 1] == ["custom_id"] for entry in problems):
+            first = self._custom_ids.setdefault(custom_id, index)
+            if first != index:
+                problems.insert(
+                    0,
+                    {
+                        "type": "duplicate_custom_id",
+                        "loc": [*loc, "custom_id"],
+                        "msg": f"custom_id is already used by request {first}",
+                        "input": custom_id,
+                    },
+                )
+        if "body" in value:
+            body_text = json.dumps(value["body"], ensure_ascii=False, separators=(",", ":"))
+            if len(body_text.encode("utf-8", "surrogatepass")) > self.max_body_bytes:
+                problems.append(
+                    {
+                        "type": "body_too_large",
+                        "loc": [*loc, "body"],
+                        "msg": f"Request body is larger than {self.max_body_bytes} bytes",
+                    }
+                )
+        if problems:
+            self._fail_all(problems)
             return None
-        return Request(custom_id, body_text) if ok else None
+        return Request(custom_id, body_text)
+
+    def _fail_all(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            self.fail(entry)
 
     def jsonl(self, stream: IO[bytes]) -> Iterator[Request]:
         """Requests of a JSON Lines upload; lines are numbered from 0, blank ones skipped."""
@@ -271,65 +229,12 @@ class Reader:
             )
 
     def _check_metadata(self, value: Any) -> dict[str, Any]:
-        loc = ["body", "metadata"]
-        if value is None:
+        try:
+            document = BatchCreate.model_validate({"requests": _CHECKED, "metadata": value})
+        except ValidationError as exc:
+            self._fail_all(detail_of(exc, "body"))
             return {}
-        if not isinstance(value, dict):
-            self.fail(
-                {
-                    "type": "dict_type",
-                    "loc": loc,
-                    "msg": "Input should be a valid dictionary",
-                    "input": value,
-                }
-            )
-            return {}
-        if len(value) > 16:
-            self.fail(
-                {
-                    "type": "too_long",
-                    "loc": loc,
-                    "msg": f"Dictionary should have at most 16 items after validation, "
-                    f"not {len(value)}",
-                    "input": value,
-                    "ctx": {
-                        "field_type": "Dictionary",
-                        "max_length": 16,
-                        "actual_length": len(value),
-                    },
-                }
-            )
-        for key, item in value.items():
-            if len(key) > 64:
-                self.fail(
-                    {
-                        "type": "string_too_long",
-                        "loc": [*loc, key, "[key]"],
-                        "msg": "String should have at most 64 characters",
-                        "input": key,
-                        "ctx": {"max_length": 64},
-                    }
-                )
-            if not isinstance(item, str):
-                self.fail(
-                    {
-                        "type": "string_type",
-                        "loc": [*loc, key],
-                        "msg": "Input should be a valid string",
-                        "input": item,
-                    }
-                )
-            elif len(item) > 512:
-                self.fail(
-                    {
-                        "type": "string_too_long",
-                        "loc": [*loc, key],
-                        "msg": "String should have at most 512 characters",
-                        "input": item,
-                        "ctx": {"max_length": 512},
-                    }
-                )
-        return value
+        return document.metadata or {}
 
 
 class _Counting:

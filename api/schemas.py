@@ -8,7 +8,7 @@ the OpenAPI document, and the models list is serialised through them.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Required
 
 from pydantic import (
     BaseModel,
@@ -17,11 +17,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    with_config,
 )
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
 from pydantic_core import PydanticKnownError
+from typing_extensions import TypedDict
 
-from worker.schema import Assistant
+from worker.schema import Assistant, AssistantCreate
 
 Unix = Annotated[int, Field(description="Unix seconds")]
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -115,26 +117,48 @@ class Batch(BaseModel):
     metadata: dict[str, Any]
 
 
-class BatchRequest(BaseModel):
+@with_config(ConfigDict(extra="forbid"))
+class BatchRequest(TypedDict, total=False):
     """One request of a batch; an NDJSON line has the same shape (OpenAI Batch
     lines, with `method` and `url`, are accepted too)."""
 
-    custom_id: CustomId | SkipJsonSchema[None] = Field(
-        None, description="unique in the batch; the 0-based line number when absent"
-    )
-    method: Literal["POST"] | SkipJsonSchema[None] = None
-    url: Literal["/v1/assistants"] | SkipJsonSchema[None] = None
-    body: dict[str, Any] = Field(
-        description="a Create Assistant request; its fields are checked by the worker, "
-        "and a request that fails them gets a 422 result like any other job"
-    )
+    # A TypedDict, not a model: a key may be left out, but one that is given is
+    # checked as its type says (a null custom_id is string_type, not absent),
+    # and a line that is not an object is pydantic's dict_type.
+    custom_id: Annotated[
+        CustomId, Field(description="unique in the batch; the 0-based line number when absent")
+    ]
+    method: Literal["POST"]
+    url: Literal["/v1/assistants"]
+    # Any JSON value is taken here: what the body holds is the worker's to judge,
+    # as for a single create; the document shows what a valid one is.
+    body: Required[
+        Annotated[
+            Any,
+            WithJsonSchema({"type": "object", "additionalProperties": True}),
+            Field(
+                description="a Create Assistant request; its fields are checked by the worker, "
+                "and a request that fails them gets a 422 result like any other job"
+            ),
+        ]
+    ]
+
+
+if TYPE_CHECKING:
+    Metadata = dict[str, str] | None
+else:
+    # The assistant's own metadata rule (at most 16 pairs, keys of at most 64
+    # and values of at most 512 characters), so a batch's answers it in the same words.
+    Metadata = AssistantCreate.model_fields["metadata"].annotation
 
 
 class BatchCreate(BaseModel):
     """The JSON form of `POST /v1/batches`."""
 
+    model_config = ConfigDict(extra="forbid")
+
     requests: Annotated[list[BatchRequest], Field(min_length=1, max_length=50_000)]
-    metadata: dict[str, Any] | SkipJsonSchema[None] = None
+    metadata: Metadata = None
 
 
 class BatchResultLine(BaseModel):
