@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from api.jsonbody import JsonInvalid, parse
 from api.waiting import parse_prefer
 
 
@@ -45,3 +46,23 @@ from api.waiting import parse_prefer
 )
 def test_parse_prefer(values: list[str], wait: int | None) -> None:
     assert parse_prefer(values, 60) == wait
+
+
+# -- what a single create refuses, located ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "at"),
+    [
+        # an escaped backslash, then text that looks like an escape: not the fault
+        (b'{"a": "\\\\ud800", "b": "x\\ud800"}', b"\\ud800"),
+        (b'{"a": "\\ud83d\\ude00", "b": "\\ud83d\\ud83d\\ude00"}', b"\\ud83d\\ud83d"),
+        (b'{"a": "NaN", "b": NaN}', b"NaN}"),
+        (b'{"a": "1e400", "b": -Infinity}', b"-Inf"),
+        (b'{"a": [1, 2], "b": 99999999999999999999}', b"99999999999999999999"),
+    ],
+)
+def test_a_create_locates_what_it_refuses_at_the_token(body: bytes, at: bytes) -> None:
+    with pytest.raises(JsonInvalid) as refused:
+        parse(body)
+    assert refused.value.detail["loc"] == ["body", body.rindex(at)]
