@@ -2,24 +2,41 @@
 
 Two forms: JSON Lines (`{"custom_id", "body"}` a line, OpenAI Batch lines
 too) and a JSON document `{"requests": [...], "metadata": {...}}`, read
-incrementally. Each request's structure is checked here (a JSON object with
-a `body`, a unique `custom_id` of 1 to 64 chars, the OpenAI method and url
-if given, a body within the single-create limit); its fields are not: that
-is the worker's job.
+incrementally. Each request's structure is checked here by the BatchRequest
+model (a JSON object with a `body`, a `custom_id` of 1 to 64 chars, the
+OpenAI method and url if given), and what no model can say, that its
+`custom_id` is unique and its body within the single-create limit; the
+body's fields are not: that is the worker's job.
+
+JSON text is read by Python's parser with `api.jsonbody`'s rules, a line or
+a value at a time, so what a single create refuses as `json_invalid` is
+refused in the same words and at the same character offset.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import re
+import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
-import ijson
 from pydantic import TypeAdapter, ValidationError
 
-from api.jsonbody import JsonInvalid, check_value, parse
+from api.jsonbody import (
+    DEPTH_ERROR,
+    LONE_SURROGATE,
+    JsonInvalid,
+    locate,
+    may_fault,
+    parse,
+    read_value,
+    value_fault,
+)
 from api.schemas import BatchCreate, BatchRequest, detail_of
 
 MAX_REPORTED = 100
@@ -136,105 +153,373 @@ class Reader:
             number += 1
 
     def json_document(self, stream: IO[bytes]) -> Iterator[Request]:
-        """Requests of `{"requests": [...], "metadata": {...}}`, parsed incrementally."""
-        reader = _Counting(stream, self)
-        builder: Any = None
-        building = ""  # the prefix of the value being built
-        depth = index = 0
-        seen_requests = False
-        try:
-            for prefix, event, value in ijson.parse(reader, use_float=True):
-                if builder is None:
-                    if prefix == "" and event in ("start_map", "map_key", "end_map"):
-                        continue
-                    if prefix == "":
-                        self.fail(
-                            {
-                                "type": "model_attributes_type",
-                                "loc": ["body"],
-                                "msg": "Input should be a valid dictionary or object to "
-                                "extract fields from",
-                                "input": value,
-                            }
-                        )
-                        return
-                    if prefix == "requests" and event in ("start_array", "end_array"):
-                        seen_requests = True
-                        continue
-                    builder, building, depth = ijson.ObjectBuilder(), prefix, 0
-                builder.event(event, value)
-                depth += event in ("start_map", "start_array")
-                depth -= event in ("end_map", "end_array")
-                if depth == 0:
-                    yield from self._document_value(building, builder.value, index)
-                    index += building == "requests.item"
-                    builder = None
-        except (ijson.JSONError, UnicodeDecodeError) as exc:
-            # The parser hands on an escaped lone low surrogate as bytes that
-            # do not decode; every other fault of the text is a JSONError.
-            error = "Lone surrogate in string" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            self.fail(JsonInvalid(reader.position, error or "Invalid JSON").detail)
-            return
-        if not seen_requests and not self.errors:
-            self.fail(
-                {
-                    "type": "missing",
-                    "loc": ["body", "requests"],
-                    "msg": "Field required",
-                    "input": {},
-                }
-            )
+        """Requests of `{"requests": [...], "metadata": {...}}`, read as a stream.
 
-    def _document_value(self, prefix: str, value: Any, index: int) -> Iterator[Request]:
-        item = prefix == "requests.item"
+        The document is read as `jsonbody.parse` reads a single create's body,
+        so it is refused in the same words: a document that is not acceptable
+        JSON is one `json_invalid` at `["body", <char offset>]` and nothing
+        else; a key given twice keeps its last value (a second `requests`
+        replaces the first). That is why requests are held back, in a spool
+        that moves to disk as it grows, until the document has ended.
+        """
+        document = _Document(self, _Text(_Counting(stream, self)))
         try:
-            # Every value, not only requests: a 422 echoes what it refuses,
-            # which must be something an answer can hold.
-            check_value(value)
-        except ValueError as exc:
-            self.count += item
-            self.fail(
-                {
-                    "type": "json_invalid",
-                    "loc": ["body", "requests", index] if item else ["body", prefix],
-                    "msg": "JSON decode error",
-                    "input": {},
-                    "ctx": {"error": str(exc)},
-                }
+            document.read()
+        except JsonInvalid as exc:
+            self.errors, self.error_count, self.count = [exc.detail], 1, 0
+            document.spool.close()
+            return
+        except BaseException:
+            document.spool.close()
+            raise
+        with document.spool:
+            if not self.errors:
+                yield from document.spool
+
+
+_Missing = object()  # a key the document did not give
+
+# JSON text as Python's parser reads it.
+_NOT_WHITESPACE = re.compile(r"[^ \t\n\r]")
+_STRING_TAIL = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_STRUCTURE = re.compile(r'["\[\]{}]')
+_SCALAR_END = re.compile(r'[ \t\n\r,:\[\]{}"]')
+
+
+class _Document:
+    """The JSON form, read in one pass: `read` checks every request as it comes
+    (into `spool`), then the rest of the document with the BatchCreate model."""
+
+    def __init__(self, reader: Reader, text: _Text) -> None:
+        self.reader = reader
+        self.text = text
+        self.spool = _Spool()
+        self.index = 0  # of the next request
+        self.top: Any = _Missing  # the document, when it is not an object
+        self.requests: Any = _Missing
+        self.metadata: Any = _Missing
+        self.extra: dict[str, Any] = {}
+        # What check_value refuses, by the top-level key whose value holds it:
+        # reported (the first one) only if no later value of that key replaces it.
+        self.faults: dict[str | None, JsonInvalid] = {}
+        # Where each kind of those is first seen anywhere, replaced values too,
+        # as a single create locates it in the whole text.
+        self.first_seen: dict[str, int] = {}
+
+    def read(self) -> None:
+        text = self.text
+        text.more()
+        if text.size == 0:  # as a single create's empty body
+            self.reader.fail(
+                {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
             )
             return
-        if item:
-            request = self.check_request(value, ["body", "requests", index], index)
+        start = self._skip(0)
+        if start < len(text.buf) and text.buf[start] == "{":
+            end = self._object(start)
+        else:  # not an object: read whole, as the model echoes it
+            self.top, end = self._value(start, 0, None)
+        rest = self._skip(end)
+        if rest < len(text.buf):
+            self._syntax("{}", end, rest)
+        if self.faults:
+            fault = min(self.faults.values(), key=lambda fault: fault.position)
+            raise JsonInvalid(self.first_seen.get(fault.error, fault.position), fault.error)
+        self._check_document()
+
+    def _object(self, start: int) -> int:
+        """Reads the document's object from its `{`; the index after its `}`."""
+        text = self.text
+        prefix, anchor = "", start  # how json would reach the point where a key comes
+        i = self._skip(start + 1)
+        if i < len(text.buf) and text.buf[i] == "}":
+            return i + 1
+        while True:
+            if i == len(text.buf) or text.buf[i] != '"':
+                self._syntax(prefix, anchor, i)
+            key_start = i
+            key, i = self._key(i)
+            colon = self._skip(i)
+            if colon == len(text.buf) or text.buf[colon] != ":":
+                self._syntax("{", key_start, colon)
+            i = self._skip(colon + 1)
+            self.faults.pop(key, None)
+            if key == "requests" and i < len(text.buf) and text.buf[i] == "[":
+                self._start_requests()
+                end = self._requests(i)
+            else:
+                value, end = self._value(i, 1, key)
+                if key == "requests":
+                    self._start_requests()
+                    self.requests = value
+                elif key == "metadata":
+                    self.metadata = value
+                else:
+                    self.extra[key] = value
+            i = self._skip(end)
+            if i < len(text.buf) and text.buf[i] == "}":
+                return i + 1
+            if i == len(text.buf) or text.buf[i] != ",":
+                self._syntax('{"":0', end, i)
+            prefix, anchor = '{"":0', i
+            i = self._skip(i + 1)
+            if anchor > _KEEP:
+                shift = text.drop(anchor)
+                anchor, i = anchor - shift, i - shift
+
+    def _requests(self, start: int) -> int:
+        """Reads the requests array from its `[`; the index after its `]`."""
+        text = self.text
+        i = self._skip(start + 1)
+        if i < len(text.buf) and text.buf[i] == "]":
+            return i + 1
+        if i == len(text.buf):
+            self._syntax('{"":', start, i)
+        while True:
+            value, end = self._value(i, 2, "requests")
+            request = self.reader.check_request(value, ["body", "requests", self.index], self.index)
             if request is not None:
-                yield request
-        elif prefix == "requests":
-            self.fail(
-                {
-                    "type": "list_type",
-                    "loc": ["body", "requests"],
-                    "msg": "Input should be a valid list",
-                    "input": value,
-                }
-            )
-        elif prefix == "metadata":
-            self.metadata = self._check_metadata(value)
-        else:
-            self.fail(
-                {
-                    "type": "extra_forbidden",
-                    "loc": ["body", prefix],
-                    "msg": "Extra inputs are not permitted",
-                    "input": value,
-                }
-            )
+                self.spool.add(request)
+            self.index += 1
+            i = self._skip(end)
+            if i < len(text.buf) and text.buf[i] == "]":
+                return i + 1
+            if i == len(text.buf) or text.buf[i] != ",":
+                self._syntax('{"":[0', end, i)
+            comma = i
+            i = self._skip(i + 1)
+            if i == len(text.buf) or text.buf[i] == "]":  # a trailing comma
+                self._syntax('{"":[0', comma, i)
+            if comma > _KEEP:
+                shift = text.drop(comma)
+                i -= shift
 
-    def _check_metadata(self, value: Any) -> dict[str, Any]:
+    def _start_requests(self) -> None:
+        """A `requests` key: it replaces what an earlier one gave."""
+        reader = self.reader
+        reader.count = reader.error_count = self.index = 0
+        reader.errors.clear()
+        reader._custom_ids.clear()
+        self.spool.clear()
+        self.requests = _CHECKED
+
+    def _check_document(self) -> None:
+        """The document but its requests, by the BatchCreate model."""
+        reader = self.reader
+        shell: Any = self.top
+        if shell is _Missing:
+            shell = dict(self.extra)
+            if self.requests is not _Missing:
+                shell["requests"] = self.requests
+            if self.metadata is not _Missing:
+                shell["metadata"] = self.metadata
         try:
-            document = BatchCreate.model_validate({"requests": _CHECKED, "metadata": value})
+            document = BatchCreate.model_validate(shell, from_attributes=True)
         except ValidationError as exc:
-            self._fail_all(detail_of(exc, "body"))
-            return {}
-        return document.metadata or {}
+            reader._fail_all(detail_of(exc, "body"))
+        else:
+            reader.metadata = document.metadata or {}
+
+    # -- reading JSON text ---------------------------------------------------
+
+    def _skip(self, i: int) -> int:
+        """The index of the next character that is not whitespace from `i`; at
+        the end of the document, the length of the text."""
+        text = self.text
+        while True:
+            found = _NOT_WHITESPACE.search(text.buf, i)
+            if found is not None:
+                return found.start()
+            i = len(text.buf)
+            if not text.more():
+                return i
+
+    def _key(self, i: int) -> tuple[str, int]:
+        """The key whose string starts at `i`, and the index after it."""
+        key, end = self._value(i, 1, None)  # what is wrong in a key is never replaced
+        return key, end
+
+    def _value(self, i: int, depth: int, key: str | None) -> tuple[Any, int]:
+        """The value at `i` (not whitespace), `depth` levels deep in the document,
+        and the index after it; reads on while the text so far ends inside it."""
+        text = self.text
+        while True:
+            try:
+                value, end = read_value(text.buf, i, depth)
+            except JsonInvalid as exc:
+                incomplete = exc.error != DEPTH_ERROR and _extent(text.buf, i) is None
+                if incomplete and text.more(len(text.buf) - i):
+                    continue
+                self._fail(exc)
+            # A number (or a literal) may go on in text not read yet.
+            if isinstance(value, dict | list | str) or _extent(text.buf, i) is not None:
+                break
+            if not text.more(len(text.buf) - i):
+                break
+        if may_fault(text.buf, i, end, depth):
+            fault = value_fault(text.buf, i, end, value, depth)
+            if fault is not None:
+                self.faults.setdefault(key, self._at(fault))
+            for error in (DEPTH_ERROR, LONE_SURROGATE):
+                position = locate(error, text.buf, i, end, depth)
+                if position is not None:
+                    self.first_seen.setdefault(error, text.base + position)
+        return value, end
+
+    def _syntax(self, prefix: str, anchor: int, at: int) -> NoReturn:
+        """Refuses the text from `anchor` to the character at `at` as Python's
+        parser does: it reads `prefix` (which takes it to the same point of a
+        document) and that text, and its error is mapped back."""
+        piece = self.text.buf[anchor : at + 1]
+        try:
+            json.loads(prefix + piece)
+        except json.JSONDecodeError as exc:
+            position = anchor + max(exc.pos - len(prefix), 0)
+            self._fail(JsonInvalid(position, exc.msg))
+        self._fail(JsonInvalid(at, "Invalid JSON"))  # not reached: the piece is invalid
+
+    def _at(self, fault: JsonInvalid) -> JsonInvalid:
+        """The fault at its offset in the document, not in the text held now."""
+        return JsonInvalid(self.text.base + fault.position, fault.error)
+
+    def _fail(self, fault: JsonInvalid) -> NoReturn:
+        located = self._at(fault)
+        # A single create refuses invalid UTF-8 anywhere first: read to the end.
+        self.text.drain()
+        raise located
+
+
+def _extent(buf: str, i: int) -> int | None:
+    """The index just past the value that starts at `buf[i]`, or None when the
+    text ends inside it (more may come). Brackets are counted, not matched: if
+    the value is not valid JSON, this is only where its reading stops."""
+    if i >= len(buf):
+        return None
+    first = buf[i]
+    if first == '"':
+        string = _STRING_TAIL.match(buf, i + 1)
+        return None if string is None else string.end()
+    if first not in "[{":
+        stop = _SCALAR_END.search(buf, i)
+        return None if stop is None else stop.start()
+    depth, j = 0, i
+    while True:
+        found = _STRUCTURE.search(buf, j)
+        if found is None:
+            return None
+        j = found.end()
+        char = found.group()
+        if char == '"':
+            string = _STRING_TAIL.match(buf, j)
+            if string is None:
+                return None
+            j = string.end()
+        elif char in "[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return j
+
+
+_READ = 1 << 18  # bytes read at a time
+_KEEP = 1 << 18  # text kept behind the reading point before it is dropped
+
+
+class _Text:
+    """The upload decoded as it is read. `buf` holds the text from offset
+    `base` of the document, counted in characters after a leading BOM, as
+    `jsonbody.parse` counts them; it grows as `more` reads and is cut by `drop`."""
+
+    def __init__(self, source: _Counting) -> None:
+        self._source = source
+        self.buf = ""
+        self.base = 0
+        self.size = 0  # bytes read
+        self._decoded = 0  # characters decoded, a BOM too: where invalid UTF-8 is
+        self._undecoded = b""  # the start of a character cut by a read
+        self._at_start = True
+        self._ended = False
+
+    def more(self, at_least: int = 1) -> bool:
+        """Reads on, at least `at_least` bytes unless the upload ends first;
+        False when it had already ended."""
+        if self._ended:
+            return False
+        added: list[str] = []
+        wanted = max(at_least, _READ)
+        while wanted > 0 and not self._ended:
+            data = self._source.read(wanted)
+            self.size += len(data)
+            wanted -= len(data)
+            added.append(self._decode(data, final=not data))
+            self._ended = not data
+        self.buf += "".join(added)
+        return True
+
+    def drop(self, index: int) -> int:
+        """Forgets the text before `buf[index]`; indexes move down by what it returns."""
+        self.buf = self.buf[index:]
+        self.base += index
+        return index
+
+    def drain(self) -> None:
+        """Reads to the end, refusing invalid UTF-8 (and a body over the limit)."""
+        while not self._ended:
+            self.drop(len(self.buf))
+            self.more()
+
+    def _decode(self, data: bytes, final: bool) -> str:
+        raw = self._undecoded + data
+        try:
+            text, used = codecs.utf_8_decode(raw, "strict", final)
+        except UnicodeDecodeError as exc:
+            position = self._decoded + len(raw[: exc.start].decode("utf-8", "replace"))
+            while self._source.read(_READ):  # a body over the limit is a 413 first
+                pass
+            raise JsonInvalid(position, "Invalid UTF-8 in request body") from exc
+        self._undecoded = raw[used:]
+        self._decoded += len(text)
+        if self._at_start and (text or final):
+            self._at_start = False
+            if text.startswith("\ufeff"):  # not part of the document
+                text = text[1:]
+        return text
+
+
+class _Spool:
+    """Requests held until the document has ended: in memory, then on disk."""
+
+    _HEADER = struct.Struct("<II")
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+
+    def add(self, request: Request) -> None:
+        custom_id = request.custom_id.encode("utf-8", "surrogatepass")
+        body = request.body_text.encode("utf-8", "surrogatepass")
+        self._file.write(self._HEADER.pack(len(custom_id), len(body)) + custom_id + body)
+
+    def clear(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+
+    def __iter__(self) -> Iterator[Request]:
+        self._file.seek(0)
+        while header := self._file.read(self._HEADER.size):
+            id_size, body_size = self._HEADER.unpack(header)
+            custom_id = self._file.read(id_size).decode("utf-8", "surrogatepass")
+            body = self._file.read(body_size).decode("utf-8", "surrogatepass")
+            yield Request(custom_id, body)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Counting:
@@ -243,10 +528,8 @@ class _Counting:
     def __init__(self, stream: IO[bytes], reader: Reader) -> None:
         self._stream = stream
         self._reader = reader
-        self.position = 0
 
     def read(self, size: int = 65536) -> bytes:
         data = self._stream.read(min(size, 1 << 20))
         self._reader._consume(data)
-        self.position += len(data)
         return data
