@@ -14,15 +14,15 @@ import re
 from typing import Any
 
 MAX_DEPTH = 64
+DEPTH_ERROR = f"Nesting deeper than {MAX_DEPTH} levels"
+LONE_SURROGATE = "Lone surrogate in string"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Strings and structural characters, for locating a problem after a parse.
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE = re.compile(
-    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
+# Strings and numbers, for locating a refused number.
+_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
 
 
 class JsonInvalid(ValueError):
@@ -30,6 +30,7 @@ class JsonInvalid(ValueError):
 
     def __init__(self, position: int, error: str) -> None:
         super().__init__(error)
+        self.position, self.error = position, error
         self.detail: dict[str, Any] = {
             "type": "json_invalid",
             "loc": ["body", position],
@@ -72,6 +73,12 @@ def decode_text(raw: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
+# Python's parser with the edge's refusals; `raw_decode` reads one value.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_int=_check_int, parse_float=_check_float
+)
+
+
 def parse(raw: bytes) -> Any:
     """The parsed document, or JsonInvalid."""
     text = decode_text(raw)
@@ -82,32 +89,64 @@ def parse(raw: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise JsonInvalid(exc.pos, exc.msg) from exc
     except _Refused as exc:
-        raise JsonInvalid(_locate_number(text, str(exc)), str(exc)) from exc
+        raise JsonInvalid(_locate_number(text), str(exc)) from exc
     except RecursionError as exc:
-        raise JsonInvalid(_locate_depth(text), DEPTH_ERROR) from exc
-    # Most documents cannot hold what check_value looks for: skip the walk then.
-    if text.count("[") + text.count("{") <= MAX_DEPTH and not _SURROGATE_ESCAPE.search(text):
-        return value
-    try:
-        check_value(value)
-    except ValueError as exc:
-        error = str(exc)
-        if error == DEPTH_ERROR:
-            position = _locate_depth(text)
-        else:
-            match = _LONE_SURROGATE.search(text)
-            position = match.start() if match else 0
-        raise JsonInvalid(position, error) from exc
+        raise JsonInvalid(_locate_depth(text) or 0, DEPTH_ERROR) from exc
+    fault = value_fault(text, 0, len(text), value)
+    if fault is not None:
+        raise fault
     return value
 
 
-DEPTH_ERROR = f"Nesting deeper than {MAX_DEPTH} levels"
+def read_value(text: str, index: int, depth: int = 0) -> tuple[Any, int]:
+    """The JSON value that starts at `text[index]` and the index just past it,
+    read as `parse` reads a document, for a value nested `depth` levels deep in
+    one. What `parse` refuses while reading is JsonInvalid at an index of `text`;
+    what it refuses after (`value_fault`) is not looked for."""
+    try:
+        value, end = _DECODER.raw_decode(text, index)
+    except json.JSONDecodeError as exc:
+        raise JsonInvalid(exc.pos, exc.msg) from exc
+    except _Refused as exc:
+        raise JsonInvalid(_locate_number(text, index), str(exc)) from exc
+    except RecursionError as exc:
+        raise JsonInvalid(_locate_depth(text, index, depth) or index, DEPTH_ERROR) from exc
+    return value, end
 
 
-def check_value(value: Any) -> None:
+def value_fault(text: str, start: int, end: int, value: Any, depth: int = 0) -> JsonInvalid | None:
+    """What `check_value` refuses in `value`, read from `text[start:end]` at
+    `depth` levels deep in its document, located in `text`; None when nothing."""
+    if not may_fault(text, start, end, depth):  # most values: skip the walk
+        return None
+    try:
+        check_value(value, depth + 1)
+    except ValueError as exc:
+        error = str(exc)
+        position = locate(error, text, start, end, depth)
+        return JsonInvalid(start if position is None else position, error)
+    return None
+
+
+def may_fault(text: str, start: int, end: int, depth: int = 0) -> bool:
+    """Whether the text of a value can hold what `check_value` refuses."""
+    brackets = text.count("[", start, end) + text.count("{", start, end)
+    return depth + brackets > MAX_DEPTH or bool(_SURROGATE_ESCAPE.search(text, start, end))
+
+
+def locate(error: str, text: str, start: int, end: int, depth: int = 0) -> int | None:
+    """Where in the text of a value the first cause of a `check_value` error is:
+    a bracket too deep or a lone surrogate; None if there is none."""
+    if error == DEPTH_ERROR:
+        return _locate_depth(text, start, depth, end)
+    return lone_surrogate_at(text, start, end)
+
+
+def check_value(value: Any, depth: int = 1) -> None:
     """Refuse, with ValueError, what a parser let through but cannot be kept:
-    nesting deeper than 64, lone surrogates, out-of-range numbers."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    nesting deeper than 64, lone surrogates, out-of-range numbers. `depth` is
+    the level of `value` itself in its document (1 for the document)."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict | list):
@@ -133,12 +172,13 @@ def _check_string(value: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError("Lone surrogate in string") from exc
+        raise ValueError(LONE_SURROGATE) from exc
 
 
-def _locate_depth(text: str) -> int:
-    depth = 0
-    for match in _TOKEN.finditer(text):
+def _locate_depth(text: str, start: int = 0, depth: int = 0, end: int | None = None) -> int | None:
+    """Where the first bracket deeper than the limit is, from `text[start]`
+    (a value `depth` levels deep); None if there is none before `end`."""
+    for match in _TOKEN.finditer(text, start, len(text) if end is None else end):
         token = match.group()
         if token in "[{":
             depth += 1
@@ -146,18 +186,46 @@ def _locate_depth(text: str) -> int:
                 return match.start()
         elif token in "]}":
             depth -= 1
-    return 0
+    return None
 
 
-def _locate_number(text: str, error: str) -> int:
-    for match in _TOKEN.finditer(text):
+def _locate_number(text: str, start: int = 0) -> int:
+    """Where the number or constant that the parser refused is: the first one
+    refused from `text[start]` (the text is valid JSON up to it)."""
+    for match in _NUMBER.finditer(text, start):
         token = match.group()
-        if token[0] == "-" or token[0].isdigit():
-            try:
-                (_check_float if any(c in token for c in ".eE") else _check_int)(token)
-            except _Refused:
-                return match.start()
-        elif token in ("NaN", "Infinity"):
+        if token[0] == '"':
+            continue
+        try:
+            if token[-1] in "Ny":  # NaN, Infinity, -Infinity
+                _reject_constant(token)
+            (_check_float if any(c in token for c in ".eE") else _check_int)(token)
+        except _Refused:
             return match.start()
-    index = max(text.find("NaN"), text.find("Infinity"))
-    return max(index, 0)
+    return start
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def lone_surrogate_at(text: str, start: int = 0, end: int | None = None) -> int | None:
+    """Where the first escaped surrogate without its pair is, in the strings of
+    JSON text read from `text[start]` (where a value starts); None if none."""
+    for string in _STRING.finditer(text, start, len(text) if end is None else end):
+        if not _SURROGATE_ESCAPE.search(text, string.start(), string.end()):
+            continue
+        high = -1  # where an escaped high surrogate waits for its low one
+        for escape in _ESCAPE.finditer(text, string.start() + 1, string.end() - 1):
+            code = int(escape.group(1), 16) if escape.group(1) else 0
+            if 0xDC00 <= code <= 0xDFFF and high >= 0 and escape.start() == high + 6:
+                high = -1  # a pair
+            elif high >= 0:
+                return high
+            elif 0xDC00 <= code <= 0xDFFF:
+                return escape.start()
+            elif 0xD800 <= code <= 0xDBFF:
+                high = escape.start()
+        if high >= 0:
+            return high
+    return None

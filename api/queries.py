@@ -1,95 +1,82 @@
-"""Query strings of the list routes: known names only, typed, bounded."""
+"""Query strings of the list routes, validated by their models in `api.schemas`.
+
+`allow_only` validates the whole query string as FastAPI validates a query
+parameter model: the model whose fields are exactly the names given, extra
+names forbidden, every problem at once as pydantic reports it, `loc` prefixed
+with "query". A name given more than once is validated as the list of its
+values, which no field takes, so it is refused as well. `limit`, `choice` and
+`text` then return the validated values; their arguments restate, at the call
+site, what the model declares, and a call that disagrees with its model is a
+programming error.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
-from flask import request
+from flask import g, request
+from pydantic import BaseModel, ValidationError
 
+from api import schemas
 from api.errors import ApiError
 from worker.domain.documents import Doc
 
-
-def _error(name: str, type_: str, msg: str, value: Any, **ctx: Any) -> ApiError:
-    entry: dict[str, Any] = {"type": type_, "loc": ["query", name], "msg": msg, "input": value}
-    if ctx:
-        entry["ctx"] = ctx
-    return ApiError(422, [entry])
+_MODELS: dict[frozenset[str], type[BaseModel]] = {
+    frozenset(model.model_fields): model
+    for model in (
+        schemas.AssistantListQuery,
+        schemas.JobListQuery,
+        schemas.BatchListQuery,
+        schemas.BatchCreateQuery,
+        schemas.BatchResultsQuery,
+        schemas.DeliveryListQuery,
+    )
+}
 
 
 def allow_only(names: Iterable[str]) -> None:
-    known = set(names)
-    for name in request.args:
-        if name not in known:
-            raise _error(
-                name, "extra_forbidden", "Extra inputs are not permitted", request.args[name]
-            )
-        if len(request.args.getlist(name)) > 1:
-            raise _error(
-                name, "too_long", "Give this parameter at most once", request.args.getlist(name)
-            )
+    """Validate the query string against the route's model; 422 with every problem."""
+    known = frozenset(names)
+    model = _MODELS.get(known)
+    if model is None:
+        raise LookupError(f"no query model in api.schemas has exactly the fields {sorted(known)}")
+    raw = {name: values[0] if len(values) == 1 else values for name, values in request.args.lists()}
+    try:
+        g.validated_query = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ApiError(422, schemas.detail_of(exc, "query")) from None
 
 
 def limit(default: int = 20, maximum: int = 100) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _error(
-            "limit",
-            "int_parsing",
-            "Input should be a valid integer, unable to parse string as an integer",
-            raw,
-        ) from None
-    if value < 1:
-        raise _error(
-            "limit", "greater_than_equal", "Input should be greater than or equal to 1", raw, ge=1
-        )
-    if value > maximum:
-        raise _error(
-            "limit",
-            "less_than_equal",
-            f"Input should be less than or equal to {maximum}",
-            raw,
-            le=maximum,
-        )
+    value: int = _validated("limit", default=default, maximum=maximum)
     return value
 
 
 def choice(name: str, options: tuple[str, ...], default: str | None = None) -> str | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if raw not in options:
-        expected = " or ".join(f"'{option}'" for option in options)
-        raise _error(name, "literal_error", f"Input should be {expected}", raw, expected=expected)
-    return raw
+    value: str | None = _validated(name, default=default, enum=sorted(options))
+    return value
 
 
 def text(name: str) -> str | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    if not raw:
-        raise _error(
-            name, "string_too_short", "String should have at least 1 character", raw, min_length=1
-        )
-    if len(raw) > 255:
-        raise _error(
-            name,
-            "string_too_long",
-            "String should have at most 255 characters",
-            raw[:300],
-            max_length=255,
-        )
-    return raw
+    value: str | None = _validated(name)
+    return value
 
 
 def unknown_cursor(name: str, value: str | None) -> ApiError:
-    return _error(name, "value_error", "Value error, no object with this id", value)
+    # Not a rule of the model: the id is well formed but names nothing.
+    return ApiError(
+        422,
+        [
+            {
+                "type": "value_error",
+                "loc": ["query", name],
+                "msg": "Value error, no object with this id",
+                "input": value,
+            }
+        ],
+    )
 
 
 def list_object(data: list[Doc], has_more: bool) -> Doc:
@@ -100,3 +87,28 @@ def list_object(data: list[Doc], has_more: bool) -> Doc:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def _validated(name: str, **declared: Any) -> Any:
+    validated: BaseModel | None = g.get("validated_query")
+    if validated is None or name not in type(validated).model_fields:
+        raise RuntimeError(f"query parameter {name!r} is read before allow_only validated it")
+    declaration = _declaration(type(validated), name)
+    for key, value in declared.items():
+        if declaration.get(key) != value:
+            raise RuntimeError(
+                f"{type(validated).__name__}.{name} declares {key}={declaration.get(key)!r}, "
+                f"its call site says {value!r}"
+            )
+    return getattr(validated, name)
+
+
+@functools.cache
+def _declaration(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """The field's JSON schema (as the document shows it), `enum` sorted."""
+    prop: dict[str, Any] = dict(model.model_json_schema()["properties"][name])
+    if "enum" in prop:
+        prop["enum"] = sorted(prop["enum"])
+    elif "const" in prop:
+        prop["enum"] = [prop["const"]]
+    return prop

@@ -7,16 +7,50 @@ the OpenAPI document, and the models list is serialised through them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import json
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    with_config,
+)
+from pydantic.json_schema import SkipJsonSchema, WithJsonSchema
+from pydantic_core import PydanticKnownError
+from typing_extensions import TypedDict
 
-from worker.domain.schema import Assistant
+from worker.domain.schema import Assistant, AssistantCreate
 
 Unix = Annotated[int, Field(description="Unix seconds")]
 CustomId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+def _ascii_digits(value: Any) -> Any:
+    # Lax int parsing of a string takes "+5", "1_0", " 5" and "5.0"; a query
+    # integer is plain ASCII digits, anything else pydantic's own int_parsing.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticKnownError("int_parsing")
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(_ascii_digits)]
+
+
+def detail_of(exc: ValidationError, *prefix: str | int) -> list[dict[str, Any]]:
+    """A ValidationError as the entries of a 422 `detail`, as FastAPI answers it:
+    pydantic's own entries, `loc` prefixed (with "query", "body", ...), no `url`."""
+    entries: list[dict[str, Any]] = []
+    for error in exc.errors(include_url=False):
+        entry: dict[str, Any] = {**error, "loc": [*prefix, *error["loc"]]}
+        if "ctx" in entry:  # may hold an exception; FastAPI answers it as text
+            entry["ctx"] = json.loads(json.dumps(entry["ctx"], default=str))
+        entries.append(entry)
+    return entries
 
 
 class ErrorMessage(BaseModel):
@@ -92,35 +126,56 @@ class Batch(BaseModel):
     metadata: dict[str, Any]
 
 
-class BatchRequest(BaseModel):
+@with_config(ConfigDict(extra="forbid"))
+class BatchRequest(TypedDict, total=False):
     """One request of a batch; an NDJSON line has the same shape (OpenAI Batch
     lines, with `method` and `url`, are accepted too). `POST /v1/assistants`
     (the default) creates, `POST /v1/assistants/{id}` modifies, `DELETE
     /v1/assistants/{id}` deletes."""
 
-    custom_id: CustomId | SkipJsonSchema[None] = Field(
-        None, description="unique in the batch; the 0-based line number when absent"
-    )
-    method: Literal["POST", "DELETE"] | SkipJsonSchema[None] = Field(
-        None, description="POST when absent"
-    )
-    url: (
-        Annotated[str, StringConstraints(pattern=r"^/v1/assistants(/[A-Za-z0-9_-]{1,255})?$")]
-        | SkipJsonSchema[None]
-    ) = Field(None, description="`/v1/assistants` when absent; a DELETE names an assistant")
-    body: dict[str, Any] | SkipJsonSchema[None] = Field(
-        None,
-        description="a Create or Modify Assistant request (required but for a DELETE, "
-        "which has none); its fields are checked by the worker, and a request that fails "
-        "them gets a 422 result like any other job",
-    )
+    # A TypedDict, not a model: a key may be left out, but one that is given is
+    # checked as its type says (a null custom_id is string_type, not absent),
+    # and a line that is not an object is pydantic's dict_type.
+    custom_id: Annotated[
+        CustomId, Field(description="unique in the batch; the 0-based line number when absent")
+    ]
+    method: Annotated[Literal["POST", "DELETE"], Field(description="POST when absent")]
+    # Which assistant a modify or delete names is checked with the method
+    # (api.batch_routes): a DELETE must name one.
+    url: Annotated[
+        str,
+        StringConstraints(pattern=r"^/v1/assistants(/[A-Za-z0-9_-]{1,255})?$"),
+        Field(description="`/v1/assistants` when absent; a DELETE names an assistant"),
+    ]
+    # Any JSON value is taken here: what the body holds is the worker's to judge,
+    # as for a single create; the document shows what a valid one is. Required
+    # but for a DELETE, which has none (api.batch_input says so).
+    body: Annotated[
+        Any,
+        WithJsonSchema({"type": "object", "additionalProperties": True}),
+        Field(
+            description="a Create or Modify Assistant request (required but for a DELETE); "
+            "its fields are checked by the worker, and a request that fails them gets a "
+            "422 result like any other job"
+        ),
+    ]
+
+
+if TYPE_CHECKING:
+    Metadata = dict[str, str] | None
+else:
+    # The assistant's own metadata rule (at most 16 pairs, keys of at most 64
+    # and values of at most 512 characters), so a batch's answers it in the same words.
+    Metadata = AssistantCreate.model_fields["metadata"].annotation
 
 
 class BatchCreate(BaseModel):
     """The JSON form of `POST /v1/batches`."""
 
+    model_config = ConfigDict(extra="forbid")
+
     requests: Annotated[list[BatchRequest], Field(min_length=1, max_length=50_000)]
-    metadata: dict[str, Any] | SkipJsonSchema[None] = None
+    metadata: Metadata = None
 
 
 class BatchResultLine(BaseModel):
@@ -225,44 +280,53 @@ class Readiness(BaseModel):
 
 
 # Query strings and headers the client may send, as models of their own so the
-# document's parameters come from the same declarations as everything else.
+# document's parameters come from the same declarations as everything else. The
+# query models are also what validates a query string (api.queries).
 
 
-class AssistantListQuery(BaseModel):
-    limit: int = Field(20, ge=1, le=100)
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# The default of a parameter that may be left out. A query string cannot send a
+# null, so the field's type takes none: what is given is checked as the type
+# says (one error, at the parameter's own loc), what is absent reads as None.
+ABSENT: Any = None
+
+
+class AssistantListQuery(_Query):
+    limit: QueryInt = Field(20, ge=1, le=100)
     order: Literal["asc", "desc"] = "desc"
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="an assistant id")
-    before: Cursor | SkipJsonSchema[None] = Field(None, description="an assistant id")
+    after: Cursor = Field(ABSENT, description="an assistant id")
+    before: Cursor = Field(ABSENT, description="an assistant id")
 
 
-class JobListQuery(BaseModel):
-    batch_id: Cursor | SkipJsonSchema[None] = None
-    status: (
-        Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] | SkipJsonSchema[None]
-    ) = None
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a job id")
+class JobListQuery(_Query):
+    batch_id: Cursor = ABSENT
+    status: Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] = ABSENT
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a job id")
 
 
-class BatchListQuery(BaseModel):
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a batch id")
+class BatchListQuery(_Query):
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a batch id")
 
 
-class BatchCreateQuery(BaseModel):
+class BatchCreateQuery(_Query):
     job_events: Literal["true", "false"] = Field(
         "false", description="also send job.succeeded / job.failed for the batch's jobs"
     )
 
 
-class BatchResultsQuery(BaseModel):
-    status: Literal["succeeded", "failed", "cancelled"] | SkipJsonSchema[None] = None
+class BatchResultsQuery(_Query):
+    status: Literal["succeeded", "failed", "cancelled"] = ABSENT
 
 
-class DeliveryListQuery(BaseModel):
-    status: Literal["pending", "delivered", "failed"] | SkipJsonSchema[None] = None
-    limit: int = Field(20, ge=1, le=100)
-    after: Cursor | SkipJsonSchema[None] = Field(None, description="a delivery id")
+class DeliveryListQuery(_Query):
+    status: Literal["pending", "delivered", "failed"] = ABSENT
+    limit: QueryInt = Field(20, ge=1, le=100)
+    after: Cursor = Field(ABSENT, description="a delivery id")
 
 
 class SubmitHeaders(BaseModel):

@@ -179,15 +179,34 @@ def decode(data: bytes) -> dict[str, Job | None]:
 
 
 def parse_prefer(values: list[str], limit: int) -> int | None:
-    """The wait in seconds that `Prefer` asks for (RFC 7240), capped; None for none."""
-    wait: int | None = None
+    """The wait in seconds that `Prefer` asks for (RFC 7240), capped at `limit`;
+    None when it asks for none.
+
+    Preferences are comma-separated, within one header or across several; what
+    follows a `;` (preference parameters) is ignored, names are case-insensitive
+    and the value may be quoted. As RFC 7240 section 2 says, when a preference
+    is given more than once only its first instance counts: `wait=5, wait=10`
+    waits 5 s. `wait` takes delta-seconds, plain ASCII digits; a first `wait`
+    whose value is not that (`wait=abc`, `wait=+5`, `wait=1e9`) is ignored as an
+    unrecognized preference is, and the later ones with it. One leniency: a
+    negative whole number (`wait=-1`) is taken as 0, an answer without waiting
+    that still says `Preference-Applied: wait=0`.
+    """
     for value in values:
         for preference in value.split(","):
-            token = preference.split(";", 1)[0].strip()
-            name, _, arg = token.partition("=")
+            name, _, arg = preference.split(";", 1)[0].partition("=")
             if name.strip().lower() == "wait":
-                try:
-                    wait = max(0, int(arg.strip().strip('"')))
-                except ValueError:
-                    continue  # an unrecognized preference is ignored
-    return None if wait is None else min(wait, limit)
+                return _seconds(arg.strip().removeprefix('"').removesuffix('"'), limit)
+    return None
+
+
+def _seconds(text: str, limit: int) -> int | None:
+    negative = text.startswith("-")
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if negative:
+        return 0
+    digits = digits.lstrip("0") or "0"
+    # Longer than any limit (and than int()'s own digit limit): the limit.
+    return limit if len(digits) > len(str(limit)) else min(int(digits), limit)

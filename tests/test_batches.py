@@ -134,6 +134,87 @@ def test_bad_lines_reject_the_whole_batch_and_create_nothing(stack: Stack, tenan
         store.close()
 
 
+def test_line_errors_are_the_line_models_own(tenant: Tenant) -> None:
+    lines = [
+        {"custom_id": None, "body": {}},
+        {"custom_id": "", "method": "GET", "url": "/v1/x", "body": {}, "extra": 1},
+        "text",
+    ]
+    response = submit(tenant, jsonl(lines))
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "type": "string_type",
+            "loc": ["body", 0, "custom_id"],
+            "msg": "Input should be a valid string",
+            "input": None,
+        },
+        {
+            "type": "string_too_short",
+            "loc": ["body", 1, "custom_id"],
+            "msg": "String should have at least 1 character",
+            "input": "",
+            "ctx": {"min_length": 1},
+        },
+        {
+            "type": "literal_error",
+            "loc": ["body", 1, "method"],
+            "msg": "Input should be 'POST'",
+            "input": "GET",
+            "ctx": {"expected": "'POST'"},
+        },
+        {
+            "type": "literal_error",
+            "loc": ["body", 1, "url"],
+            "msg": "Input should be '/v1/assistants'",
+            "input": "/v1/x",
+            "ctx": {"expected": "'/v1/assistants'"},
+        },
+        {
+            "type": "extra_forbidden",
+            "loc": ["body", 1, "extra"],
+            "msg": "Extra inputs are not permitted",
+            "input": 1,
+        },
+        {
+            "type": "dict_type",
+            "loc": ["body", 2],
+            "msg": "Input should be a valid dictionary",
+            "input": "text",
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {f"k{i}": "v" for i in range(17)},
+        {"k" * 65: "v", "n": 5, "long": "x" * 513},
+    ],
+    ids=["17-pairs", "key-and-values"],
+)
+def test_json_form_metadata_is_refused_as_an_assistants_metadata(
+    tenant: Tenant, metadata: dict[str, Any]
+) -> None:
+    batch = tenant.request(
+        "POST", "/v1/batches", json={"requests": [{"body": {"model": "m"}}], "metadata": metadata}
+    )
+    assert batch.status_code == 422
+    create = tenant.create({"model": "m", "metadata": metadata}, Prefer="wait=30")
+    assert create.status_code == 422
+    assert batch.json()["detail"] == create.json()["detail"]
+    if len(metadata) == 17:
+        assert batch.json()["detail"] == [
+            {
+                "type": "too_long",
+                "loc": ["body", "metadata"],
+                "msg": "Dictionary should have at most 16 items after validation, not more",
+                "input": metadata,
+                "ctx": {"field_type": "Dictionary", "max_length": 16, "actual_length": None},
+            }
+        ]
+
+
 def test_at_most_100_offending_lines_are_listed(tenant: Tenant) -> None:
     response = submit(tenant, b"[]\n" * 150)
     assert response.status_code == 422

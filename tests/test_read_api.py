@@ -140,6 +140,78 @@ def test_limit_outside_1_to_100_is_422_at_the_query(tenant: Tenant, value: str, 
     assert entry["loc"] == ["query", "limit"] and entry["type"] == type_
 
 
+INT_PARSING = "Input should be a valid integer, unable to parse string as an integer"
+
+
+@pytest.mark.parametrize(
+    "value", ["+5", "1_0", "\u0661\u0660", "\uff15", " 5", "5 ", "5.0", "-5", "0x10", "1e1", ""]
+)
+def test_limit_is_plain_ascii_digits_else_int_parsing(tenant: Tenant, value: str) -> None:
+    # Lax int() and pydantic's lax parsing of a string take some of these.
+    assert query_error(tenant, limit=value) == {
+        "type": "int_parsing",
+        "loc": ["query", "limit"],
+        "msg": INT_PARSING,
+        "input": value,
+    }
+
+
+def test_limit_with_leading_zeros_is_its_digits(
+    listed: tuple[Tenant, list[dict[str, Any]]],
+) -> None:
+    tenant, _ = listed
+    assert len(list_page(tenant, limit="002")["data"]) == 2
+
+
+def test_every_bad_query_parameter_is_reported_at_once(tenant: Tenant) -> None:
+    response = tenant.request(
+        "GET", "/v1/assistants", params={"limit": "0", "order": "new", "after": "", "sort": "x"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "type": "greater_than_equal",
+            "loc": ["query", "limit"],
+            "msg": "Input should be greater than or equal to 1",
+            "input": "0",
+            "ctx": {"ge": 1},
+        },
+        {
+            "type": "literal_error",
+            "loc": ["query", "order"],
+            "msg": "Input should be 'asc' or 'desc'",
+            "input": "new",
+            "ctx": {"expected": "'asc' or 'desc'"},
+        },
+        {
+            "type": "string_too_short",
+            "loc": ["query", "after"],
+            "msg": "String should have at least 1 character",
+            "input": "",
+            "ctx": {"min_length": 1},
+        },
+        {
+            "type": "extra_forbidden",
+            "loc": ["query", "sort"],
+            "msg": "Extra inputs are not permitted",
+            "input": "x",
+        },
+    ]
+
+
+def test_a_parameter_given_twice_is_validated_as_the_list_of_its_values(tenant: Tenant) -> None:
+    response = tenant.request("GET", "/v1/assistants?limit=1&limit=2")
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "type": "int_type",
+            "loc": ["query", "limit"],
+            "msg": "Input should be a valid integer",
+            "input": ["1", "2"],
+        }
+    ]
+
+
 def test_order_other_than_asc_or_desc_is_422(tenant: Tenant) -> None:
     entry = query_error(tenant, order="newest")
     assert entry["loc"] == ["query", "order"] and entry["type"] == "literal_error"
