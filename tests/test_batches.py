@@ -159,16 +159,16 @@ def test_line_errors_are_the_line_models_own(tenant: Tenant) -> None:
         {
             "type": "literal_error",
             "loc": ["body", 1, "method"],
-            "msg": "Input should be 'POST'",
+            "msg": "Input should be 'POST' or 'DELETE'",
             "input": "GET",
-            "ctx": {"expected": "'POST'"},
+            "ctx": {"expected": "'POST' or 'DELETE'"},
         },
         {
-            "type": "literal_error",
+            "type": "string_pattern_mismatch",
             "loc": ["body", 1, "url"],
-            "msg": "Input should be '/v1/assistants'",
+            "msg": "String should match pattern '^/v1/assistants(/[A-Za-z0-9_-]{1,255})?$'",
             "input": "/v1/x",
-            "ctx": {"expected": "'/v1/assistants'"},
+            "ctx": {"pattern": "^/v1/assistants(/[A-Za-z0-9_-]{1,255})?$"},
         },
         {
             "type": "extra_forbidden",
