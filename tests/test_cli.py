@@ -139,3 +139,12 @@ def test_bulk_lists_a_refused_batch_by_line_and_custom_id(
         ["body", 4],
     ]
     assert tenant.request("GET", "/v1/batches").json()["data"] == []
+
+
+def test_keys_with_a_store_it_cannot_reach_says_so_in_one_line(stack: Stack) -> None:
+    unreachable = f"mongodb://user:secret@127.0.0.1:{free_port()}/x"
+    done = cli(stack, "keys", "create", "--tenant", "t", env={"MONGODB_URI": unreachable})
+    assert done.returncode == 2
+    line = one_line_error(done)
+    assert line.startswith("error: cannot reach the store at mongodb://127.0.0.1:")
+    assert "secret" not in line
