@@ -203,6 +203,16 @@ def test_batches_list_and_jobs_by_batch(tenant: Tenant) -> None:
     assert tenant.request("GET", "/v1/batches?limit=0").status_code == 422
 
 
+def test_an_internal_chunk_id_is_no_cursor(tenant: Tenant) -> None:
+    """A batch is stored as chunks `<batch id>.000000`, ...; such an id names no
+    job, so as `after` it is 422 like any unknown id, not an empty page."""
+    batch_id = submit(tenant, jsonl([{"body": {"model": "m"}}] * 2)).json()["id"]
+    for query in (f"after={batch_id}.000000", f"batch_id={batch_id}&after={batch_id}.000000"):
+        response = tenant.request("GET", f"/v1/jobs?{query}")
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["query", "after"]
+
+
 def test_another_tenants_batch_is_404(tenant: Tenant, other_tenant: Tenant) -> None:
     batch_id = submit(tenant, jsonl([{"body": {"model": "m"}}])).json()["id"]
     for method, path in (
