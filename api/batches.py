@@ -67,10 +67,22 @@ def create_batch() -> Response:
         if stager is not None:
             _abort_quietly(stager)
         raise intake.Unavailable from exc
-    if holder is not None:
-        assert scope is not None
+    if holder is not None and scope is not None:
         _abort_quietly(stager)
         return _replay(reader, requests, scope, callback)
+    return _answer(_store(stager, reader, requests, scope, callback), replayed=False)
+
+
+def _store(
+    stager: batches.Stager,
+    reader: Reader,
+    requests: Iterator[Request],
+    scope: str | None,
+    callback: str | None,
+) -> dict[str, object]:
+    """Stage the upload as it streams in, then commit it (after the key, if any,
+    has its fingerprint); the batch, or on any failure nothing, is kept."""
+    limits, rt = settings(), stager.rt
     try:
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
@@ -79,11 +91,11 @@ def create_batch() -> Response:
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
             batch_store.set_metadata_json(
-                rt.store, batch_id, json.dumps(reader.metadata, ensure_ascii=False)
+                rt.store, stager.batch["_id"], json.dumps(reader.metadata, ensure_ascii=False)
             )
         if scope is not None:
-            intake.settle_batch_key(rt, scope, batch_id, _fingerprint(reader, callback))
-        doc = stager.commit(reader.count)
+            intake.settle_batch_key(rt, scope, stager.batch["_id"], _fingerprint(reader, callback))
+        return stager.commit(reader.count)
     except TooLarge:
         _give_up(stager, scope)
         raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
@@ -93,7 +105,6 @@ def create_batch() -> Response:
     except BaseException:
         _give_up(stager, scope)
         raise
-    return _answer(doc, replayed=False)
 
 
 def _replay(
