@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from pymongo.errors import PyMongoError
 
 from api import inputs, queries
-from api.batch_input import Reader, TooLarge
+from api.batch_input import Reader, Request, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
@@ -37,7 +37,14 @@ def create_batch() -> Response:
     callback = inputs.callback_url()
     rt = runtime()
     reader = Reader(max_bytes=limits.max_batch_bytes, max_body_bytes=limits.max_body_bytes)
+    requests = (
+        reader.jsonl(request.stream)
+        if mimetype in JSONL_TYPES
+        else (reader.json_document(request.stream))
+    )
     batch_id = new_id("batch_")
+    scope = intake.batch_key_scope(tenant(), key) if key is not None else None
+    stager = None
     try:
         stager = batches.Stager(
             rt,
@@ -52,14 +59,31 @@ def create_batch() -> Response:
                 request_id=request_id(),
             ),
         )
+        # The key is held before the upload is read, so a repeated upload is
+        # never staged; its batch is stored first, so a held key always names
+        # a batch while its request is alive.
+        holder = intake.hold_batch_key(rt, scope, batch_id) if scope is not None else None
     except PyMongoError as exc:
+        if stager is not None:
+            _abort_quietly(stager)
         raise intake.Unavailable from exc
+    if holder is not None and scope is not None:
+        _abort_quietly(stager)
+        return _replay(reader, requests, scope, callback)
+    return _answer(_store(stager, reader, requests, scope, callback), replayed=False)
+
+
+def _store(
+    stager: batches.Stager,
+    reader: Reader,
+    requests: Iterator[Request],
+    scope: str | None,
+    callback: str | None,
+) -> dict[str, object]:
+    """Stage the upload as it streams in, then commit it (after the key, if any,
+    has its fingerprint); the batch, or on any failure nothing, is kept."""
+    limits, rt = settings(), stager.rt
     try:
-        requests = (
-            reader.jsonl(request.stream)
-            if mimetype in JSONL_TYPES
-            else (reader.json_document(request.stream))
-        )
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
                 continue  # keep reading only to report every offending line
@@ -67,34 +91,58 @@ def create_batch() -> Response:
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
             batch_store.set_metadata_json(
-                rt.store, batch_id, json.dumps(reader.metadata, ensure_ascii=False)
+                rt.store, stager.batch["_id"], json.dumps(reader.metadata, ensure_ascii=False)
             )
-        replay = None
-        if key is not None:
-            replay = intake.claim_batch_key(
-                rt,
-                tenant=tenant(),
-                key=key,
-                fingerprint=reader.digest.hexdigest() + idempotency.fingerprint(b"", callback),
-                batch_id=batch_id,
-            )
-        if replay is not None:
-            stager.abort()
-            doc = batch_store.get(rt.store, tenant(), replay)
-            if doc is None:
-                raise intake.Unavailable
-            return _answer(doc, replayed=True)
-        doc = stager.commit(reader.count)
+        if scope is not None:
+            intake.settle_batch_key(rt, scope, stager.batch["_id"], _fingerprint(reader, callback))
+        return stager.commit(reader.count)
     except TooLarge:
-        _abort_quietly(stager)
+        _give_up(stager, scope)
         raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
     except PyMongoError as exc:
-        _abort_quietly(stager)
+        _give_up(stager, scope)
         raise intake.Unavailable from exc
     except BaseException:
-        _abort_quietly(stager)
+        _give_up(stager, scope)
         raise
-    return _answer(doc, replayed=False)
+
+
+def _replay(
+    reader: Reader, requests: Iterator[Request], scope: str, callback: str | None
+) -> Response:
+    """An upload whose Idempotency-Key another request holds: read whole, checked
+    and hashed but not stored, then answered with the key's batch once that is
+    stored (a replay), or 409 if it is another upload."""
+    limits = settings()
+    try:
+        for _ in requests:
+            pass
+    except TooLarge:
+        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
+    _refuse_if_invalid(reader, limits.max_batch_requests)
+    try:
+        doc = intake.await_batch_key(runtime(), tenant(), scope, _fingerprint(reader, callback))
+    except intake.KeyInFlight:
+        raise ApiError(
+            409,
+            "A request with this Idempotency-Key is still being stored; retry it later",
+            {"Retry-After": "1"},
+        ) from None
+    except PyMongoError as exc:
+        raise intake.Unavailable from exc
+    return _answer(doc, replayed=True)
+
+
+def _fingerprint(reader: Reader, callback: str | None) -> str:
+    """The upload's SHA-256 and the Callback-URL, as for single creates."""
+    return str(reader.digest.hexdigest()) + idempotency.fingerprint(b"", callback)
+
+
+def _give_up(stager: batches.Stager, scope: str | None) -> None:
+    """This upload was not accepted: free its key (if it held one) and its batch."""
+    if scope is not None:
+        intake.release_batch_key(stager.rt, scope, stager.batch["_id"])
+    _abort_quietly(stager)
 
 
 def _refuse_if_invalid(reader: Reader, max_requests: int) -> None:

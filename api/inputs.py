@@ -42,8 +42,25 @@ def idempotency_key() -> str | None:
     return key
 
 
+def header_text(name: str) -> str | None:
+    """A header whose value is text, such as a URL with international characters.
+
+    A field value is octets (RFC 9110, 5.5), which WSGI hands over decoded as
+    Latin-1. Clients send non-ASCII text in them as UTF-8 (an IRI is UTF-8),
+    so octets that are valid UTF-8 are read as UTF-8; any others keep their
+    Latin-1 reading, which is what they were most likely meant as.
+    """
+    value = request.headers.get(name)
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
 def callback_url() -> str | None:
-    url = request.headers.get("Callback-URL")
+    url = header_text("Callback-URL")
     if url is None:
         return None
     try:

@@ -12,13 +12,14 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from api.context import runtime, settings
-from worker.telemetry import metrics
+from worker.telemetry import exposition
 
 bp = Blueprint("metrics", __name__)
 
 REQUESTS = Counter(
     "assistant_ingest_http_requests_total",
-    "HTTP requests answered by the edge, by method, route template and status.",
+    "HTTP requests answered by the edge, by method (unknown ones as other), route template "
+    "and status.",
     ["method", "route", "status"],
 )
 REQUEST_SECONDS = Histogram(
@@ -27,6 +28,17 @@ REQUEST_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+
+# The methods HTTP defines (RFC 9110, and PATCH); any other is counted as
+# "other", so a client cannot make series by making up methods.
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+
+
+def method() -> str:
+    return request.method if request.method in METHODS else "other"
 
 
 def route() -> str:
@@ -42,11 +54,11 @@ def register(app: Flask) -> None:
 
     @app.after_request
     def count(response: Response) -> Response:
-        path = route()
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        verb, path = method(), route()
+        REQUESTS.labels(verb, path, str(response.status_code)).inc()
         started = g.get("started")
         if started is not None:
-            REQUEST_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+            REQUEST_SECONDS.labels(verb, path).observe(time.perf_counter() - started)
         return response
 
     app.register_blueprint(bp)
@@ -54,5 +66,5 @@ def register(app: Flask) -> None:
 
 @bp.get("/metrics")
 def scrape() -> Response:
-    depth = metrics.QueueDepth(runtime().redis, settings().redis_prefix)
-    return Response(generate_latest(metrics.registry(depth)), content_type=CONTENT_TYPE_LATEST)
+    depth = exposition.QueueDepth(runtime().redis, settings().redis_prefix)
+    return Response(generate_latest(exposition.registry(depth)), content_type=CONTENT_TYPE_LATEST)

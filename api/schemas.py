@@ -232,8 +232,9 @@ class WebhookEndpointDeleted(BaseModel):
 
 
 class WebhookSecret(BaseModel):
-    """A rotated secret; until `previous_expires_at` the old ones sign too
-    (all signatures space-separated in `webhook-signature`)."""
+    """A rotated secret; until `previous_expires_at` the secret it replaced signs
+    too (both signatures space-separated in `webhook-signature`). At most two
+    secrets sign: a rotation drops the one before the previous at once."""
 
     object: Literal["webhook_secret"]
     secret: str = Field(description="the new secret, `whsec_...`; shown only this once")

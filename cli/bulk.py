@@ -10,6 +10,7 @@ ASSISTANT_INGEST_API_KEY. Progress goes to stderr; data to stdout.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -29,30 +30,164 @@ def add_parser(sub: Any) -> None:
         "--url", default=os.environ.get("ASSISTANT_INGEST_URL", "http://127.0.0.1:8000")
     )
     bulk.add_argument("--api-key", default=os.environ.get("ASSISTANT_INGEST_API_KEY"))
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="report an error as one line of JSON on stderr (for scripts)",
+    )
     commands = bulk.add_subparsers(dest="bulk_command", required=True)
-    submit = commands.add_parser("submit", help="upload a JSONL file of requests as one batch")
+    submit = commands.add_parser(
+        "submit", parents=[common], help="upload a JSONL file of requests as one batch"
+    )
     submit.add_argument("file", type=Path)
     submit.add_argument("--wait", action="store_true", help="show progress until it finishes")
     submit.add_argument("--idempotency-key", default=None)
     submit.add_argument("--callback-url", default=None)
-    results = commands.add_parser("results", help="write a batch's results as NDJSON")
+    results = commands.add_parser(
+        "results", parents=[common], help="write a batch's results as NDJSON"
+    )
     results.add_argument("batch_id")
     results.add_argument("--status", choices=("succeeded", "failed", "cancelled"), default=None)
     results.add_argument("--output", "-o", type=Path, default=None)
 
 
+# Exit codes: 0 done, 1 the API refused the request, 2 it could not be made (a
+# usage error, a file that cannot be read, a server that cannot be reached),
+# 3 a batch finished with failed requests.
+REFUSED, UNUSABLE = 1, 2
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.api_key:
-        print("error: give --api-key or set ASSISTANT_INGEST_API_KEY", file=sys.stderr)
-        return 2
+        return fail(args, UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
     client = Client(args.url.rstrip("/"), args.api_key)
     try:
         if args.bulk_command == "submit":
             return submit(client, args)
         return results(client, args)
     except ApiFailure as exc:
-        print(f"error: HTTP {exc.status}: {exc.body}", file=sys.stderr)
-        return 1
+        return refused(args, exc)
+    except Unreachable as exc:
+        return fail(args, UNUSABLE, f"cannot reach {client.url}: {exc.reason}")
+    except http.client.HTTPException as exc:
+        return fail(args, UNUSABLE, f"the connection to {client.url} broke: {exc!r}")
+    except OSError as exc:
+        name = exc.filename if exc.filename is not None else ""
+        return fail(args, UNUSABLE, f"{name}: {exc.strerror or exc}" if name else str(exc))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def fail(args: argparse.Namespace, code: int, message: str, **extra: Any) -> int:
+    """One line on stderr: readable, or one JSON object with --json."""
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, **extra}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def refused(args: argparse.Namespace, exc: ApiFailure) -> int:
+    """The API's answer to a refused request; a 422's entries one per line, by input line."""
+    try:
+        detail = json.loads(exc.body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        detail = exc.body.strip()
+    if not isinstance(detail, list):
+        return fail(args, REFUSED, f"HTTP {exc.status}: {detail}", status=exc.status)
+    custom_ids = _custom_ids(getattr(args, "file", None), _lines_named(detail))
+    entries = [_entry(item, custom_ids) for item in detail if isinstance(item, dict)]
+    if args.json:
+        return fail(
+            args,
+            REFUSED,
+            f"HTTP {exc.status}: the request was refused",
+            status=exc.status,
+            errors=entries,
+            detail=detail,
+        )
+    what = "the batch was refused, nothing was created" if args.bulk_command == "submit" else ""
+    print(f"error: HTTP {exc.status}: {what or 'the request was refused'}:", file=sys.stderr)
+    for entry in entries:
+        where = f"line {entry['line']}" if entry["line"] is not None else entry["where"]
+        if entry.get("custom_id") is not None:
+            where += f" (custom_id {json.dumps(entry['custom_id'], ensure_ascii=False)})"
+        field = f"{entry['field']}: " if entry["field"] else ""
+        print(f"  {where}: {field}{entry['message']}", file=sys.stderr)
+    return REFUSED
+
+
+def _lines_named(detail: list[Any]) -> set[int]:
+    return {
+        item["loc"][1]
+        for item in detail
+        if isinstance(item, dict) and _is_line_loc(item.get("loc"))
+    }
+
+
+def _is_line_loc(loc: Any) -> bool:
+    return (
+        isinstance(loc, list)
+        and len(loc) >= 2
+        and loc[0] == "body"
+        and isinstance(loc[1], int)
+        and not isinstance(loc[1], bool)
+    )
+
+
+def _entry(item: dict[str, Any], custom_ids: dict[int, str]) -> dict[str, Any]:
+    """A 422 entry as a person reads it: the line numbered from 1, its custom_id."""
+    loc = item.get("loc") or []
+    message = str(item.get("msg", ""))
+    error = (item.get("ctx") or {}).get("error") if isinstance(item.get("ctx"), dict) else None
+    if error:
+        message += f" ({error})"
+    if _is_line_loc(loc):
+        rest = loc[2:]
+        if item.get("type") == "json_invalid" and rest and isinstance(rest[0], int):
+            message += f" at character {rest[0] + 1}"
+            rest = []
+        return {
+            "line": loc[1] + 1,
+            "custom_id": custom_ids.get(loc[1]),
+            "field": ".".join(str(part) for part in rest),
+            "message": message,
+            "type": item.get("type"),
+        }
+    return {
+        "line": None,
+        "where": " ".join(str(part) for part in loc) or "request",
+        "field": "",
+        "message": message,
+        "type": item.get("type"),
+    }
+
+
+def _custom_ids(path: Path | None, lines: set[int]) -> dict[int, str]:
+    """The custom_id given on each of these lines of the uploaded file, where one is."""
+    found: dict[int, str] = {}
+    if path is None or not lines:
+        return found
+    try:
+        with path.open("rb") as upload:
+            for number, raw in enumerate(upload):
+                if number > max(lines):
+                    break
+                if number not in lines:
+                    continue
+                if number == 0:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(value, dict) and isinstance(value.get("custom_id"), str):
+                    found[number] = value["custom_id"]
+    except OSError:
+        pass
+    return found
 
 
 class ApiFailure(Exception):
@@ -60,6 +195,14 @@ class ApiFailure(Exception):
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+
+
+class Unreachable(Exception):
+    """No answer from the API: refused, reset, timed out, not resolved."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Client:
@@ -84,6 +227,10 @@ class Client:
             return urllib.request.urlopen(request, timeout=600)
         except urllib.error.HTTPError as exc:
             raise ApiFailure(exc.code, exc.read().decode(errors="replace")) from None
+        except urllib.error.URLError as exc:
+            raise Unreachable(str(getattr(exc.reason, "strerror", None) or exc.reason)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
 
     def json(self, method: str, path: str) -> Any:
         with self.open(method, path) as response:

@@ -69,11 +69,19 @@ class Server:
 
 def _spawn(name: str, args: list[str], port: int, log_path: Path) -> Server:
     log = log_path.open("ab")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    # A session of its own: a Ctrl-C meant for whoever started it does not stop it
+    # under the processes that still use it; they are stopped first.
+    process = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     server = Server(name, port, process, log)
     try:
         wait_for_port(port, process)
-    except RuntimeError:
+    except BaseException:  # a stop signal included
         server.stop()
         raise
     return server

@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pymongo.errors import PyMongoError
 
 from worker.settings import Settings
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    if args.data_dir is not None:
+        problem = use_dev_stack(args.data_dir)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    settings = Settings()
+    try:
+        return _run(args, settings)
+    except PyMongoError as exc:
+        print(
+            f"error: cannot reach the store at {where(settings.mongodb_uri)}: {reason(exc)}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.services import urlguard
     from worker.store import tenants
     from worker.store.connection import Store
     from worker.store.indexes import ensure_indexes
 
-    settings = Settings()
-    store = Store.connect(settings, timeout_ms=10_000)
+    store = Store.connect(settings)
     ensure_indexes(store)
     if args.keys_command == "create":
         if args.webhook_url is not None:
@@ -41,3 +62,30 @@ def run_keys(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"revoked": True}))
     return 0
+
+
+def use_dev_stack(data_dir: Path) -> str | None:
+    """Point this process at the servers of the `dev` stack running on `data_dir`;
+    returns what is wrong instead, if anything."""
+    from cli.dev import ENV_FILE, PID_VARIABLE, pid_alive, read_env_file
+
+    found = read_env_file(data_dir.resolve())
+    if not found:
+        return f"no dev stack runs on {data_dir}: {ENV_FILE} is not there (start bin/dev)"
+    if not pid_alive(int(found.get(PID_VARIABLE, "0") or 0)):
+        return f"the dev stack that wrote {data_dir}/{ENV_FILE} is not running"
+    os.environ["MONGODB_URI"] = found["MONGODB_URI"]
+    os.environ["REDIS_URL"] = found["REDIS_URL"]
+    return None
+
+
+def where(uri: str) -> str:
+    """The store's address without any credentials in its URI."""
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def reason(exc: PyMongoError) -> str:
+    """pymongo's message up to where it starts describing its whole topology."""
+    text = str(exc).split(", Timeout:", 1)[0].split("\n", 1)[0]
+    return text[:300] or type(exc).__name__

@@ -37,11 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     beat.add_argument("--schedule", default="celerybeat-schedule")
 
     keys_parser = sub.add_parser("keys", help="manage API keys")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="use the store of the `dev` stack running on this folder (else MONGODB_URI)",
+    )
     keys_sub = keys_parser.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key; prints one line of JSON")
+    create = keys_sub.add_parser(
+        "create", parents=[store], help="create a key; prints one line of JSON"
+    )
     create.add_argument("--tenant", required=True)
     create.add_argument("--webhook-url", default=None)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key")
+    revoke = keys_sub.add_parser("revoke", parents=[store], help="revoke a key")
     revoke.add_argument("api_key")
 
     bulk.add_parser(sub)

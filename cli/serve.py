@@ -48,7 +48,9 @@ def run_api(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     settings = Settings()
-    if not settings.metrics_port:
+    if not settings.metrics_port or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Without a port, metrics are served only if a folder is given: shared
+        # with the edge (as `dev` does), whose /metrics then shows them.
         return _run_worker(args, settings)
     with multiprocess_metrics():
         return _run_worker(args, settings)
@@ -61,7 +63,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.queueing.routes import SINGLE_QUEUE
     from worker.store.connection import Store
     from worker.store.indexes import ensure_indexes
-    from worker.telemetry import logs, metrics
+    from worker.telemetry import exposition, logs
 
     def configure_logs(**_: Any) -> None:
         logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
@@ -72,7 +74,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.metrics_port:
         # Served from the main process once the pool is up, so no pool
         # process inherits the listening socket.
-        worker_ready.connect(lambda **_: metrics.serve(settings.metrics_port), weak=False)
+        worker_ready.connect(lambda **_: exposition.serve(settings.metrics_port), weak=False)
     store = Store.connect(settings, timeout_ms=30_000)
     ensure_indexes(store)
     store.close()

@@ -410,6 +410,48 @@ def test_non_ascii_in_a_callback_url_is_delivered_percent_encoded(tenant: Tenant
     assert paths == ["/%C3%BC?q=%C3%A9", "/caf%C3%A9"]
 
 
+def test_a_utf8_callback_url_with_a_non_ascii_host_and_path_is_delivered(
+    tenant: Tenant,
+) -> None:
+    """Header octets that are valid UTF-8 are read as UTF-8, not as Latin-1
+    mojibake; the host goes out in its IDNA form (full-width "localhost" is
+    "localhost"), the path percent-encoded."""
+    host = "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54"  # full-width
+    with Receiver() as hook:
+        url = f"http://{host}:{hook.port}/stra\u00dfe/\u00fc?q=\u00e9"
+        created = tenant.request(
+            "POST", "/v1/assistants", json={"model": "m"}, headers={"Callback-URL": url.encode()}
+        )
+        assert created.status_code == 202, created.text
+        assert created.json()["callback_url"] == url
+        (request,) = hook.wait_for(1)
+    assert request.path == "/stra%C3%9Fe/%C3%BC?q=%C3%A9"
+    assert request.headers["host"] == f"localhost:{hook.port}"
+    job = tenant.request("GET", created.headers["Location"]).json()
+    assert job["callback_url"] == url
+
+
+@pytest.mark.parametrize("host", ["a..b.example", "x" * 64 + ".example", "\u00fc" * 60 + ".de"])
+def test_a_callback_url_whose_host_cannot_be_encoded_is_422_at_submission(
+    stack: Stack, db: Store, host: str
+) -> None:
+    tenant = stack.new_tenant()
+    url = f"http://{host}/hook"
+    header = {"Callback-URL": url.encode()}
+    for response in (
+        tenant.request("POST", "/v1/assistants", json={"model": "m"}, headers=header),
+        tenant.request(
+            "POST", "/v1/batches", data=b'{"body": {}}\n', headers={**header, "Content-Type": JSONL}
+        ),
+        tenant.request("PUT", "/v1/webhook_endpoint", json={"url": url}),
+    ):
+        assert response.status_code == 422, response.text
+        (entry,) = response.json()["detail"]
+        assert entry["type"] == "url_parsing"
+        assert entry["loc"][-1] in ("callback-url", "url")
+    assert_nothing_stored(db, tenant)
+
+
 def test_overlong_request_id_is_replaced(tenant: Tenant) -> None:
     response = tenant.create({"model": "m"}, **{"X-Request-ID": "r" * 8000})
     assert response.status_code == 202

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +262,27 @@ def test_batch_idempotency_key(tenant: Tenant) -> None:
     assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 1
 
 
+def test_a_refused_upload_does_not_keep_its_idempotency_key(tenant: Tenant) -> None:
+    bad = submit(tenant, b'{"custom_id": 5}\n', **{"Idempotency-Key": "b-2"})
+    assert bad.status_code == 422
+    good = submit(tenant, jsonl([{"body": {"model": "m"}}]), **{"Idempotency-Key": "b-2"})
+    assert good.status_code == 202
+    assert "Idempotent-Replayed" not in good.headers
+
+
+def test_concurrent_uploads_with_one_key_make_one_batch_and_replay_it(tenant: Tenant) -> None:
+    data = jsonl([{"custom_id": f"c{i}", "body": {"model": "m"}} for i in range(1200)])
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(lambda _: submit(tenant, data, **{"Idempotency-Key": "together"}), range(12))
+        )
+    assert [answer.status_code for answer in answers] == [202] * 12, [a.text for a in answers]
+    assert len({answer.json()["id"] for answer in answers}) == 1
+    replayed = [answer.headers.get("Idempotent-Replayed") for answer in answers]
+    assert replayed.count("true") == 11
+    assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 1
+
+
 def test_batches_list_and_jobs_by_batch(tenant: Tenant) -> None:
     ids = []
     for _ in range(3):
@@ -284,6 +308,16 @@ def test_batches_list_and_jobs_by_batch(tenant: Tenant) -> None:
     assert tenant.request("GET", "/v1/batches?limit=0").status_code == 422
 
 
+def test_an_internal_chunk_id_is_no_cursor(tenant: Tenant) -> None:
+    """A batch is stored as chunks `<batch id>.000000`, ...; such an id names no
+    job, so as `after` it is 422 like any unknown id, not an empty page."""
+    batch_id = submit(tenant, jsonl([{"body": {"model": "m"}}] * 2)).json()["id"]
+    for query in (f"after={batch_id}.000000", f"batch_id={batch_id}&after={batch_id}.000000"):
+        response = tenant.request("GET", f"/v1/jobs?{query}")
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["query", "after"]
+
+
 def test_another_tenants_batch_is_404(tenant: Tenant, other_tenant: Tenant) -> None:
     batch_id = submit(tenant, jsonl([{"body": {"model": "m"}}])).json()["id"]
     for method, path in (
@@ -298,9 +332,13 @@ def test_another_tenants_batch_is_404(tenant: Tenant, other_tenant: Tenant) -> N
 @pytest.fixture(scope="module")
 def no_bulk_worker(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     """A deployment whose workers do not take batch chunks, and small limits."""
-    stack = Stack(
-        servers, logs_dir, {"MAX_BATCH_REQUESTS": "5", "MAX_BATCH_BYTES": "4000", "CHUNK_SIZE": "2"}
-    )
+    limits = {
+        "MAX_BATCH_REQUESTS": "5",
+        "MAX_BATCH_BYTES": "4000",
+        "CHUNK_SIZE": "2",
+        "MAX_WAIT_SECONDS": str(REPEAT_WAIT),
+    }
+    stack = Stack(servers, logs_dir, limits)
     try:
         stack.start_api()
         stack.start_worker(queues="single,webhooks,maintenance")
@@ -362,3 +400,91 @@ def test_empty_and_over_long_cursors_are_422_with_pydantic_types(tenant: Tenant)
     assert (empty["loc"], empty["type"]) == (["query", "after"], "string_too_short")
     long = tenant.request("GET", "/v1/jobs?after=" + "x" * 256).json()["detail"][0]
     assert (long["loc"], long["type"]) == (["query", "after"], "string_too_long")
+
+
+# -- one Idempotency-Key, an upload in flight ---------------------------------
+
+REPEAT_WAIT = 5  # MAX_WAIT_SECONDS of no_bulk_worker: how long a repeat waits
+
+
+class Trickle:
+    """An upload sent in two parts, the last line only once `go` is set, so its
+    first lines are stored (CHUNK_SIZE 2) while the request is still in flight.
+    (The edge reads a chunked body in blocks of 1 KiB: the lines are long.)"""
+
+    def __init__(self, tenant: Tenant, data: bytes, key: str, pool: ThreadPoolExecutor) -> None:
+        self.go = threading.Event()
+        cut = data.rindex(b"\n", 0, len(data) - 1) + 1
+        head, tail = data[:cut], data[cut:]
+
+        def parts() -> Iterator[bytes]:
+            yield head
+            self.go.wait(60)
+            yield tail
+
+        headers = {**JSONL, "Idempotency-Key": key}
+        self.answer = pool.submit(
+            tenant.request, "POST", "/v1/batches", data=parts(), headers=headers
+        )
+
+
+def long_lines() -> list[dict[str, Any]]:
+    """Five lines of 650 bytes: within no_bulk_worker's limits, each over half a block."""
+    return [{"custom_id": f"c{i}", "body": {"model": "m", "name": "x" * 600}} for i in range(5)]
+
+
+def test_a_repeated_upload_waits_for_the_first_is_never_stored_and_is_replayed(
+    no_bulk_worker: Stack,
+) -> None:
+    tenant = no_bulk_worker.new_tenant()
+    lines = long_lines()
+    data = jsonl(lines)
+    store = no_bulk_worker.store()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            first = Trickle(tenant, data, "k", pool)
+            wait_until(lambda: store.jobs.count_documents({"tenant": tenant.name}) >= 1)
+            same = pool.submit(submit, tenant, data, **{"Idempotency-Key": "k"})
+            other = pool.submit(submit, tenant, jsonl(lines[:1]), **{"Idempotency-Key": "k"})
+            time.sleep(1)  # read whole by now, and waiting for the first
+            assert not same.done() and not other.done()
+            # Neither was stored, not even in part: one batch, every chunk its own.
+            (batch,) = store.batches.find({"tenant": tenant.name})
+            assert store.jobs.distinct("batch_id", {"tenant": tenant.name}) == [batch["_id"]]
+            first.go.set()
+            accepted, repeated, different = first.answer.result(), same.result(), other.result()
+    finally:
+        store.close()
+    assert accepted.status_code == 202, accepted.text
+    assert "Idempotent-Replayed" not in accepted.headers
+    assert repeated.status_code == 202, repeated.text
+    assert repeated.json()["id"] == accepted.json()["id"]
+    assert repeated.headers["Idempotent-Replayed"] == "true"
+    assert different.status_code == 409, different.text
+
+
+def test_a_repeated_upload_is_409_while_the_first_is_still_in_flight(
+    no_bulk_worker: Stack,
+) -> None:
+    tenant = no_bulk_worker.new_tenant()
+    data = jsonl(long_lines())
+    store = no_bulk_worker.store()
+    with ThreadPoolExecutor(1) as pool:
+        first = Trickle(tenant, data, "slow", pool)
+        try:
+            wait_until(lambda: store.jobs.count_documents({"tenant": tenant.name}) >= 1)
+            started = time.monotonic()
+            waited = submit(tenant, data, **{"Idempotency-Key": "slow"})
+            assert time.monotonic() - started >= REPEAT_WAIT
+        finally:
+            first.go.set()
+            store.close()
+        accepted = first.answer.result()
+    assert waited.status_code == 409, waited.text
+    assert waited.headers["Retry-After"] == "1"
+    assert "still being stored" in waited.json()["detail"]
+    assert accepted.status_code == 202
+    again = submit(tenant, data, **{"Idempotency-Key": "slow"})
+    assert again.status_code == 202
+    assert again.json()["id"] == accepted.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"

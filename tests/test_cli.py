@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli.embedded import free_port
 from tests.stack import Stack, Tenant, wait_until
 
 
@@ -70,3 +71,81 @@ def test_bulk_without_a_key_says_so(stack: Stack, tmp_path: Path) -> None:
     done = cli(stack, "bulk", "results", "batch_x", env={"ASSISTANT_INGEST_API_KEY": ""})
     assert done.returncode == 2
     assert "api-key" in done.stderr
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = done.stderr.splitlines()
+    return line
+
+
+def test_bulk_with_a_missing_file_or_a_server_that_is_down_says_so_in_one_line(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    missing = tmp_path / "missing.jsonl"
+    done = cli(stack, "bulk", "submit", str(missing), env=env)
+    assert done.returncode == 2
+    assert one_line_error(done) == f"error: {missing}: No such file or directory"
+
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"body": {"model": "m"}}\n')
+    down = {**env, "ASSISTANT_INGEST_URL": f"http://127.0.0.1:{free_port()}"}
+    for args in (("submit", str(requests), "--wait"), ("results", "batch_x")):
+        done = cli(stack, "bulk", *args, env=down)
+        assert done.returncode == 2
+        assert one_line_error(done).startswith("error: cannot reach http://127.0.0.1:")
+
+    done = cli(stack, "bulk", "submit", str(missing), "--json", env=down)
+    assert done.returncode == 2
+    assert json.loads(one_line_error(done)) == {"error": f"{missing}: No such file or directory"}
+
+
+def test_bulk_lists_a_refused_batch_by_line_and_custom_id(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        '{"custom_id": "a", "body": {"model": "m"}}\n'
+        '{"custom_id": "b"}\n'
+        "\n"
+        '{"custom_id": "a", "body": {"model": "m"}}\n'
+        "{not json\n"
+    )
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    done = cli(stack, "bulk", "submit", str(requests), env=env)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    first, *lines = done.stderr.splitlines()
+    assert first == "error: HTTP 422: the batch was refused, nothing was created:"
+    assert lines[0] == '  line 2 (custom_id "b"): body: Field required'
+    assert lines[1] == '  line 4 (custom_id "a"): custom_id: custom_id is already used by request 0'
+    assert lines[2].startswith("  line 5: JSON decode error (")
+    assert lines[2].endswith(" at character 2")
+    assert len(lines) == 3
+
+    done = cli(stack, "bulk", "submit", str(requests), "--json", env=env)
+    assert done.returncode == 1
+    report = json.loads(one_line_error(done))
+    assert report["status"] == 422
+    assert [(e["line"], e["custom_id"], e["type"]) for e in report["errors"]] == [
+        (2, "b", "missing"),
+        (4, "a", "duplicate_custom_id"),
+        (5, None, "json_invalid"),
+    ]
+    assert [entry["loc"][:2] for entry in report["detail"]] == [
+        ["body", 1],
+        ["body", 3],
+        ["body", 4],
+    ]
+    assert tenant.request("GET", "/v1/batches").json()["data"] == []
+
+
+def test_keys_with_a_store_it_cannot_reach_says_so_in_one_line(stack: Stack) -> None:
+    unreachable = f"mongodb://user:secret@127.0.0.1:{free_port()}/x"
+    done = cli(stack, "keys", "create", "--tenant", "t", env={"MONGODB_URI": unreachable})
+    assert done.returncode == 2
+    line = one_line_error(done)
+    assert line.startswith("error: cannot reach the store at mongodb://127.0.0.1:")
+    assert "secret" not in line

@@ -4,6 +4,7 @@ over every process of each (gunicorn workers, Celery's pool)."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import metrics
 from cli.embedded import free_port
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from tests.test_batches import submit
@@ -73,6 +75,50 @@ def test_edge_counts_requests_by_route_template_and_status(
     assert value(after, name, **labels) == before + 3
     count = "assistant_ingest_http_request_duration_seconds_count"
     assert value(after, count, method="GET", route="/v1/assistants/<assistant_id>") >= 3
+
+
+def test_made_up_methods_are_counted_as_one_value(observed: Observed, client: Tenant) -> None:
+    name = "assistant_ingest_http_requests_total"
+    before = observed.edge()
+    made_up = [f"M{uuid.uuid4().hex[:8].upper()}" for _ in range(40)]
+    for verb in made_up:
+        assert client.request(verb, "/v1/models").status_code in (400, 405)
+    after = observed.edge()
+    methods = {dict(labels)["method"] for (series, labels) in after if series == name}
+    assert methods <= set(metrics.METHODS) | {"other"}
+    counted = sum(
+        v
+        for (series, labels), v in after.items()
+        if series == name and ("method", "other") in labels
+    )
+    earlier = sum(
+        v
+        for (series, labels), v in before.items()
+        if series == name and ("method", "other") in labels
+    )
+    assert counted == earlier + len(made_up)
+
+
+WORKER_SERIES = (
+    "assistant_ingest_jobs_finished_total",
+    "assistant_ingest_job_latency_seconds",
+    "assistant_ingest_batch_chunks_processed_total",
+    "assistant_ingest_webhook_attempt",
+)
+
+
+def test_the_edge_shows_no_worker_series_it_does_not_count(
+    observed: Observed, client: Tenant
+) -> None:
+    """Edge and worker keep their own folders here (as on separate machines):
+    the worker's series are on its METRICS_PORT, not shown as zeros at the edge."""
+    assert client.create({"model": "m"}, Prefer="wait=30").status_code == 200
+    edge = {series for series, _ in observed.edge()}
+    assert not [s for s in edge if s.startswith(WORKER_SERIES)]
+    assert "assistant_ingest_http_requests_total" in edge
+    worker = {series for series, _ in observed.worker()}
+    assert "assistant_ingest_batch_chunks_processed_total" in worker
+    assert "assistant_ingest_jobs_finished_total" in worker
 
 
 def test_worker_counts_jobs_by_outcome_with_their_latency(

@@ -403,6 +403,25 @@ def test_after_rotation_both_secrets_sign(tenant: Tenant) -> None:
         verify(new_webhook_secret(), request)
 
 
+def test_rotations_keep_only_the_current_and_the_previous_secret(tenant: Tenant) -> None:
+    made = [tenant.webhook_secret]
+    for _ in range(30):
+        rotated = tenant.request("POST", "/v1/webhook_secret/rotate")
+        assert rotated.status_code == 200
+        made.append(rotated.json()["secret"])
+
+    with Receiver() as hook:
+        tenant.create({"model": "m"}, **callback(hook.url()))
+        (request,) = hook.wait_for(1)
+
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in made[-2:]:
+        verify(secret, request)
+    for secret in made[:-2]:
+        with pytest.raises(WebhookVerificationError):
+            verify(secret, request)
+
+
 # -- the deliveries list ----------------------------------------------------
 
 

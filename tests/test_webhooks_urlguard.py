@@ -18,6 +18,9 @@ from worker.services import urlguard
         ("http://example.com:99999/", "url_parsing"),
         ("http://example.com:0/", "url_parsing"),
         ("http://exa mple.com/", "url_parsing"),
+        ("http://a..b.example/", "url_parsing"),  # an empty label: no IDNA form
+        ("http://" + "x" * 64 + ".example/", "url_parsing"),  # a label over 63
+        ("http://" + "\u00fc" * 60 + ".de/", "url_parsing"),  # too long once encoded
         ("http://example.com/" + "a" * 2100, "url_too_long"),
     ],
 )
@@ -32,6 +35,18 @@ def test_parse_keeps_host_port_and_request_target() -> None:
         "https", "example.com", 443, "/a/b?c=1"
     )
     assert urlguard.parse("http://[::1]:8080") == urlguard.Target("http", "::1", 8080, "/")
+
+
+def test_parse_gives_an_international_host_in_its_idna_form() -> None:
+    assert urlguard.parse("http://B\u00dccher.example/stra\u00dfe") == urlguard.Target(
+        "http", "xn--bcher-kva.example", 80, "/stra%C3%9Fe"
+    )
+    # Full-width digits and dots map to ASCII, so the literal below is seen as one.
+    full_width = "\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11"
+    assert urlguard.parse(f"http://{full_width}/").host == "127.0.0.1"
+    with pytest.raises(urlguard.UrlRefused) as refused:
+        urlguard.check_submitted(f"http://{full_width}/", allow_private=False)
+    assert refused.value.kind == urlguard.FORBIDDEN
 
 
 @pytest.mark.parametrize(
@@ -72,6 +87,8 @@ def test_literal_addresses_in_every_form_are_recognised(host: str, address: str 
         "::ffff:10.0.0.1",
         "2002:7f00:1::",
         "64:ff9b::7f00:1",
+        "fec0::1",  # site-local, fec0::/10
+        "feff:ffff::1",
     ],
 )
 def test_non_public_addresses_are_not_public(address: str) -> None:

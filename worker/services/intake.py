@@ -150,31 +150,71 @@ def _release_quietly(rt: Runtime, scope: str, target: str, tenant: str) -> None:
         log.warning("could not release idempotency key; it expires with its window")
 
 
-def claim_batch_key(
-    rt: Runtime, *, tenant: str, key: str, fingerprint: str, batch_id: str
-) -> str | None:
-    """Reserve an Idempotency-Key for a staged batch; returns the batch to replay
-    instead, if the key already holds one. Raises KeyConflict for another upload."""
-    scope = idempotency.scope_id(tenant, "POST", "/v1/batches", key)
-    claim = idempotency.claim(
-        rt.store, scope, fingerprint, batch_id, rt.settings.idempotency_window_seconds
-    )
-    if claim.conflict:
-        raise KeyConflict
-    if claim.replay and not _take_over(rt, scope, claim.target_id, batch_id):
-        return claim.target_id
-    return None
+_POLL_SECONDS = 0.1
 
 
-def _take_over(rt: Runtime, scope: str, claimed: str, batch_id: str) -> bool:
-    """Whether this request takes over a key whose batch was never stored.
+class KeyInFlight(Exception):
+    """The Idempotency-Key's first request is still being stored."""
 
-    A key's first request stages its whole batch before it claims the key, so
-    a claimed batch that does not exist at all was given up: its request failed
-    and removed it, or the reconciler removed it, half-stored. The key then
-    belongs to this same request (the fingerprint matched). A batch still
-    `validating` may yet be committed: that one is replayed (503 until then).
+
+def batch_key_scope(tenant: str, key: str) -> str:
+    return idempotency.scope_id(tenant, "POST", "/v1/batches", key)
+
+
+def hold_batch_key(rt: Runtime, scope: str, batch_id: str) -> str | None:
+    """Hold an Idempotency-Key for the batch this request is about to stage,
+    before it reads the upload; None when it holds it, else the batch that does.
+
+    The batch is stored (`validating`) before its key is held, so a held key
+    whose batch does not exist was given up: its request failed and removed
+    it, or died and the reconciler removed it. That key is taken over by this
+    request, whatever its upload, as nothing was accepted under it.
     """
-    if batches.exists(rt.store, claimed):
-        return False
-    return idempotency.retarget(rt.store, scope, claimed, batch_id)
+    window = rt.settings.idempotency_window_seconds
+    while True:
+        holder = idempotency.hold(rt.store, scope, batch_id, window)
+        if holder is None:
+            return None
+        if batches.exists(rt.store, holder["target"]):
+            return str(holder["target"])
+        if idempotency.take_over(rt.store, scope, holder["target"], batch_id, window):
+            return None
+
+
+def settle_batch_key(rt: Runtime, scope: str, batch_id: str, fingerprint: str) -> None:
+    """Record the held key's fingerprint once the upload is read, before its batch
+    is committed; Unavailable if the key was taken over in between."""
+    if not idempotency.settle(rt.store, scope, batch_id, fingerprint):
+        raise Unavailable
+
+
+def await_batch_key(rt: Runtime, tenant: str, scope: str, fingerprint: str) -> Doc:
+    """The batch to replay for a repeated upload, once the key's first request has
+    stored it. KeyConflict for another upload; KeyInFlight if the first is still
+    at it after MAX_WAIT_SECONDS (the longest any request waits on other work);
+    Unavailable if the first gave up (nothing was accepted, a retry holds the key)."""
+    deadline = time.monotonic() + rt.settings.max_wait_seconds
+    while True:
+        holder = idempotency.get(rt.store, scope)
+        if holder is None:
+            raise Unavailable
+        held = holder["fingerprint"]
+        if held is not None and held != fingerprint:
+            raise KeyConflict
+        if held == fingerprint:
+            doc = batches.get(rt.store, tenant, holder["target"])
+            if doc is not None:
+                return doc
+        if not batches.exists(rt.store, holder["target"]):
+            raise Unavailable
+        if time.monotonic() > deadline:
+            raise KeyInFlight
+        time.sleep(_POLL_SECONDS)
+
+
+def release_batch_key(rt: Runtime, scope: str, batch_id: str) -> None:
+    """Forget a key held for a batch that was not accepted after all."""
+    try:
+        idempotency.release(rt.store, scope, batch_id)
+    except PyMongoError:
+        log.warning("could not release idempotency key; it expires with its window")

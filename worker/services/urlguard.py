@@ -50,6 +50,7 @@ def parse(url: str) -> Target:
         raise UrlRefused("url_parsing", "Input should be a valid URL, invalid host or characters")
     if port == 0:
         raise UrlRefused("url_parsing", "Input should be a valid URL, invalid port number")
+    host = _wire_host(parts.hostname)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -57,7 +58,21 @@ def parse(url: str) -> Target:
     # as a browser sends them.
     path = "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in path.encode("utf-8", "replace"))
     default_port = 443 if parts.scheme == "https" else 80
-    return Target(parts.scheme, parts.hostname, port or default_port, path)
+    return Target(parts.scheme, host, port or default_port, path)
+
+
+def _wire_host(host: str) -> str:
+    """The host as the resolver, the Host header and TLS get it: an international
+    name in its IDNA form (the codec Python's socket and http.client use), so a
+    name that can never be sent is refused now, not retried for hours."""
+    if ":" in host:  # an IPv6 literal
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise UrlRefused(
+            "url_parsing", f"Input should be a valid URL, invalid international domain name: {exc}"
+        ) from exc
 
 
 def _unsendable(char: str) -> bool:
@@ -73,6 +88,10 @@ def is_public(address: str) -> bool:
             return is_public(str(ip.ipv4_mapped))
         if ip.sixtofour is not None:
             return is_public(str(ip.sixtofour))
+        # Site-local (fec0::/10) is deprecated (RFC 3879) but still routed inside
+        # some networks, and Python does not count it as private.
+        if ip.is_site_local:
+            return False
     return ip.is_global and not (
         ip.is_multicast
         or ip.is_loopback
@@ -92,7 +111,7 @@ def literal_address(host: str) -> str | None:
     try:
         # inet_aton accepts what C resolvers accept: "2130706433", "0x7f.1", "127.1".
         return socket.inet_ntoa(socket.inet_aton(host))
-    except OSError:
+    except (OSError, UnicodeError):
         return None
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
+from worker.domain.documents import Doc
 from worker.store.connection import Store
 
 
@@ -40,19 +41,22 @@ class Claim:
     conflict: bool = False
 
 
-def claim(store: Store, scope: str, fp: str, new_target: str, window_seconds: int) -> Claim:
-    """Reserve `scope` for `new_target`, or report what already holds it."""
-    now = time.time()
-    expire_at = None
+def _record(scope: str, fp: str | None, target: str, window_seconds: int) -> Doc:
+    record: Doc = {"_id": scope, "fingerprint": fp, "target": target, "created_at": time.time()}
     if window_seconds > 0:
-        expire_at = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=window_seconds)
-    record = {"_id": scope, "fingerprint": fp, "target": new_target, "created_at": now}
-    if expire_at is not None:
-        record["expire_at"] = expire_at
+        record["expire_at"] = datetime.now(UTC).replace(tzinfo=None) + timedelta(
+            seconds=window_seconds
+        )
+    return record
+
+
+def _insert_or_find(store: Store, record: Doc, window_seconds: int) -> Doc | None:
+    """Insert the key's record; None when inserted, else the record that holds it."""
+    scope, now = record["_id"], record["created_at"]
     for _ in range(3):
         try:
             store.idempotency.insert_one(record)
-            return Claim(target_id=new_target, replay=False)
+            return None
         except DuplicateKeyError:
             existing = store.idempotency.find_one({"_id": scope})
             if existing is None:
@@ -62,18 +66,49 @@ def claim(store: Store, scope: str, fp: str, new_target: str, window_seconds: in
                 # nobody else did first.
                 store.idempotency.delete_one({"_id": scope, "created_at": existing["created_at"]})
                 continue
-            if existing["fingerprint"] != fp:
-                return Claim(target_id=existing["target"], replay=True, conflict=True)
-            return Claim(target_id=existing["target"], replay=True)
+            return existing
     raise RuntimeError("idempotency key kept changing under contention")
+
+
+def claim(store: Store, scope: str, fp: str, new_target: str, window_seconds: int) -> Claim:
+    """Reserve `scope` for `new_target`, or report what already holds it."""
+    existing = _insert_or_find(
+        store, _record(scope, fp, new_target, window_seconds), window_seconds
+    )
+    if existing is None:
+        return Claim(target_id=new_target, replay=False)
+    if existing["fingerprint"] != fp:
+        return Claim(target_id=existing["target"], replay=True, conflict=True)
+    return Claim(target_id=existing["target"], replay=True)
+
+
+def hold(store: Store, scope: str, new_target: str, window_seconds: int) -> Doc | None:
+    """Reserve `scope` for `new_target` before its request is read whole, so with
+    no fingerprint yet (`settle` adds it); None when reserved, else the record
+    that holds the key."""
+    return _insert_or_find(store, _record(scope, None, new_target, window_seconds), window_seconds)
+
+
+def settle(store: Store, scope: str, target: str, fp: str) -> bool:
+    """Give a held key its request's fingerprint, unless it was taken over."""
+    result = store.idempotency.update_one(
+        {"_id": scope, "target": target, "fingerprint": None}, {"$set": {"fingerprint": fp}}
+    )
+    return result.modified_count == 1
+
+
+def take_over(store: Store, scope: str, old: str, new: str, window_seconds: int) -> bool:
+    """Hold a key for `new` whose request for `old` gave up, unless it changed in between."""
+    fresh = _record(scope, None, new, window_seconds)
+    del fresh["_id"]
+    result = store.idempotency.update_one({"_id": scope, "target": old}, {"$set": fresh})
+    return result.modified_count == 1
+
+
+def get(store: Store, scope: str) -> Doc | None:
+    return store.idempotency.find_one({"_id": scope})
 
 
 def release(store: Store, scope: str, target: str) -> None:
     """Forget a key whose request was not accepted after all."""
     store.idempotency.delete_one({"_id": scope, "target": target})
-
-
-def retarget(store: Store, scope: str, old: str, new: str) -> bool:
-    """Point a key held for `old` at `new`, unless it changed in between."""
-    result = store.idempotency.update_one({"_id": scope, "target": old}, {"$set": {"target": new}})
-    return result.modified_count == 1

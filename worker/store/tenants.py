@@ -98,10 +98,12 @@ class Rotated:
 
 
 def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> Rotated:
-    """A new signing secret; the live ones keep signing for `overlap_seconds`.
+    """A new signing secret; the one it replaces keeps signing for `overlap_seconds`.
 
-    Compare-and-set on the list read, so two rotations at once cannot lose
-    a secret that the other one just made.
+    At most two secrets sign, the current and the previous one, as Standard
+    Webhooks receivers expect: a rotation within the overlap of the last one
+    drops the secret before it at once. Compare-and-set on the list read, so
+    two rotations at once cannot lose a secret that the other one just made.
     """
     while True:
         doc = get(store, tenant)
@@ -109,20 +111,24 @@ def rotate_secret(store: Store, tenant: str, overlap_seconds: int) -> Rotated:
             raise LookupError(f"no tenant {tenant!r}")
         now = time.time()
         secret = new_webhook_secret()
+        live = [
+            entry
+            for entry in doc.get("secrets", [])
+            if entry.get("expires_at") is None or entry["expires_at"] > now
+        ]
         kept = [
             {
                 "secret": entry["secret"],
                 "expires_at": entry.get("expires_at") or now + overlap_seconds,
             }
-            for entry in doc.get("secrets", [])
-            if entry.get("expires_at") is None or entry["expires_at"] > now
+            for entry in live[:1]
         ]
         result = store.tenants.update_one(
             {"_id": tenant, "secrets": doc.get("secrets", {"$exists": False})},
             {"$set": {"secrets": [{"secret": secret, "expires_at": None}, *kept]}},
         )
         if result.modified_count:
-            expiry = max((entry["expires_at"] for entry in kept), default=None)
+            expiry = kept[0]["expires_at"] if kept else None
             return Rotated(secret, int(expiry) if expiry is not None else None)
 
 

@@ -1,32 +1,32 @@
 """Instrumentation points of the worker: Prometheus metrics and the log line of each event.
 
 Metric objects are plain module-level declarations (no I/O). Under a
-multi-process server (gunicorn, Celery's prefork pool) the entry point sets
+multi-process server (Celery's prefork pool) the entry point sets
 PROMETHEUS_MULTIPROC_DIR before this module is imported, so every process
 writes its samples to a file there and one collector reads them all.
+
+Only processes that count these import this module: in multi-process mode a
+declared series is written (as 0) by every process that imports it, so an
+edge that imported it would show worker series it never counts. What a
+scrape reads is in `exposition`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    multiprocess,
-    start_http_server,
-)
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client import Counter, Histogram
 
 from worker.domain.documents import Unit
 from worker.domain.units import kind
-from worker.queueing.routes import ALL_QUEUES
+
+# Read at scrape time, so declared with the scrape; named here too, so that
+# this module lists every series of the service.
+from worker.telemetry.exposition import QueueDepth
+
+__all__ = ["QueueDepth", "units_claimed", "units_finished", "webhook_attempt"]
 
 log = logging.getLogger("worker.jobs")
 
@@ -60,11 +60,6 @@ WEBHOOK_SECONDS = Histogram(
     "Duration of one webhook delivery attempt.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
 )
-
-# Celery's Redis transport keeps a queue's prioritised messages in lists named
-# after it; priority 0 is the plain name.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITIES = (0, 3, 6, 9)
 
 
 def units_claimed(units: list[Unit]) -> None:
@@ -124,65 +119,3 @@ def webhook_attempt(result: str, duration_ms: int) -> None:
     """One delivery attempt and what follows it: delivered, retrying (pending) or failed."""
     WEBHOOK_ATTEMPTS.labels("retrying" if result == "pending" else result).inc()
     WEBHOOK_SECONDS.observe(duration_ms / 1000)
-
-
-class QueueDepth(Collector):
-    """Messages waiting in each Celery queue, read from Redis at scrape time."""
-
-    def __init__(self, redis: Any, prefix: str) -> None:
-        self._redis = redis
-        self._prefix = prefix
-
-    def describe(self) -> Iterable[Metric]:
-        return [self._family()]
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "assistant_ingest_queue_depth",
-            "Messages waiting in each Celery queue (Redis LLEN).",
-            labels=["queue"],
-        )
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._family()
-        pipe = self._redis.pipeline(transaction=False)
-        for queue in ALL_QUEUES:
-            for priority in _PRIORITIES:
-                suffix = f"{_PRIORITY_SEP}{priority}" if priority else ""
-                pipe.llen(f"{self._prefix}:celery:{queue}{suffix}")
-        try:
-            lengths = pipe.execute()
-        except Exception:
-            logging.getLogger(__name__).warning("queue depth unavailable: Redis did not answer")
-            return
-        per_queue = len(_PRIORITIES)
-        for index, queue in enumerate(ALL_QUEUES):
-            depth = sum(lengths[index * per_queue : (index + 1) * per_queue])
-            family.add_metric([queue], depth)
-        yield family
-
-
-def registry(*extra: Collector) -> CollectorRegistry:
-    """What a scrape reads: every process's samples (multi-process mode) or this one's."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
-    else:
-        combined = CollectorRegistry()
-        combined.register(_Forward(REGISTRY))
-    for collector in extra:
-        combined.register(collector)
-    return combined
-
-
-class _Forward(Collector):
-    def __init__(self, source: CollectorRegistry) -> None:
-        self._source = source
-
-    def collect(self) -> Iterable[Metric]:
-        return self._source.collect()
-
-
-def serve(port: int, *extra: Collector) -> None:
-    """Expose the metrics of this process and its children on `port` (a daemon thread)."""
-    start_http_server(port, registry=registry(*extra))

@@ -1,0 +1,243 @@
+"""`assistant-ingest dev` as a person runs it: in the background or in a terminal,
+used through the key and the addresses it prints, and stopped by a signal, after
+which none of its processes and none of its ports is left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from cli.dev import ENV_FILE, KEY_FILE, read_env_file
+from cli.embedded import free_port
+from tests.stack import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTED = "Press Ctrl-C to stop"
+
+
+@dataclass
+class Dev:
+    pid: int
+    port: int
+    data: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None  # when started in the foreground
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def printed(self, label: str) -> str:
+        for line in self.log.read_text().splitlines():
+            if line.strip().startswith(label):
+                return line.split(":", 1)[1].split()[0]
+        raise AssertionError(f"{label} not printed: {self.log.read_text()}")
+
+    def get(self, path: str, key: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"}
+        return requests.get(self.url + path, headers=headers, timeout=30)
+
+
+def dev_env() -> dict[str, str]:
+    """The caller's environment without what would point dev's children elsewhere."""
+    env = dict(os.environ)
+    for name in ("MONGODB_URI", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "METRICS_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def start(tmp_path: Path, data: Path, style: str) -> Dev:
+    """`style`: "nohup" (`nohup dev > log &`), "background" (`dev > log &`), both from
+    a non-interactive shell, which starts them with SIGINT ignored; "terminal":
+    the foreground job of a session, as a terminal's shell runs it."""
+    port = free_port()
+    log = tmp_path / f"dev-{style}-{port}.log"
+    args = [sys.executable, "-m", "cli.main", "dev", "--port", str(port), "--data-dir", str(data)]
+    if style == "terminal":
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                args, cwd=ROOT, env=dev_env(), stdout=out, stderr=out, start_new_session=True
+            )
+        dev = Dev(process.pid, port, data, log, process)
+    else:
+        command = shlex.join(args) + f" > {shlex.quote(str(log))} 2>&1 < /dev/null &"
+        if style == "nohup":
+            command = "nohup " + command
+        shell = subprocess.run(
+            ["sh", "-c", command + " echo $!"],
+            cwd=ROOT,
+            env=dev_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        dev = Dev(int(shell.stdout.strip()), port, data, log)
+    deadline = time.monotonic() + 120
+    while STARTED not in (log.read_text() if log.exists() else ""):
+        if not alive(dev.pid) or time.monotonic() > deadline:
+            stop(dev, signal.SIGKILL)
+            raise AssertionError(f"dev did not start: {log.read_text()}")
+        time.sleep(0.2)
+    return dev
+
+
+def processes() -> dict[int, tuple[str, int]]:
+    """Every process: its state and its parent."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[int(entry.name)] = (fields[0], int(fields[1]))
+    return found
+
+
+def family(pid: int) -> set[int]:
+    """The process and all its descendants."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, (_, parent) in processes().items():
+        children[parent].append(child)
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        todo.extend(children[current])
+    return found
+
+
+def alive(pid: int) -> bool:
+    state = processes().get(pid)
+    return state is not None and state[0] not in ("Z", "X")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(dev: Dev, sig: int) -> None:
+    """Signal dev alone, as `kill` does; then everything it started must go,
+    within a bound."""
+    servers = read_env_file(dev.data)
+    ports = [dev.port] + [
+        int(servers[name].rsplit(":", 1)[1].split("/")[0]) for name in ("MONGODB_URI", "REDIS_URL")
+    ]
+    everyone = family(dev.pid)
+    os.kill(dev.pid, sig)
+    if dev.process is not None:
+        dev.process.wait(90)
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=90)
+    finally:
+        for pid in everyone:  # only on failure is any left to clean up
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not [port for port in ports if listening(port)]
+    assert not (dev.data / ENV_FILE).exists()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        cwd=ROOT,
+        env=dev_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def test_dev_in_the_background_serves_its_key_keys_and_metrics_and_stops_on_sigint(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    dev = start(tmp_path, data, "nohup")
+    try:
+        assert len(family(dev.pid)) >= 8  # two servers, the edge, three workers, beat
+        key = dev.printed("API key")
+        assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
+
+        made = cli("keys", "create", "--tenant", "another", "--data-dir", str(data))
+        assert made.returncode == 0, made.stderr
+        assert dev.get("/v1/models", json.loads(made.stdout)["api_key"]).status_code == 200
+
+        headers = {"Authorization": f"Bearer {key}", "Prefer": "wait=30"}
+        created = requests.post(
+            dev.url + "/v1/assistants", json={"model": "m"}, headers=headers, timeout=60
+        )
+        assert created.status_code == 200, created.text
+        lines = b'{"body": {"model": "m"}}\n' * 3
+        batch = requests.post(
+            dev.url + "/v1/batches",
+            data=lines,
+            headers={**headers, "Content-Type": "application/x-ndjson"},
+            timeout=60,
+        ).json()
+        wait_until(
+            lambda: dev.get(f"/v1/batches/{batch['id']}", key).json()["status"] == "completed"
+        )
+        # The workers' series, at the edge's /metrics: dev gives them one folder.
+        text = requests.get(dev.url + "/metrics", timeout=30).text
+        jobs = "assistant_ingest_jobs_finished_total"
+        assert metric(text, jobs, kind="single", outcome="succeeded") >= 1
+        assert metric(text, jobs, kind="batch", outcome="succeeded") == 3
+        assert metric(text, "assistant_ingest_job_latency_seconds_count", kind="batch") == 3
+        assert metric(text, "assistant_ingest_batch_chunks_processed_total") == 1
+
+        # nohup asked to outlive the terminal's hangup: dev keeps it so.
+        os.kill(dev.pid, signal.SIGHUP)
+        time.sleep(1)
+        assert alive(dev.pid)
+        assert dev.get("/v1/models", key).status_code == 200
+    finally:
+        stop(dev, signal.SIGINT)
+
+    gone = cli("keys", "create", "--tenant", "late", "--data-dir", str(data))
+    assert gone.returncode == 2
+    assert gone.stderr.startswith("error: no dev stack runs on ")
+    assert len(gone.stderr.splitlines()) == 1
+
+
+def test_dev_prints_the_same_key_on_every_start_and_stops_on_sigterm_and_sighup(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    first = start(tmp_path, data, "background")
+    try:
+        key = first.printed("API key")
+        assert "(new, kept in" in first.log.read_text()
+    finally:
+        stop(first, signal.SIGTERM)
+
+    again = start(tmp_path, data, "terminal")
+    try:
+        assert again.printed("API key") == key
+        assert again.get("/v1/models", key).status_code == 200
+    finally:
+        stop(again, signal.SIGHUP)
