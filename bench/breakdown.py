@@ -1,6 +1,6 @@
 """Where the time of one waited create goes, stage by stage.
 
-Sends sequential `Prefer: wait` creates (one client, kept alive), then joins
+Sends `Prefer: wait` creates (one client by default, each kept alive), then joins
 the edge's access line and the worker's "job finished" line of each request by
 its request id and prints the median and p90 of every stage:
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,24 +46,36 @@ def log_lines(folder: Path) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=1)
     args = parser.parse_args()
     with deployment(LOG_LEVEL="INFO") as (stack, tenant):
-        connection = Connection("127.0.0.1", stack.port)
         totals: dict[str, float] = {}
-        ids = []
-        for i in range(args.requests):
-            request_id = f"bench-{uuid.uuid4().hex}"
-            body = json.dumps(assistant_body(i)).encode()
-            headers = {
-                "Authorization": f"Bearer {tenant.api_key}",
-                "Prefer": "wait=10",
-                "X-Request-ID": request_id,
-            }
-            started = time.perf_counter()
-            reply = connection.exchange(post("/v1/assistants", "127.0.0.1", body, headers))
-            assert reply.status == 200, reply.body[:300]
-            totals[request_id] = (time.perf_counter() - started) * 1000
-            ids.append(request_id)
+        ids: list[str] = []
+
+        def client(share: int) -> None:
+            connection = Connection("127.0.0.1", stack.port)
+            for i in range(share):
+                request_id = f"bench-{uuid.uuid4().hex}"
+                body = json.dumps(assistant_body(i)).encode()
+                headers = {
+                    "Authorization": f"Bearer {tenant.api_key}",
+                    "Prefer": "wait=10",
+                    "X-Request-ID": request_id,
+                }
+                started = time.perf_counter()
+                reply = connection.exchange(post("/v1/assistants", "127.0.0.1", body, headers))
+                assert reply.status == 200, reply.body[:300]
+                totals[request_id] = (time.perf_counter() - started) * 1000
+                ids.append(request_id)
+
+        threads = [
+            threading.Thread(target=client, args=(args.requests // args.clients,))
+            for _ in range(args.clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         time.sleep(1)  # let the last lines reach the files
         edge: dict[str, dict[str, float]] = {}
         worker: dict[str, dict[str, float]] = {}
@@ -75,7 +88,7 @@ def main() -> None:
             elif line.get("message") == "job finished":
                 worker[rid] = line["stages_ms"]
         measured = [rid for rid in ids if rid in edge and rid in worker]
-        print(f"{len(measured)} of {len(ids)} waited creates, one client, kept alive")
+        print(f"{len(measured)} of {len(ids)} waited creates, {args.clients} clients, kept alive")
         print(f"{'stage':<22}{'p50 ms':>9}{'p90 ms':>9}")
         for side, names, table in (("edge", EDGE, edge), ("worker", WORKER, worker)):
             for name in names:

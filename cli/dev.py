@@ -23,10 +23,16 @@ from types import FrameType
 # so a large batch never delays a `Prefer: wait` request; webhook deliveries
 # apart from both, so a receiver that hangs never delays a create; and one beat.
 DEV_WORKERS = {
+    # Threads: the single creates its messages carry are processed together
+    # while they run at once (worker.tasks), and they wait on the store, not the CPU.
     "worker-single": (
         "worker",
         "--queues",
         "single,maintenance",
+        "--pool",
+        "threads",
+        "--concurrency",
+        "8",
         "--hostname",
         "single@%h",
     ),

@@ -30,7 +30,10 @@ def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     stack = Stack(servers, logs_dir)
     try:
         stack.start_api()
-        stack.start_worker("single", queues="single,maintenance", beat=True)
+        # As `dev` runs it: a threads pool, whose running messages are processed together.
+        stack.start_worker(
+            "single", queues="single,maintenance", beat=True, pool="threads", concurrency=8
+        )
         stack.start_worker("hooks", queues="webhooks", beat=False)
         yield stack
     finally:

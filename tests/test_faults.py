@@ -255,9 +255,14 @@ def test_worker_killed_mid_batch_every_request_finishes_once(own: Stack) -> None
     each_done_once(own, tenant, accepted)
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_worker_killed_mid_burst_of_single_creates_every_job_finishes_once(
-    own: Stack,
+    own: Stack, pool: str
 ) -> None:
+    if pool != "prefork":
+        # As `dev` runs single creates: messages running at once processed together.
+        own.kill("worker", signal.SIGTERM)
+        own.start_worker("worker", pool=pool, concurrency=8)
     tenant = own.new_tenant()
     clients = Clients(tenant, BURST_CLIENTS)
     clients.gate.clear()  # the second half is sent after the kill, with no worker running
@@ -275,7 +280,7 @@ def test_worker_killed_mid_burst_of_single_creates_every_job_finishes_once(
     finally:
         clients.gate.set()
     clients.finish()
-    own.start_worker("worker2")
+    own.start_worker("worker2", pool=pool)
 
     assert clients.statuses() == [202] * BURST_CLIENTS * BURST_EACH
     each_done_once(own, tenant, clients.accepted)

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from worker.celery_app import app, runtime
 from worker.queueing import routes
 from worker.services import delivery, provisioning, reconciler
+from worker.services.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +20,26 @@ TRANSIENT = (PyMongoError, RedisError, ConnectionError)
 RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60, "max_retries": 12}
 
 
+def _process_together(groups: list[list[str]]) -> list[BaseException | None]:
+    provisioning.process(runtime(), list(dict.fromkeys(i for ids in groups for i in ids)))
+    return [None] * len(groups)
+
+
+# Messages of single creates that run at once in one worker process (a threads
+# pool) are processed together: while one lot is claimed, stored and recorded,
+# the next gathers. A lone message is processed at once; no timer waits.
+_together: GroupCommit[list[str]] = GroupCommit(_process_together)
+
+
 @app.task(name=routes.PROCESS_SINGLE)
 def process_single(job_ids: str | list[str]) -> None:
     # The edge sends the creates it stored together as one message (group
-    # commit), processed together: one claim, one insert_many, one bulk_write.
-    # The reconciler sends one id at a time. A failure leaves the jobs queued
-    # or leased in MongoDB, where the reconciler finds them.
-    ids = [job_ids] if isinstance(job_ids, str) else list(dict.fromkeys(job_ids))
+    # commit); the reconciler sends one id at a time. Each lot costs one claim,
+    # one insert_many and one bulk_write. A failure leaves the jobs queued or
+    # leased in MongoDB, where the reconciler finds them.
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
     try:
-        provisioning.process(runtime(), ids)
+        _together.submit(ids)
     except TRANSIENT:
         log.exception("processing %d single jobs failed; the reconciler will resend", len(ids))
 
