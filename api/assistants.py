@@ -104,6 +104,7 @@ def modify_assistant(assistant_id: str) -> Response:
             callback_url=callback,
             idempotency_key=key,
             request_id=request_id(),
+            stages=g.stages,
         )
     except NoSuchAssistant:
         raise not_found("No assistant found") from None

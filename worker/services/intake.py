@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from worker.domain.documents import Doc, Unit
+from worker.domain.documents import Doc, Item, Unit
 from worker.domain.ids import new_id
 from worker.domain.units import job_public, new_unit
 from worker.queueing.routes import PROCESS_SINGLE
@@ -49,19 +50,25 @@ def submit_single(
     request_id: str | None,
     job_id: str | None = None,
     stages: Stages | None = None,
+    target: str | None = None,
+    precondition: Callable[[], None] | None = None,
 ) -> Accepted:
-    """Store a create (with the creates that arrive meanwhile) and send it.
+    """Store a create, or with a `target` a modify of that assistant (with the
+    requests that arrive meanwhile), and send it.
 
     `job_id` may be chosen by the caller, who can then listen for its finish
-    before it is stored; a replayed Idempotency-Key answers another job.
+    before it is stored; a replayed Idempotency-Key answers another job. The
+    key is looked at first; then `precondition` may refuse the request (by
+    raising), which releases a key this request claimed: nothing was accepted.
     """
     stages = stages or Stages()
     job_id = job_id or new_id("job_")
+    path = "/v1/assistants" if target is None else f"/v1/assistants/{target}"
     scope = None
     adopted = False
     try:
         if idempotency_key is not None:
-            scope = idempotency.scope_id(tenant, "POST", "/v1/assistants", idempotency_key)
+            scope = idempotency.scope_id(tenant, "POST", path, idempotency_key)
             fp = idempotency.fingerprint(raw, callback_url)
             claim = idempotency.claim(
                 rt.store, scope, fp, job_id, rt.settings.idempotency_window_seconds
@@ -77,12 +84,22 @@ def submit_single(
                 # fingerprint, same request: store it under the id it claimed.
                 # Whichever request stores it first, there is one job.
                 job_id, adopted = claim.target_id, True
+        if precondition is not None:
+            try:
+                precondition()
+            except Exception:
+                if scope is not None and not adopted:
+                    idempotency.release(rt.store, scope, job_id)
+                raise
         stages.lap("idempotency")
         accepted_at = time.time()
+        item: Item = {"id": job_id, "custom_id": None, "body": body_text}
+        if target is not None:
+            item["op"], item["target"] = "modify", target
         unit = new_unit(
             unit_id=job_id,
             tenant=tenant,
-            items=[{"id": job_id, "custom_id": None, "body": body_text}],
+            items=[item],
             now=int(accepted_at),
             accepted_at=accepted_at,
             callback_url=callback_url,
