@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bench.harness import percentile
 from cli.embedded import start_mongo, start_valkey
-from tests.attackers import Crowd, crowds, request_head, timed_get
+from tests.attackers import crowds, timed_get
 from tests.receiver import Hang, Receiver
 from tests.stack import Servers, Stack, Tenant, wait_until
-from tests.test_edge_load import KEYS, WAITERS, answers_within, queued_jobs, waiters
+from tests.test_edge_load import KEYS, WAITERS, answers_within, attackers, queued_jobs
 
 
 def measure(stack: Stack, victim: Tenant, probes: int, creates: int) -> tuple[list[float], ...]:
@@ -64,26 +64,7 @@ def main() -> None:
                 slow = stack.new_tenant()
                 for _ in range(40):
                     slow.create({"model": "m"}, **{"Callback-URL": hanging.url()})
-                head = request_head(
-                    "POST",
-                    "/v1/assistants",
-                    {
-                        "Authorization": f"Bearer {victim.api_key}",
-                        "Content-Type": "application/json",
-                    },
-                    content_length=400,
-                )
-                with crowds(
-                    Crowd(
-                        stack.port,
-                        "127.0.0.50",
-                        b"POST /v1/assistants HTTP/1.1\r\n",
-                        drip=b"X-Slow: " + b"a" * 200,
-                        interval=1,
-                    ).open(80),
-                    Crowd(stack.port, "127.0.0.51", head, drip=b" " * 400, interval=2).open(20),
-                    *waiters(stack.port, waiting, jobs),
-                ) as attack:
+                with crowds(*attackers(stack.port, victim.api_key, waiting, jobs)) as attack:
                     settled = time.perf_counter()
                     wait_until(lambda: answers_within(stack.port, 1.0), timeout=120)
                     settle = time.perf_counter() - settled

@@ -59,6 +59,29 @@ def waiters(port: int, tenants: list[Tenant], jobs: list[list[str]]) -> list[Cro
     return made
 
 
+def attackers(port: int, key: str, waiting: list[Tenant], jobs: list[list[str]]) -> list[Crowd]:
+    """Slow headers, slow bodies (sent with `key`) and the waiters, connected."""
+    body_head = request_head(
+        "POST",
+        "/v1/assistants",
+        {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        content_length=400,
+    )
+    return [
+        # Headers that never end, without any API key.
+        Crowd(
+            port,
+            "127.0.0.50",
+            b"POST /v1/assistants HTTP/1.1\r\nHost: x\r\n",
+            drip=b"X-Slow: " + b"a" * 200,
+            interval=1,
+        ).open(80),
+        # A body one byte every two seconds.
+        Crowd(port, "127.0.0.51", body_head, drip=b" " * 400, interval=2).open(20),
+        *waiters(port, waiting, jobs),
+    ]
+
+
 def answers_within(port: int, seconds: float) -> bool:
     try:
         timed_get(port, "/healthz", timeout=seconds)
@@ -79,25 +102,7 @@ def test_slow_clients_waiters_and_a_hanging_receiver_leave_the_edge_up(edge: Sta
             slow.create({"model": "m"}, **{"Callback-URL": hanging.url()}).json()["id"]
             for _ in range(20)
         ]
-        body_head = request_head(
-            "POST",
-            "/v1/assistants",
-            {"Authorization": f"Bearer {victim.api_key}", "Content-Type": "application/json"},
-            content_length=400,
-        )
-        with crowds(
-            # Headers that never end, without any API key.
-            Crowd(
-                edge.port,
-                "127.0.0.50",
-                b"POST /v1/assistants HTTP/1.1\r\nHost: x\r\n",
-                drip=b"X-Slow: " + b"a" * 100,
-                interval=1,
-            ).open(80),
-            # A body one byte every two seconds.
-            Crowd(edge.port, "127.0.0.51", body_head, drip=b" " * 400, interval=2).open(20),
-            *waiters(edge.port, waiting, jobs),
-        ) as attack:
+        with crowds(*attackers(edge.port, victim.api_key, waiting, jobs)) as attack:
             hanging.wait_for(2, timeout=60)  # deliveries to it are in flight, and hang
             # A thousand requests arriving at once take the edge a moment of CPU;
             # once they are held, they cost it nothing.
