@@ -35,6 +35,7 @@ class Unit(TypedDict):
     items: list[Item]
     codes: list[int | None]
     results: list[str | None]
+    job_statuses: list[str]
     batch_id: NotRequired[str]
     lease: NotRequired[str]
 
