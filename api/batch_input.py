@@ -19,6 +19,8 @@ from typing import IO, Any
 import ijson
 
 from api.jsonbody import JsonInvalid, check_value, parse
+from api.truncation import bounded
+from api.truncation import bounded
 
 MAX_REPORTED = 100
 LINE_KEYS = {"custom_id", "method", "url", "body"}
@@ -51,7 +53,7 @@ class Reader:
     def fail(self, entry: dict[str, Any]) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_REPORTED:
-            self.errors.append(entry)
+            self.errors.append(bounded(entry))
 
     def _consume(self, data: bytes) -> None:
         self.size += len(data)
