@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_max_retry_after_seconds: int = 3600
     webhook_secret_overlap_seconds: int = 24 * 3600
+    # Attempts in flight at once to one endpoint (per tenant and origin), across
+    # every worker, so a slow receiver cannot hold every delivery slot; 0: no cap.
+    webhook_endpoint_concurrency: int = 4
+    # The tenant's endpoint is disabled once it has failed this long without a
+    # success (Svix's five days).
+    webhook_disable_after_seconds: float = 5 * 24 * 3600
 
     # Edge
     store_timeout_ms: int = 2000
