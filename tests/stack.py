@@ -119,6 +119,7 @@ class Stack:
         queues: str = "single,bulk,webhooks,maintenance",
         beat: bool = True,
         concurrency: int = 2,
+        pool: str = "prefork",
     ) -> subprocess.Popen[bytes]:
         args = [
             "worker",
@@ -126,6 +127,8 @@ class Stack:
             queues,
             "--concurrency",
             str(concurrency),
+            "--pool",
+            pool,
             "--hostname",
             f"{name}-{self.name}@%h",
         ]
