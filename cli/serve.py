@@ -61,7 +61,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from celery.signals import setup_logging, worker_ready
 
     from worker.celery_app import app
-    from worker.queueing.routes import SINGLE_QUEUE
+    from worker.queueing.routes import SINGLE_QUEUE, WEBHOOK_QUEUE
     from worker.store.connection import Store
     from worker.store.indexes import ensure_indexes
     from worker.telemetry import logs, metrics
@@ -80,7 +80,11 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     ensure_indexes(store)
     store.close()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    concurrency = args.concurrency or settings.worker_concurrency
+    pool, concurrency = args.pool or "prefork", args.concurrency or settings.worker_concurrency
+    if queues == [WEBHOOK_QUEUE] and args.pool is None:
+        # An attempt waits on the network for up to its deadline: threads, and many.
+        pool = "threads"
+        concurrency = args.concurrency or settings.webhook_worker_concurrency
     # celery-batches buffers single creates unacknowledged until it flushes,
     # so that queue needs a prefetch of at least the flush size; chunks are
     # big, so a bulk-only worker takes one at a time per process.
@@ -96,7 +100,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         "--concurrency",
         str(concurrency),
         "--pool",
-        args.pool,
+        pool,
         "--loglevel",
         settings.log_level,
         "--without-gossip",
@@ -115,7 +119,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         extra={
             "queues": queues,
             "concurrency": concurrency,
-            "pool": args.pool,
+            "pool": pool,
             "prefetch_multiplier": prefetch,
             "beat": bool(args.beat),
             "metrics_port": settings.metrics_port or None,

@@ -1,13 +1,14 @@
 """Webhooks isolated from provisioning, and tenants from each other.
 
 A deployment laid out as in production: creates on one worker, deliveries on
-a worker of their own (a threads pool). Each endpoint (tenant and origin)
+a worker of their own (a threads pool, its default). Each endpoint (tenant and origin)
 has at most 2 attempts in flight; an attempt hangs at most 3 s; the tenant's
 endpoint is disabled after failing for 4 s.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ def isolated(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     try:
         stack.start_api()
         stack.start_worker("creates", queues="single,bulk,maintenance")
-        stack.start_worker("webhooks", queues="webhooks", beat=False, concurrency=8, pool="threads")
+        stack.start_worker("webhooks", queues="webhooks", beat=False, concurrency=8)
         yield stack
     finally:
         stack.stop()
@@ -194,6 +195,13 @@ def test_put_enables_a_disabled_endpoint(isolated: Stack) -> None:
         assert again.json()["status"] == "enabled"
         tenant.create({"model": "m"})
         hook.wait_for(1)
+
+
+def test_a_worker_of_webhooks_only_runs_a_threads_pool(isolated: Stack) -> None:
+    for name, pool, concurrency in (("webhooks", "threads", 8), ("creates", "prefork", 2)):
+        log = (isolated.logs / f"{isolated.name}-{name}.log").read_text()
+        (started,) = [json.loads(line) for line in log.splitlines() if "worker starting" in line]
+        assert (started["pool"], started["concurrency"]) == (pool, concurrency)
 
 
 def test_enable_without_an_endpoint_is_404(isolated: Stack) -> None:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     single_flush_every: int = 100
     single_flush_interval: float = 0.02
     worker_concurrency: int = 2
+    # Threads of a worker that takes only webhook deliveries: each attempt waits
+    # on the network for up to its deadline, so one process holds many.
+    webhook_worker_concurrency: int = 32
 
     # Webhooks: seconds to wait before each attempt; the first is sent at once.
     webhook_schedule: Annotated[list[float], NoDecode] = Field(
