@@ -342,8 +342,8 @@ def _lines(stream: IO[bytes], consume: Callable[[bytes], None]) -> Iterator[byte
         while (end := data.find(b"\n", start)) >= 0:
             if pending:
                 pending += data[start : end + 1]
-                yield bytes(pending)
-                pending = bytearray()
+                line, pending = bytes(pending), bytearray()  # one copy alive, not two
+                yield line
             else:
                 yield data[start : end + 1]
             start = end + 1
