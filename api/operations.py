@@ -327,6 +327,17 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             headers=(s.TraceHeaders,),
         ),
         Operation(
+            "enableWebhookEndpoint",
+            "POST",
+            "/v1/webhook_endpoint/enable",
+            "Enable the tenant's webhook endpoint again",
+            "webhooks",
+            {**_ok("The endpoint, enabled", s.WebhookEndpoint), **_errors(404)},
+            description="Forgets its failures; deliveries that failed while it was "
+            "disabled can be sent again with `POST /v1/webhook_deliveries/{id}/retry`.",
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
             "deleteWebhookEndpoint",
             "DELETE",
             "/v1/webhook_endpoint",

@@ -220,10 +220,16 @@ class ModelList(BaseModel):
 
 
 class WebhookEndpoint(BaseModel):
-    """The tenant's webhook endpoint."""
+    """The tenant's webhook endpoint and its state. While it fails, one attempt at a
+    time probes it, spaced by the retry schedule, and other deliveries to it wait;
+    after failing for `WEBHOOK_DISABLE_AFTER_SECONDS` (5 days) it is disabled and
+    deliveries to it fail at once, until `PUT` or `POST .../enable`."""
 
     object: Literal["webhook_endpoint"]
     url: str
+    status: Literal["enabled", "disabled"]
+    failing_since: Unix | None = Field(description="first failure since its last success")
+    disabled_at: Unix | None
 
 
 class WebhookEndpointDeleted(BaseModel):

@@ -12,10 +12,11 @@ from api import inputs, queries
 from api.context import runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from api.jsonbody import JsonInvalid, parse
+from worker.domain.endpoints import endpoint_public
 from worker.domain.events import delivery_public
 from worker.domain.statuses import DeliveryStatus
 from worker.services import outbox, urlguard
-from worker.store import deliveries, tenants
+from worker.store import deliveries, endpoints, tenants
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 
@@ -26,10 +27,6 @@ class WebhookEndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
-
-
-def endpoint_object(url: str) -> dict[str, Any]:
-    return {"object": "webhook_endpoint", "url": url}
 
 
 @bp.get("/webhook_deliveries")
@@ -67,22 +64,23 @@ def retry_delivery(delivery_id: str) -> Response:
 
 @bp.get("/webhook_endpoint")
 def get_endpoint() -> Response:
-    url = tenants.webhook_url(store(), tenant())
-    if url is None:
-        raise not_found("No webhook endpoint is set")
-    return jsonify(endpoint_object(url))
+    return endpoint_answer(endpoints.get(store(), tenant()))
 
 
 @bp.put("/webhook_endpoint")
 def put_endpoint() -> Response:
-    url = endpoint_url()
-    tenants.set_webhook_url(store(), tenant(), url)
-    return jsonify(endpoint_object(url))
+    # A new URL, or the same one again, starts enabled and healthy.
+    return endpoint_answer(endpoints.set_url(store(), tenant(), endpoint_url()))
+
+
+@bp.post("/webhook_endpoint/enable")
+def enable_endpoint() -> Response:
+    return endpoint_answer(endpoints.enable(store(), tenant()))
 
 
 @bp.delete("/webhook_endpoint")
 def delete_endpoint() -> Response:
-    if not tenants.clear_webhook_url(store(), tenant()):
+    if not endpoints.clear(store(), tenant()):
         raise not_found("No webhook endpoint is set")
     return jsonify({"object": "webhook_endpoint.deleted", "deleted": True})
 
@@ -98,6 +96,12 @@ def rotate_secret() -> Response:
             "previous_expires_at": rotated.previous_expire_at,
         }
     )
+
+
+def endpoint_answer(doc: dict[str, Any] | None) -> Response:
+    if doc is None or not isinstance(doc.get("webhook_url"), str):
+        raise not_found("No webhook endpoint is set")
+    return jsonify(endpoint_public(doc))
 
 
 def endpoint_url() -> str:

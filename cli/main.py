@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--queues", default="single,bulk,webhooks,maintenance")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
-    worker.add_argument("--pool", default="prefork")
+    worker.add_argument(
+        "--pool", default=None, help="default prefork; threads for a worker of webhooks only"
+    )
     worker.add_argument("--hostname", default=None)
 
     beat = sub.add_parser("beat", help="run the periodic scheduler (reconciler, webhook sweep)")

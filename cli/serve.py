@@ -60,7 +60,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from celery.signals import setup_logging, worker_ready
 
     from worker.celery_app import app
-    from worker.queueing.routes import SINGLE_QUEUE
+    from worker.queueing.routes import SINGLE_QUEUE, WEBHOOK_QUEUE
     from worker.store.connection import Store
     from worker.store.indexes import ensure_indexes
     from worker.telemetry import exposition, logs
@@ -79,7 +79,11 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     ensure_indexes(store)
     store.close()
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    concurrency = args.concurrency or settings.worker_concurrency
+    pool, concurrency = args.pool or "prefork", args.concurrency or settings.worker_concurrency
+    if queues == [WEBHOOK_QUEUE] and args.pool is None:
+        # An attempt waits on the network for up to its deadline: threads, and many.
+        pool = "threads"
+        concurrency = args.concurrency or settings.webhook_worker_concurrency
     # A message of single creates is small and quick: a few reserved per
     # process keep the pool busy between round trips to the broker. Chunks are
     # big, so a bulk-only worker takes one at a time per process.
@@ -93,7 +97,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         "--concurrency",
         str(concurrency),
         "--pool",
-        args.pool,
+        pool,
         "--loglevel",
         settings.log_level,
         "--without-gossip",
@@ -112,7 +116,7 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         extra={
             "queues": queues,
             "concurrency": concurrency,
-            "pool": args.pool,
+            "pool": pool,
             "prefetch_multiplier": prefetch,
             "beat": bool(args.beat),
             "metrics_port": settings.metrics_port or None,

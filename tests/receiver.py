@@ -14,6 +14,8 @@ from a programme of replies, one per request, then a default (200):
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -74,6 +76,8 @@ class Receiver:
         self.default: Reply = Reply()
         self._programme: deque[Action] = deque()
         self._requests: list[Received] = []
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most requests it held at once
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -149,6 +153,31 @@ class Receiver:
         self.stop()
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._answer(handler)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _hold(self, handler: BaseHTTPRequestHandler, seconds: float) -> bool:
+        """Hold the request for `seconds` or until released; False if the sender
+        hung up meanwhile (so `max_in_flight` counts only requests it still waits on)."""
+        deadline = time.monotonic() + seconds
+        connection = handler.connection
+        while not self._released.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([connection], [], [], 0.05)
+            if readable:
+                try:
+                    if not connection.recv(1, socket.MSG_PEEK):
+                        return False
+                except OSError:
+                    return False
+        return True
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         arrived = time.time()
@@ -161,7 +190,8 @@ class Receiver:
         with self._lock:
             self._requests.append(Received(handler.path, headers, body, arrived, answered))
         if isinstance(action, Hang):
-            self._released.wait(action.seconds)
+            if not self._hold(handler, action.seconds):
+                return  # the sender hung up
             action = Reply()
         if isinstance(action, Drip):
             handler.wfile.write(b"HTTP/1.0 200 OK\r\nX-Drip: ")

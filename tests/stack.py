@@ -118,7 +118,7 @@ class Stack:
         queues: str = "single,bulk,webhooks,maintenance",
         beat: bool = True,
         concurrency: int = 2,
-        pool: str = "prefork",
+        pool: str | None = None,
     ) -> subprocess.Popen[bytes]:
         args = [
             "worker",
@@ -126,11 +126,11 @@ class Stack:
             queues,
             "--concurrency",
             str(concurrency),
-            "--pool",
-            pool,
             "--hostname",
             f"{name}-{self.name}@%h",
         ]
+        if pool is not None:
+            args += ["--pool", pool]
         if beat:
             args.append("--beat")
         process = self.spawn(name, *args)

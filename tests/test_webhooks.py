@@ -301,7 +301,13 @@ def test_tenant_endpoint_is_used_when_there_is_no_callback_url(
     with Receiver() as hook:
         put = tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url("/tenant")})
         assert put.status_code == 200
-        assert put.json() == {"object": "webhook_endpoint", "url": hook.url("/tenant")}
+        assert put.json() == {
+            "object": "webhook_endpoint",
+            "url": hook.url("/tenant"),
+            "status": "enabled",
+            "failing_since": None,
+            "disabled_at": None,
+        }
         assert tenant.request("GET", "/v1/webhook_endpoint").json() == put.json()
 
         job = tenant.create({"model": "m"}).json()

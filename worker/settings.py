@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     webhook_sweep_interval_seconds: float = 1.0
 
     worker_concurrency: int = 2
+    # Threads of a worker that takes only webhook deliveries: each attempt waits
+    # on the network for up to its deadline, so one process holds many.
+    webhook_worker_concurrency: int = 32
 
     # Webhooks: seconds to wait before each attempt; the first is sent at once.
     webhook_schedule: Annotated[list[float], NoDecode] = Field(
@@ -50,6 +53,12 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_max_retry_after_seconds: int = 3600
     webhook_secret_overlap_seconds: int = 24 * 3600
+    # Attempts in flight at once to one endpoint (per tenant and origin), across
+    # every worker, so a slow receiver cannot hold every delivery slot; 0: no cap.
+    webhook_endpoint_concurrency: int = 4
+    # The tenant's endpoint is disabled once it has failed this long without a
+    # success (Svix's five days).
+    webhook_disable_after_seconds: float = 5 * 24 * 3600
 
     # Edge
     store_timeout_ms: int = 2000

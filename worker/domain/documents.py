@@ -41,6 +41,7 @@ class Unit(TypedDict):
     items: list[Item]
     codes: list[int | None]
     results: list[str | None]
+    job_statuses: list[str]
     batch_id: NotRequired[str]
     lease: NotRequired[str]
     # The assistants its modifies and deletes target, and the jobs among them

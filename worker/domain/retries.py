@@ -25,9 +25,10 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
-        # Network errors and timeouts are retried; a refused address is not.
+        # Network errors and timeouts are retried; a refused address or a
+        # disabled endpoint is not.
         if self.status_code is None:
-            return self.error is not None and not self.error.startswith("refused:")
+            return self.error is not None and not self.error.startswith(("refused:", "disabled:"))
         return self.status_code in RETRYABLE_STATUS or self.status_code >= 500
 
 

@@ -4,12 +4,16 @@ A unit is one document holding one request (a single create) or a chunk of a
 batch's requests, with their results in parallel arrays. One document per
 chunk instead of per request is what lets a batch cost little more than the
 assistants it inserts; the API still shows one job per request. A job's
-status is derived from its unit's status and its result code.
+status is derived from its unit's status and its result code; the distinct
+statuses of a unit's jobs are stored with it (`job_statuses`), set by every
+write that changes them, so that a list filtered by status reads only units
+that hold such jobs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from worker.domain import assistants
@@ -52,6 +56,7 @@ def new_unit(
         "items": items,
         "codes": [None] * len(items),
         "results": [None] * len(items),
+        "job_statuses": [JobStatus.QUEUED],
     }
     if batch_id is not None:
         unit["batch_id"] = batch_id
@@ -81,20 +86,33 @@ def results_fields(results: list[tuple[int, Any]], now: int) -> Doc:
         "codes": [code for code, _ in results],
         "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
         "completed_at": now,
+        "job_statuses": job_statuses(UnitStatus.DONE, [code for code, _ in results]),
     }
 
 
-def item_status(unit: Unit, index: int) -> JobStatus:
-    code = unit["codes"][index]
+def job_status(unit_status: str, code: int | None) -> JobStatus:
+    """A job's status, from its unit's status and its result code."""
     if code == 200:
         return JobStatus.SUCCEEDED
     if code is not None:
         return JobStatus.FAILED
-    if unit["status"] == UnitStatus.CANCELLED:
+    if unit_status == UnitStatus.CANCELLED:
         return JobStatus.CANCELLED
-    if unit["status"] == UnitStatus.DONE:  # finished without a result: cannot happen, say so
+    if unit_status == UnitStatus.DONE:  # finished without a result: cannot happen, say so
         return JobStatus.FAILED
-    return JobStatus(unit["status"])
+    return JobStatus(unit_status)
+
+
+def item_status(unit: Unit, index: int) -> JobStatus:
+    return job_status(unit["status"], unit["codes"][index])
+
+
+def job_statuses(unit_status: str, codes: Sequence[int | None]) -> list[str]:
+    """The distinct statuses of a unit's jobs, as stored in `job_statuses`; a
+    staged chunk's jobs are not shown yet, so it has none."""
+    if unit_status == UnitStatus.STAGED:
+        return []
+    return sorted({job_status(unit_status, code) for code in codes})
 
 
 def job_public(unit: Unit, index: int) -> Doc:

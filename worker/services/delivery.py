@@ -3,6 +3,12 @@
 Signing follows Standard Webhooks. The connection goes to an address that
 was checked, redirects are not followed, the whole attempt has one deadline
 and the response body is read only up to a small cap.
+
+Before the POST, the attempt takes one of its endpoint's slots (a cap on
+attempts in flight per tenant and origin) and, to the tenant's endpoint,
+passes its circuit breaker (`worker.domain.endpoints`). An attempt that may
+not go now is put back as due later, without spending an attempt and
+without holding the worker.
 """
 
 from __future__ import annotations
@@ -13,24 +19,28 @@ import hashlib
 import hmac
 import http.client
 import logging
+import random
 import socket
 import ssl
 import threading
 import time
 from email.utils import parsedate_to_datetime
 
+from worker.domain import endpoints as endpoint_rules
 from worker.domain.documents import Delivery
 from worker.domain.retention import expire_at
 from worker.domain.retries import Outcome, RetryPolicy
 from worker.domain.statuses import DeliveryStatus
 from worker.runtime import Runtime
-from worker.services import urlguard
-from worker.store import deliveries, tenants
+from worker.services import slots, urlguard
+from worker.store import deliveries, endpoints, tenants
 from worker.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 RESPONSE_CAP = 64 * 1024
+# An attempt that finds every slot of its endpoint taken is due again this soon.
+SLOT_WAIT_SECONDS = (0.5, 1.5)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
@@ -48,12 +58,85 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
     doc, token = claimed
     tenant = tenants.get(rt.store, doc["tenant"])
     signing = tenants.current_secrets(tenant) if tenant else []
-    started = time.monotonic()
-    if signing:
-        outcome = post(rt, doc, signing)
-    else:
+    if not signing:
         outcome = Outcome(None, "refused: the tenant has no signing secret")
-    record(rt, policy, doc, token, outcome, int((time.monotonic() - started) * 1000))
+        record(rt, policy, doc, token, outcome, 0)
+        return
+    to_endpoint = endpoint_rules.is_endpoint(tenant, doc["url"])
+    if to_endpoint and tenant and tenant.get(endpoint_rules.DISABLED_AT) is not None:
+        record(rt, policy, doc, token, Outcome(None, endpoint_rules.disabled_error(tenant)), 0)
+        return
+    slot = slots.take(
+        rt,
+        endpoint_rules.slot_key(doc["tenant"], doc["url"]),
+        rt.settings.webhook_endpoint_concurrency,
+        policy.lease_seconds,
+    )
+    if slot is None:
+        defer(rt, doc, token, time.time() + random.uniform(*SLOT_WAIT_SECONDS), "slots")
+        return
+    try:
+        if to_endpoint:
+            wait_until = breaker_wait(rt, policy, doc["tenant"], doc["url"])
+            if wait_until is not None:
+                defer(rt, doc, token, wait_until, "breaker")
+                return
+        started = time.monotonic()
+        outcome = post(rt, doc, signing)
+        record(rt, policy, doc, token, outcome, int((time.monotonic() - started) * 1000))
+        if to_endpoint:
+            endpoint_health(rt, policy, doc, outcome)
+    finally:
+        # Given back once the outcome is known to the breaker, so the next
+        # attempt to take this slot sees it.
+        slots.give_back(rt, slot)
+
+
+def breaker_wait(rt: Runtime, policy: RetryPolicy, tenant: str, url: str) -> float | None:
+    """When an attempt to the failing endpoint may be made, or None: now. Read
+    with the slot held, so it includes every outcome of the attempts before."""
+    health = endpoints.get(rt.store, tenant)
+    if health is None or health.get("webhook_url") != url:
+        return None
+    if health.get(endpoint_rules.DISABLED_AT) is not None:
+        return time.time()  # disabled meanwhile: the next claim records it
+    if not health.get(endpoint_rules.FAILURES):
+        return None
+    now = time.time()
+    retry_at = health.get(endpoint_rules.RETRY_AT) or 0.0
+    if retry_at <= now and endpoints.take_probe(
+        rt.store, tenant, url, now, now + policy.lease_seconds
+    ):
+        return None
+    # Spread the deliveries that waited, so they do not all come due at once.
+    return max(retry_at, now) + random.uniform(*SLOT_WAIT_SECONDS)
+
+
+def endpoint_health(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Outcome) -> None:
+    """Tell the tenant's endpoint's breaker how the attempt went."""
+    tenant, url, now = doc["tenant"], doc["url"], time.time()
+    if outcome.delivered:
+        endpoints.delivered(rt.store, tenant, url)
+        return
+    health = endpoints.failed(rt.store, tenant, url, now)
+    if health is None:
+        return  # the endpoint changed, or is disabled already
+    failing_since = health[endpoint_rules.FAILING_SINCE]
+    if now - failing_since >= rt.settings.webhook_disable_after_seconds and endpoints.disable(
+        rt.store, tenant, url, now, now - rt.settings.webhook_disable_after_seconds
+    ):
+        log.warning("webhook endpoint of %s disabled: failing since %d", tenant, failing_since)
+        return
+    failures = health[endpoint_rules.FAILURES]
+    endpoints.space(
+        rt.store, tenant, url, failures, now + endpoint_rules.spacing(policy.schedule, failures)
+    )
+
+
+def defer(rt: Runtime, doc: Delivery, token: str, due: float, reason: str) -> None:
+    """Put the delivery back as due at `due`, its attempts untouched."""
+    if deliveries.defer(rt.store, doc["_id"], token, due):
+        metrics.webhook_deferred(reason)
 
 
 def post(rt: Runtime, doc: Delivery, signing: list[str]) -> Outcome:

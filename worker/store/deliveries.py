@@ -112,6 +112,19 @@ def claim(
     return None if doc is None else (cast(Delivery, doc), token)
 
 
+def defer(store: Store, delivery_id: str, token: str, due: float) -> bool:
+    """Give the lease back with the delivery due at `due`, no attempt recorded;
+    the sweep sends it then."""
+    result = store.deliveries.update_one(
+        {"_id": delivery_id, "lease": token},
+        {
+            "$set": {"next_attempt_at": due, "swept_at": 0},
+            "$unset": {"lease": "", "lease_expires": ""},
+        },
+    )
+    return result.modified_count == 1
+
+
 def record_attempt(store: Store, delivery_id: str, token: str, attempt: Doc, update: Doc) -> bool:
     """Record an attempt and what follows, fenced by its lease."""
     result = store.deliveries.update_one(

@@ -140,15 +140,3 @@ def webhook_urls(store: Store, tenants: set[str]) -> dict[str, str | None]:
     """Each tenant's endpoint, in one read."""
     docs = store.tenants.find({"_id": {"$in": list(tenants)}}, {"webhook_url": 1})
     return {doc["_id"]: doc.get("webhook_url") for doc in docs}
-
-
-def set_webhook_url(store: Store, tenant: str, url: str) -> None:
-    store.tenants.update_one({"_id": tenant}, {"$set": {"webhook_url": url}})
-
-
-def clear_webhook_url(store: Store, tenant: str) -> bool:
-    """Remove the tenant's endpoint; False when there was none."""
-    result = store.tenants.update_one(
-        {"_id": tenant, "webhook_url": {"$type": "string"}}, {"$unset": {"webhook_url": ""}}
-    )
-    return result.modified_count == 1

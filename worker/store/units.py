@@ -16,7 +16,7 @@ from typing import Any, cast
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
 from worker.domain.documents import Doc, Unit
-from worker.domain.statuses import CLOSED_UNIT, UnitStatus
+from worker.domain.statuses import CLOSED_UNIT, JobStatus, UnitStatus
 from worker.domain.units import job_public, results_fields
 from worker.store import pages
 from worker.store.connection import Store, insert_new
@@ -34,6 +34,21 @@ def ensure_indexes(store: Store) -> None:
         [("batch_id", ASCENDING), ("seq", ASCENDING)], partialFilterExpression=IN_A_BATCH
     )
     store.jobs.create_index([("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)])
+    # Lists filtered by status: a range of units holding jobs of that status,
+    # in list order. Multikey, but a unit holds at most two statuses (a
+    # finished chunk's succeeded and failed jobs).
+    store.jobs.create_index(
+        [
+            ("tenant", ASCENDING),
+            ("job_statuses", ASCENDING),
+            ("created_at", ASCENDING),
+            ("_id", ASCENDING),
+        ]
+    )
+    store.jobs.create_index(
+        [("batch_id", ASCENDING), ("job_statuses", ASCENDING), ("seq", ASCENDING)],
+        partialFilterExpression=IN_A_BATCH,
+    )
     # The reconciler's one sweep: only open units carry `due_at` (when a queued
     # unit is sent again, or when an in_progress unit's lease runs out).
     store.jobs.create_index([("due_at", ASCENDING)], sparse=True)
@@ -75,13 +90,6 @@ def get_job(store: Store, tenant: str, job_id: str) -> Doc | None:
     return None
 
 
-def iter_jobs(store: Store, query: Doc, sort: list[tuple[str, int]]) -> Iterator[Doc]:
-    """Every job of the units matching `query`, in unit then item order."""
-    for unit in store.jobs.find(query, sort=sort, batch_size=8):
-        for index in range(len(unit["items"])):
-            yield job_public(cast(Unit, unit), index)
-
-
 def list_jobs(
     store: Store,
     tenant: str,
@@ -91,13 +99,23 @@ def list_jobs(
     limit: int,
     after: str | None,
 ) -> tuple[list[Doc], bool] | None:
-    """A page of jobs and whether more follow; None when `after` is unknown."""
+    """A page of jobs and whether more follow; None when `after` is unknown.
+
+    With a status, only units holding jobs of that status are read, through
+    an index on `job_statuses`: a page costs the units it shows.
+    """
     query: Doc = {"tenant": tenant}
     if batch_id is not None:
         query["batch_id"] = batch_id
         sort = [("seq", ASCENDING)]
     else:
         sort = [(key, ASCENDING) for key in pages.ORDER]
+    if status is not None:
+        query["job_statuses"] = status
+    else:
+        # A chunk stored while its batch still streams in is not shown yet.
+        query["status"] = {"$ne": UnitStatus.STAGED}
+    anchor = None
     if after is not None:
         anchor = find_unit(store, tenant, after, {"created_at": 1, "seq": 1, "batch_id": 1})
         if anchor is None or (batch_id is not None and anchor.get("batch_id") != batch_id):
@@ -107,16 +125,18 @@ def list_jobs(
         else:
             query.update(pages.beyond(cast(Doc, anchor), ascending=True, inclusive=True))
     page: list[Doc] = []
-    skipping = after is not None
-    for job in iter_jobs(store, query, sort):
-        if skipping:
-            skipping = job["id"] != after
-            continue
-        if status is not None and job["status"] != status:
-            continue
-        if len(page) == limit:
-            return page, True
-        page.append(job)
+    for unit in store.jobs.find(query, sort=sort, batch_size=8):
+        start = 0
+        if anchor is not None and unit["_id"] == anchor["_id"]:
+            # The cursor's own unit: only the jobs after it.
+            start = 1 + next(i for i, item in enumerate(unit["items"]) if item["id"] == after)
+        for index in range(start, len(unit["items"])):
+            job = job_public(cast(Unit, unit), index)
+            if status is not None and job["status"] != status:
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(job)
     return page, False
 
 
@@ -128,6 +148,7 @@ def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
         {
             "$set": {
                 "status": UnitStatus.IN_PROGRESS,
+                "job_statuses": {"$literal": [JobStatus.IN_PROGRESS]},
                 "lease": token,
                 # Past this, the reconciler takes the unit back.
                 "due_at": now + lease_seconds,
@@ -217,6 +238,7 @@ def release(store: Store, unit: Unit, due_at: int) -> bool:
             {
                 "$set": {
                     "status": UnitStatus.QUEUED,
+                    "job_statuses": {"$literal": [JobStatus.QUEUED]},
                     "due_at": due_at,
                     "attempts": {"$subtract": ["$attempts", 1]},
                     "started_at": {"$cond": [{"$lte": ["$attempts", 1]}, None, "$started_at"]},
@@ -242,7 +264,7 @@ def note_deleting(store: Store, unit: Unit, job_ids: list[str]) -> bool:
 
 def insert_staged(store: Store, unit: Unit) -> None:
     """A chunk stored while its batch streams in: invisible, unsent, not due."""
-    staged: Doc = dict(unit, status=UnitStatus.STAGED)
+    staged: Doc = dict(unit, status=UnitStatus.STAGED, job_statuses=[])
     staged.pop("due_at", None)
     store.jobs.insert_one(staged)
 
@@ -250,7 +272,13 @@ def insert_staged(store: Store, unit: Unit) -> None:
 def queue_staged(store: Store, batch_id: str, due_at: int) -> None:
     store.jobs.update_many(
         {"batch_id": batch_id, "status": UnitStatus.STAGED},
-        {"$set": {"status": UnitStatus.QUEUED, "due_at": due_at}},
+        {
+            "$set": {
+                "status": UnitStatus.QUEUED,
+                "job_statuses": [JobStatus.QUEUED],
+                "due_at": due_at,
+            }
+        },
     )
 
 
@@ -262,7 +290,12 @@ def cancel_queued(store: Store, batch_id: str, now: int, expire_at: datetime) ->
     store.jobs.update_many(
         {"batch_id": batch_id, "status": UnitStatus.QUEUED},
         {
-            "$set": {"status": UnitStatus.CANCELLED, "completed_at": now, "expire_at": expire_at},
+            "$set": {
+                "status": UnitStatus.CANCELLED,
+                "job_statuses": [JobStatus.CANCELLED],
+                "completed_at": now,
+                "expire_at": expire_at,
+            },
             "$unset": {"due_at": ""},
         },
     )
@@ -315,7 +348,14 @@ def reclaim(store: Store, unit: Doc, now: int) -> bool:
     """Take back a unit whose lease ran out; a worker that finishes first wins."""
     result = store.jobs.update_one(
         {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
-        {"$set": {"status": UnitStatus.QUEUED, "due_at": now - 1}, "$unset": {"lease": ""}},
+        {
+            "$set": {
+                "status": UnitStatus.QUEUED,
+                "job_statuses": [JobStatus.QUEUED],
+                "due_at": now - 1,
+            },
+            "$unset": {"lease": ""},
+        },
     )
     return result.modified_count == 1
 

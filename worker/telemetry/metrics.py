@@ -55,6 +55,13 @@ WEBHOOK_ATTEMPTS = Counter(
     "Webhook delivery attempts, by what followed: delivered, retrying or failed.",
     ["result"],
 )
+WEBHOOK_DEFERRED = Counter(
+    "assistant_ingest_webhook_deferred_total",
+    "Webhook attempts put back as due later without being made, by reason: slots (as "
+    "many attempts to the endpoint in flight as its cap allows) or breaker (the "
+    "tenant's endpoint is failing and another attempt probes it).",
+    ["reason"],
+)
 WEBHOOK_SECONDS = Histogram(
     "assistant_ingest_webhook_attempt_duration_seconds",
     "Duration of one webhook delivery attempt.",
@@ -119,3 +126,7 @@ def webhook_attempt(result: str, duration_ms: int) -> None:
     """One delivery attempt and what follows it: delivered, retrying (pending) or failed."""
     WEBHOOK_ATTEMPTS.labels("retrying" if result == "pending" else result).inc()
     WEBHOOK_SECONDS.observe(duration_ms / 1000)
+
+
+def webhook_deferred(reason: str) -> None:
+    WEBHOOK_DEFERRED.labels(reason).inc()

@@ -1,0 +1,128 @@
+"""A tenant whose webhook receiver hangs, and what it does to another tenant.
+
+Tenant B (or `--hanging-tenants` of them) makes 20 creates whose callback never
+answers (each attempt holds its sender for the 10 s deadline); then tenant A
+makes `Prefer: wait` creates with
+a callback that answers at once, for `--seconds`. Printed for each layout of
+the webhooks worker: A's waited creates and the time from each answer to its
+webhook's arrival (p50, p99, max), how many of A's webhooks had not arrived
+20 s after the last create, and the webhooks worker's memory.
+
+    PYTHONPATH=. .venv/bin/python -m bench.webhooks [--seconds 30] [--layouts ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.harness import QUIET, percentile, process_tree, rss_kib, warm_up
+from cli.embedded import start_mongo, start_valkey
+from tests.receiver import Hang, Receiver
+from tests.stack import Servers, Stack
+
+# name: (queues of the creates' worker, webhooks worker as (pool, processes or
+# threads) or None when the creates' worker also takes deliveries, endpoint cap)
+LAYOUTS: dict[str, tuple[str, tuple[str, int] | None, int]] = {
+    "shared-prefork2-nocap": ("single,bulk,webhooks,maintenance", None, 0),
+    "own-prefork2-nocap": ("single,bulk,maintenance", ("prefork", 2), 0),
+    "own-prefork2-cap1": ("single,bulk,maintenance", ("prefork", 2), 1),
+    "own-prefork8-cap4": ("single,bulk,maintenance", ("prefork", 8), 4),
+    "own-threads32-cap4": ("single,bulk,maintenance", ("threads", 32), 4),
+}
+
+
+@contextmanager
+def layout(name: str) -> Iterator[Stack]:
+    creates_queues, webhooks, cap = LAYOUTS[name]
+    with tempfile.TemporaryDirectory(prefix="ai-bench-") as tmp:
+        data = Path(tmp)
+        valkey = start_valkey(data / "valkey")
+        mongo = start_mongo(data / "mongo")
+        overrides = {**QUIET, "WEBHOOK_ENDPOINT_CONCURRENCY": str(cap)}
+        stack = Stack(Servers(mongo=mongo, valkey=valkey), data, overrides)
+        try:
+            stack.start_api()
+            stack.spawn("creates", "worker", "--queues", creates_queues, "--beat")
+            if webhooks is not None:
+                pool, concurrency = webhooks
+                stack.spawn(
+                    "webhooks",
+                    "worker",
+                    "--queues",
+                    "webhooks",
+                    "--pool",
+                    pool,
+                    "--concurrency",
+                    str(concurrency),
+                )
+            warm_up(stack.new_tenant("warm-up"))
+            yield stack
+        finally:
+            stack.stop()
+            mongo.stop()
+            valkey.stop()
+
+
+def run(name: str, seconds: float, hanging_tenants: int) -> None:
+    with layout(name) as stack, Receiver() as stuck, Receiver() as fine:
+        stuck.default = Hang(3600)
+        other = stack.new_tenant("a")
+        for index in range(hanging_tenants):
+            hanging = stack.new_tenant(f"b{index}")
+            for _ in range(20):
+                hanging.create({"model": "m"}, **{"Callback-URL": stuck.url()})
+        stuck.wait_for(1, timeout=60)
+        waited: list[float] = []
+        answered_at: dict[str, float] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            response = other.create(
+                {"model": "m"}, Prefer="wait=30", **{"Callback-URL": fine.url()}
+            )
+            waited.append(time.monotonic() - started)
+            answered_at[response.headers["Location"].rsplit("/", 1)[1]] = time.time()
+        settle = time.monotonic() + 20
+        while len(fine.requests) < len(answered_at) and time.monotonic() < settle:
+            time.sleep(0.2)
+        lags = []
+        for request in fine.requests:
+            lags.append(request.at - answered_at[json.loads(request.body)["data"]["id"]])
+        missing = len(answered_at) - len(lags)
+        worker = stack.processes.get("webhooks") or stack.processes["creates"]
+        rss = sum(rss_kib(pid) for pid in process_tree(worker.pid)) / 1024
+        print(
+            f"{name:24} creates {len(waited):4}: p50 {statistics.median(waited) * 1000:6.0f} ms, "
+            f"p99 {percentile(waited, 99) * 1000:6.0f} ms | webhooks: "
+            + (
+                f"p50 {statistics.median(lags):5.2f} s, p99 {percentile(lags, 99):5.2f} s, "
+                f"max {max(lags):5.2f} s"
+                if len(lags) >= 2
+                else "none"
+            )
+            + f", {missing} not arrived | hanging receiver held {stuck.max_in_flight} at once"
+            f" | webhooks worker RSS {rss:.0f} MiB",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--layouts", nargs="*", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--hanging-tenants", type=int, default=1)
+    args = parser.parse_args()
+    print(f"{args.hanging_tenants} tenant(s) with 20 creates each to a receiver that hangs")
+    for name in args.layouts:
+        run(name, args.seconds, args.hanging_tenants)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Webhook endpoints: what one is for the concurrency cap, and the health of the
+tenant's endpoint (the circuit breaker).
+
+The cap counts attempts in flight per tenant and origin (scheme, host, port),
+whatever the path: one slow receiver cannot take every delivery slot, and one
+tenant's cannot take another's.
+
+The breaker watches the tenant's endpoint (`PUT /v1/webhook_endpoint`). Each
+failed attempt to it counts; while it fails, one attempt at a time probes it,
+spaced by the retry schedule (after its n-th failure in a row, not before the
+schedule's n-th wait), and the other deliveries to it wait without spending
+attempts. A success closes the breaker. An endpoint that has failed for
+`webhook_disable_after_seconds` without a success is disabled: deliveries to it
+fail at once, until the tenant enables it again (`PUT` or `POST
+/v1/webhook_endpoint/enable`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from worker.domain.documents import Doc
+
+# Fields of the tenant's document that hold its endpoint's health.
+FAILING_SINCE = "endpoint_failing_since"
+FAILURES = "endpoint_failures"
+RETRY_AT = "endpoint_retry_at"
+DISABLED_AT = "endpoint_disabled_at"
+HEALTH = (FAILING_SINCE, FAILURES, RETRY_AT, DISABLED_AT)
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        port = 0
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def slot_key(tenant: str, url: str) -> str:
+    """The name of the concurrency cap an attempt to `url` counts against."""
+    return hashlib.sha256(f"{tenant}\0{origin(url)}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def is_endpoint(tenant: Doc | None, url: str) -> bool:
+    """Whether a delivery to `url` goes to the tenant's endpoint (the breaker's concern)."""
+    return tenant is not None and tenant.get("webhook_url") == url
+
+
+def spacing(schedule: tuple[float, ...], failures: int) -> float:
+    """Seconds before the endpoint is tried again after `failures` failures in a row."""
+    if not schedule:
+        return 0.0
+    return schedule[min(failures, len(schedule) - 1)] * random.uniform(0.9, 1.1)
+
+
+def disabled_error(tenant: Doc) -> str:
+    since = _iso(tenant.get(FAILING_SINCE))
+    return (
+        f"disabled: the endpoint was disabled at {_iso(tenant.get(DISABLED_AT))}, failing since "
+        f"{since}; PUT /v1/webhook_endpoint or POST /v1/webhook_endpoint/enable enables it"
+    )
+
+
+def endpoint_public(tenant: Doc) -> Doc:
+    """`GET /v1/webhook_endpoint`: the URL and the endpoint's state."""
+    failing_since = tenant.get(FAILING_SINCE)
+    disabled_at = tenant.get(DISABLED_AT)
+    return {
+        "object": "webhook_endpoint",
+        "url": tenant["webhook_url"],
+        "status": "disabled" if disabled_at is not None else "enabled",
+        "failing_since": None if failing_since is None else int(failing_since),
+        "disabled_at": None if disabled_at is None else int(disabled_at),
+    }
+
+
+def _iso(at: float | None) -> str:
+    if at is None:
+        return "?"
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
