@@ -549,25 +549,23 @@ class _Counting:
 
 
 def _lines(stream: IO[bytes], consume: Callable[[bytes], None]) -> Iterator[bytes]:
-    """The lines of `stream`, each with its newline, read in large blocks that
-    `consume` sees first (it enforces the size limit).
+    """The lines of `stream`, each with its newline, read in pieces of at most 1 MiB
+    that `consume` sees first (it enforces the size limit).
 
-    Not `readline`: servers hand a line over in 1 KiB pieces, and the heap
-    they fragment stays with the process after a long line; large blocks are
-    given back.
+    A short line is handed on as soon as it has arrived, so an upload is stored as
+    it streams in. A long one is put together from few large pieces, whose memory
+    the process gives back, not from the server's 1 KiB reads held all at once.
     """
     pending = bytearray()
-    while data := stream.read(1 << 20):
-        consume(data)
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if pending:
-                pending += data[start : end + 1]
-                line, pending = bytes(pending), bytearray()  # one copy alive, not two
-                yield line
-            else:
-                yield data[start : end + 1]
-            start = end + 1
-        pending += data[start:]
+    while piece := stream.readline(1 << 20):
+        consume(piece)
+        if not piece.endswith(b"\n"):
+            pending += piece
+        elif pending:
+            pending += piece
+            line, pending = bytes(pending), bytearray()  # one copy alive, not two
+            yield line
+        else:
+            yield piece
     if pending:
         yield bytes(pending)
