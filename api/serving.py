@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import socket
+import time
 from typing import Any
 
 from gunicorn.workers.ggevent import GeventWorker
@@ -58,3 +60,16 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
             self.open_by_address[address] -= 1
             if not self.open_by_address[address]:
                 del self.open_by_address[address]
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        super().handle_error(req, client, addr, exc)
+        # A request refused before it was read whole (a request line or headers
+        # over the limits): read what the client still sends before closing, since
+        # closing with unread data resets the connection and the client may lose
+        # the answer it was sent (a lingering close).
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+            client.settimeout(1)
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline and client.recv(65536):
+                pass
