@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
+from worker.domain.assistants import KEY
 from worker.domain.documents import Doc
 from worker.store import pages
 from worker.store.connection import Store, insert_new
@@ -16,6 +18,66 @@ def ensure_indexes(store: Store) -> None:
     store.assistants.create_index(
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
+    # Provisioning keys: unique per tenant. Only keyed assistants are in it, so
+    # plain creates pay nothing, and deleting an assistant frees its key.
+    store.assistants.create_index(
+        [("tenant", ASCENDING), (KEY, ASCENDING)],
+        unique=True,
+        partialFilterExpression={KEY: {"$type": "string"}},
+    )
+
+
+def find_named(store: Store, tenant: str, names: list[str]) -> dict[str, Doc]:
+    """The tenant's assistants an apply line names: by provisioning key, or else
+    by id; each name mapped to its assistant."""
+    if not names:
+        return {}
+    found = store.assistants.find(
+        {"tenant": tenant, "$or": [{KEY: {"$in": names}}, {"id": {"$in": names}}]}
+    )
+    by_key: dict[str, Doc] = {}
+    by_id: dict[str, Doc] = {}
+    for doc in found:
+        if isinstance(doc.get(KEY), str):
+            by_key[doc[KEY]] = doc
+        by_id[doc["id"]] = doc
+    wanted = set(names)
+    named = {name: doc for name, doc in by_id.items() if name in wanted}
+    named.update((name, doc) for name, doc in by_key.items() if name in wanted)
+    return named
+
+
+def set_content(store: Store, updates: list[tuple[Any, Doc]]) -> set[Any]:
+    """Set assistants, each `(_id, fields)`, to exactly these fields; returns the
+    `_id`s that were not found (deleted meanwhile: nothing is brought back)."""
+    if not updates:
+        return set()
+    ops = [UpdateOne({"_id": oid}, _set_literally(fields)) for oid, fields in updates]
+    written = store.assistants.bulk_write(ops, ordered=False)
+    if written.matched_count == len(ops):
+        return set()
+    ids = [oid for oid, _ in updates]
+    return set(ids) - {
+        doc["_id"] for doc in store.assistants.find({"_id": {"$in": ids}}, {"_id": 1})
+    }
+
+
+def iter_all(store: Store, tenant: str) -> Iterator[Doc]:
+    """Every assistant of the tenant in creation order, a batch in memory at a time."""
+    order = [("created_at", ASCENDING), ("_id", ASCENDING)]
+    yield from store.assistants.find({"tenant": tenant}, sort=order, batch_size=500)
+
+
+def iter_keyed(store: Store, tenant: str) -> Iterator[Doc]:
+    """The tenant's assistants that carry a provisioning key: their `_id`, id and key."""
+    yield from store.assistants.find(
+        {"tenant": tenant, KEY: {"$type": "string"}}, {"id": 1, KEY: 1}, batch_size=1000
+    )
+
+
+def delete_by_oids(store: Store, oids: list[Any]) -> None:
+    if oids:
+        store.assistants.delete_many({"_id": {"$in": oids}})
 
 
 def insert(store: Store, docs: list[Doc]) -> list[Doc]:

@@ -159,12 +159,13 @@ def record(
     now: int,
     expire_at: datetime,
     owing: set[str],
+    actions: dict[str, list[str | None]] | None = None,
 ) -> set[str]:
     """Write results, fenced by the lease; returns the ids of units this call finished."""
     ops = []
     for unit in units:
         update: Doc = {
-            **results_fields(outcomes[unit["_id"]], now),
+            **results_fields(outcomes[unit["_id"]], now, (actions or {}).get(unit["_id"])),
             "expire_at": expire_at,
             "done_by": unit["lease"],
         }
@@ -277,9 +278,50 @@ def closed_chunks(store: Store, batch_id: str, except_seqs: list[int]) -> list[D
                 "status": {"$in": list(CLOSED_UNIT)},
                 "seq": {"$nin": except_seqs},
             },
-            {"codes": 1, "status": 1, "seq": 1},
+            {"codes": 1, "status": 1, "seq": 1, "items.op": 1, "actions": 1, "prune": 1},
         )
     )
+
+
+def iter_custom_ids(store: Store, batch_id: str) -> Iterator[str]:
+    """Every custom_id of a batch's requests (an apply batch's names), chunk by chunk."""
+    found = store.jobs.find(
+        {"batch_id": batch_id, "prune": {"$ne": True}}, {"items.custom_id": 1}, batch_size=4
+    )
+    for unit in found:
+        for item in unit["items"]:
+            yield item["custom_id"]
+
+
+def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
+    """Write a prune chunk's deletions before any is made, once: a redelivered
+    chunk keeps the plan it made first. Returns the plan, or None if the lease
+    was lost."""
+    written = store.jobs.find_one_and_update(
+        {
+            "_id": unit["_id"],
+            "lease": unit["lease"],
+            "status": UnitStatus.IN_PROGRESS,
+            "planned": {"$ne": True},
+        },
+        {
+            "$set": {
+                "items": items,
+                "codes": [None] * len(items),
+                "results": [None] * len(items),
+                "planned": True,
+            }
+        },
+        projection={"items": 1},
+        return_document=ReturnDocument.AFTER,
+    )
+    if written is None:
+        kept = store.jobs.find_one(
+            {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
+            {"items": 1},
+        )
+        return None if kept is None else list(kept["items"])
+    return list(written["items"])
 
 
 def iter_chunks(store: Store, batch_id: str) -> Iterator[Unit]:
