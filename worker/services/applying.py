@@ -111,7 +111,11 @@ def _update(
             changed.append((line, doc))
         else:
             # Equal: unchanged, unless this job made it so before a crash.
-            action = "updated" if doc.get(APPLIED_BY) == job_id else "unchanged"
+            action = "unchanged"
+            if doc.get("job_id") == job_id:
+                action = "created"
+            elif doc.get(APPLIED_BY) == job_id:
+                action = "updated"
             _set(outcomes, actions, line, 200, assistant_docs.reference(doc), action)
     missing = assistants.set_content(rt.store, updates)
     for line, doc in changed:
