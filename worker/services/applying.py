@@ -47,12 +47,19 @@ def apply(rt: Runtime, lines: list[Line], outcomes: Outcomes, actions: Actions, 
 def _apply_tenant(
     rt: Runtime, tenant: str, lines: list[Line], outcomes: Outcomes, actions: Actions, now: int
 ) -> None:
-    named = assistants.find_named(rt.store, tenant, [_name(line) for line in lines])
+    # The edge named the assistants that existed when it took the batch (`target`);
+    # the others are new, unless another apply of their key wins the race below.
+    targets = [_target(line) for line in lines]
+    found = assistants.find_mine(rt.store, tenant, [t for t in targets if t is not None])
     new: list[tuple[Line, Doc]] = []
     existing: list[tuple[Line, Doc]] = []
-    for line in lines:
-        doc = named.get(_name(line))
-        if doc is None:
+    for line, target in zip(lines, targets, strict=True):
+        doc = found.get(target) if target is not None else None
+        if doc is not None:
+            existing.append((line, doc))
+        elif target is not None and target == _name(line):
+            _set(outcomes, actions, line, 404, NOT_FOUND, None)  # named by id, and gone
+        else:
             unit, index, request = line
             new.append(
                 (
@@ -68,33 +75,34 @@ def _apply_tenant(
                     ),
                 )
             )
-        else:
-            existing.append((line, doc))
     taken = assistants.insert(rt.store, [doc for _, doc in new])
     if taken:
         # Already there: this job's own assistant (a redelivery), or another
         # apply's of the same key, which won the key's unique index.
         lost = {id(doc) for doc in taken}
-        mine = {
-            doc["_id"]: doc for doc in assistants.find_by_ids(rt.store, [d["_id"] for d in taken])
-        }
+        made = assistants.find_by_ids(rt.store, [doc["_id"] for doc in taken])
+        mine = {doc["_id"]: doc for doc in made}
         others = assistants.find_named(
             rt.store, tenant, [_name(line) for line, doc in new if id(doc) in lost]
         )
         for line, doc in new:
             if id(doc) not in lost:
                 continue
-            found = mine.get(doc["_id"]) or others.get(_name(line))
-            if found is None:  # the winner was deleted meanwhile: report, do not loop
+            winner = mine.get(doc["_id"]) or others.get(_name(line))
+            if winner is None:  # the winner was deleted meanwhile: report, do not loop
                 _set(outcomes, actions, line, 404, NOT_FOUND, None)
-            elif found["job_id"] == doc["job_id"]:
-                _set(outcomes, actions, line, 200, assistant_docs.reference(found), "created")
+            elif winner["job_id"] == doc["job_id"]:
+                _set(outcomes, actions, line, 200, assistant_docs.reference(winner), "created")
             else:
-                existing.append((line, found))
+                existing.append((line, winner))
         new = [(line, doc) for line, doc in new if id(doc) not in lost]
     for line, doc in new:
         _set(outcomes, actions, line, 200, assistant_docs.reference(doc), "created")
     _update(rt, existing, outcomes, actions)
+
+
+def _target(line: Line) -> str | None:
+    return line[0]["items"][line[1]].get("target")
 
 
 def _update(

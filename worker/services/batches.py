@@ -45,6 +45,7 @@ class Stager:
         self.items: list[Item] = []
         self.size = 0
         self.next_stamp = 0.0
+        self.keyed: dict[str, str] | None = None
         batches.insert(rt.store, batch)
 
     def add(
@@ -93,7 +94,9 @@ class Stager:
         order with those assistants' modifies and deletes (one read a chunk).
         A new key has no target: its key's unique index orders its creation."""
         names = [item["custom_id"] for item in self.items if item["custom_id"] is not None]
-        named = assistants.find_named(self.rt.store, self.batch["tenant"], names)
+        if self.keyed is None:  # the tenant's keys, read once for the whole upload
+            self.keyed = assistants.keyed_ids(self.rt.store, self.batch["tenant"])
+        named = assistants.find_named(self.rt.store, self.batch["tenant"], names, self.keyed)
         for item in self.items:
             doc = named.get(item["custom_id"] or "")
             if doc is not None:

@@ -37,11 +37,16 @@ def plan(
     """One plan line per request, in input order; then, with `prune_except` (the
     names the manifest gives), one `delete` line per keyed assistant it leaves out."""
     source = iter(lines)
+    keyed: dict[str, str] | None = None  # the tenant's keys, read once if needed
     while group := list(islice(source, GROUP)):
-        names = [_name(line) for line in group if line.op is not None]
-        named = assistants.find_named(rt.store, tenant, [n for n in names if n is not None])
+        names = [line.custom_id for line in group if line.op == "apply" and line.custom_id]
+        if names and keyed is None:
+            keyed = assistants.keyed_ids(rt.store, tenant)
+        named = assistants.find_named(rt.store, tenant, names, keyed)
+        targets = [line.target for line in group if line.target is not None]
+        by_id = assistants.find_mine(rt.store, tenant, targets)
         for line in group:
-            yield _plan_line(rt, line, named)
+            yield _plan_line(rt, line, named if line.op == "apply" else by_id)
     if prune_except is not None:
         for doc in assistants.iter_keyed(rt.store, tenant):
             key = doc[assistant_docs.KEY]

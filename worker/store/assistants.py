@@ -27,24 +27,50 @@ def ensure_indexes(store: Store) -> None:
     )
 
 
-def find_named(store: Store, tenant: str, names: list[str]) -> dict[str, Doc]:
+def keyed_ids(store: Store, tenant: str) -> dict[str, str]:
+    """Each provisioning key of the tenant, mapped to its assistant's id.
+
+    One read of the tenant's keyed assistants, through the partial key index
+    on MongoDB (the query holds its filter). SecantusDB plans no read with a
+    partial index, and with a long `$in` of keys it scans at a cost of keys
+    times documents, so keys are never looked up with `$in`: this is read
+    once per batch (or per chunk that lost a race), and assistants are then
+    found by id, whose unique index every server uses.
+    """
+    return {doc[KEY]: doc["id"] for doc in iter_keyed(store, tenant)}
+
+
+def find_named(
+    store: Store, tenant: str, names: list[str], keyed: dict[str, str] | None = None
+) -> dict[str, Doc]:
     """The tenant's assistants an apply line names: by provisioning key, or else
-    by id; each name mapped to its assistant."""
+    by id; each name mapped to its assistant. `keyed` is `keyed_ids`, if read."""
     if not names:
         return {}
-    found = store.assistants.find(
-        {"tenant": tenant, "$or": [{KEY: {"$in": names}}, {"id": {"$in": names}}]}
-    )
-    by_key: dict[str, Doc] = {}
-    by_id: dict[str, Doc] = {}
-    for doc in found:
-        if isinstance(doc.get(KEY), str):
-            by_key[doc[KEY]] = doc
-        by_id[doc["id"]] = doc
-    wanted = set(names)
-    named = {name: doc for name, doc in by_id.items() if name in wanted}
-    named.update((name, doc) for name, doc in by_key.items() if name in wanted)
+    if keyed is None:
+        keyed = keyed_ids(store, tenant)
+    ids = {keyed.get(name, name) for name in names}
+    found = {
+        doc["id"]: doc
+        for doc in store.assistants.find({"id": {"$in": sorted(ids)}})
+        if doc["tenant"] == tenant
+    }
+    named: dict[str, Doc] = {}
+    for name in names:
+        doc = found.get(keyed[name]) if name in keyed else None
+        if doc is None or doc.get(KEY) != name:
+            doc = found.get(name)
+        if doc is not None:
+            named[name] = doc
     return named
+
+
+def find_mine(store: Store, tenant: str, ids: list[str]) -> dict[str, Doc]:
+    """The tenant's assistants with these ids, by id."""
+    if not ids:
+        return {}
+    found = store.assistants.find({"id": {"$in": ids}})
+    return {doc["id"]: doc for doc in found if doc["tenant"] == tenant}
 
 
 def set_content(store: Store, updates: list[tuple[Any, Doc]]) -> set[Any]:
