@@ -137,6 +137,18 @@ def differences(doc: Doc, body: dict[str, Any]) -> list[str]:
     return [name for name in CONTENT if _canonical(have[name]) != _canonical(want[name])]
 
 
+# A hash of the content an apply line set, kept on the assistant so that an
+# unchanged line is known without reading the whole document. Any other change
+# of the content (a modify) removes it; without it the document is compared.
+CONTENT_HASH = "content_hash"
+
+
+def content_hash(body: dict[str, Any]) -> str:
+    """The hash of a valid create body's content, absent fields at their defaults."""
+    state = public_from_request(body, {"_id": None, "id": None, "created_at": None})
+    return hashlib.sha256(_canonical([state[name] for name in CONTENT]).encode()).hexdigest()
+
+
 def apply_line(doc: Doc) -> Doc:
     """The assistant as a manifest line: its key (else its id) and its create body."""
     current = public(doc)

@@ -72,7 +72,8 @@ def _apply_tenant(
                         offset=index,
                         now=now,
                         key=_name(line),
-                    ),
+                    )
+                    | {assistant_docs.CONTENT_HASH: _hash(line)},
                 )
             )
     taken = assistants.insert(rt.store, [doc for _, doc in new])
@@ -101,6 +102,10 @@ def _apply_tenant(
     _update(rt, existing, outcomes, actions)
 
 
+def _hash(line: Line) -> str:
+    return assistant_docs.content_hash(json.loads(line[0]["items"][line[1]]["body"]))
+
+
 def _target(line: Line) -> str | None:
     return line[0]["items"][line[1]].get("target")
 
@@ -115,7 +120,12 @@ def _update(
         job_id = unit["items"][index]["id"]
         body = json.loads(unit["items"][index]["body"])
         if assistant_docs.differences(doc, body):
-            updates.append((doc["_id"], {**assistant_docs.content(request), APPLIED_BY: job_id}))
+            fields = {
+                **assistant_docs.content(request),
+                APPLIED_BY: job_id,
+                assistant_docs.CONTENT_HASH: _hash(line),
+            }
+            updates.append((doc["_id"], fields))
             changed.append((line, doc))
         else:
             # Equal: unchanged, unless this job made it so before a crash.

@@ -93,14 +93,21 @@ class Stager:
         """Apply lines of assistants that exist now target them, so they apply in
         order with those assistants' modifies and deletes (one read a chunk).
         A new key has no target: its key's unique index orders its creation."""
-        names = [item["custom_id"] for item in self.items if item["custom_id"] is not None]
+        tenant = self.batch["tenant"]
         if self.keyed is None:  # the tenant's keys, read once for the whole upload
-            self.keyed = assistants.keyed_ids(self.rt.store, self.batch["tenant"])
-        named = assistants.find_named(self.rt.store, self.batch["tenant"], names, self.keyed)
+            self.keyed = assistants.keyed_ids(self.rt.store, tenant)
+        keyed = self.keyed
+        ids = [
+            name
+            for item in self.items
+            if (name := item["custom_id"] or "") not in keyed and assistants.may_be_id(name)
+        ]
+        found = assistants.find_mine(self.rt.store, tenant, ids)
         for item in self.items:
-            doc = named.get(item["custom_id"] or "")
-            if doc is not None:
-                item["target"] = doc["id"]
+            name = item["custom_id"] or ""
+            target = keyed.get(name) or (name if name in found else None)
+            if target is not None:
+                item["target"] = target
 
     def commit(self, total: int) -> Doc:
         """Make the batch visible and send its chunks; returns the batch."""

@@ -14,8 +14,15 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from worker.domain import assistants as assistant_docs
+from worker.domain.assistants import CONTENT_HASH, content_hash, reference
 from worker.domain.documents import Doc
-from worker.domain.schema import fields_sent, validate_create, validate_modify
+from worker.domain.schema import (
+    AssistantCreate,
+    AssistantModify,
+    fields_sent,
+    validate_create,
+    validate_modify,
+)
 from worker.runtime import Runtime
 from worker.store import assistants
 
@@ -37,16 +44,34 @@ def plan(
     """One plan line per request, in input order; then, with `prune_except` (the
     names the manifest gives), one `delete` line per keyed assistant it leaves out."""
     source = iter(lines)
-    keyed: dict[str, str] | None = None  # the tenant's keys, read once if needed
+    keyed: dict[str, Doc] | None = None  # the tenant's keyed assistants, read once if needed
+    keyed_ids: dict[str, str] = {}
     while group := list(islice(source, GROUP)):
-        names = [line.custom_id for line in group if line.op == "apply" and line.custom_id]
-        if names and keyed is None:
-            keyed = assistants.keyed_ids(rt.store, tenant)
-        named = assistants.find_named(rt.store, tenant, names, keyed)
+        if keyed is None and any(line.op == "apply" for line in group):
+            keyed = assistants.keyed(rt.store, tenant)
+            keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
+        checked = [_check(rt, line) for line in group]
+        # An apply line whose body hashes as its keyed assistant's content is
+        # unchanged, known without reading the assistant.
+        unchanged: dict[int, Doc] = {}
+        wanted: list[str] = []
+        for index, (line, request) in enumerate(zip(group, checked, strict=True)):
+            if line.op != "apply" or isinstance(request, list) or line.custom_id is None:
+                continue
+            known = (keyed or {}).get(line.custom_id)
+            body = json.loads(line.body_text)
+            if known is not None and known.get(CONTENT_HASH) == content_hash(body):
+                unchanged[index] = assistant_docs.public_from_request(body, reference(known))
+            else:
+                wanted.append(line.custom_id)
+        named = assistants.find_named(rt.store, tenant, wanted, keyed_ids)
         targets = [line.target for line in group if line.target is not None]
         by_id = assistants.find_mine(rt.store, tenant, targets)
-        for line in group:
-            yield _plan_line(rt, line, named if line.op == "apply" else by_id)
+        for index, (line, request) in enumerate(zip(group, checked, strict=True)):
+            if index in unchanged:
+                yield _answer(line, "unchanged", 200, unchanged[index])
+            else:
+                yield _plan_line(line, request, named if line.op == "apply" else by_id)
     if prune_except is not None:
         for doc in assistants.iter_keyed(rt.store, tenant):
             key = doc[assistant_docs.KEY]
@@ -64,28 +89,37 @@ def _name(line: Line) -> str | None:
     return line.custom_id if line.op == "apply" else line.target
 
 
-def _plan_line(rt: Runtime, line: Line, named: dict[str, Doc]) -> Doc:
-    models = rt.settings.models
-    body: Any = json.loads(line.body_text)
+Checked = AssistantCreate | AssistantModify | list[dict[str, Any]] | None
+
+
+def _check(rt: Runtime, line: Line) -> Checked:
+    """The line's body as the worker validates it (None for a delete)."""
+    if line.op == "delete":
+        return None
+    body = json.loads(line.body_text)
+    if line.op == "modify":
+        return validate_modify(body, rt.settings.models)
+    return validate_create(body, rt.settings.models)
+
+
+def _plan_line(line: Line, request: Checked, named: dict[str, Doc]) -> Doc:
     name = _name(line)
     doc = named.get(name) if name is not None else None
+    if isinstance(request, list):
+        return _answer(line, "invalid", 422, {"detail": request})
+    if line.op in ("delete", "modify") and doc is None:
+        return _answer(line, "invalid", 404, NOT_FOUND)
     if line.op == "delete":
-        if doc is None:
-            return _answer(line, "invalid", 404, NOT_FOUND)
+        assert doc is not None
         return _answer(line, "delete", 200, assistant_docs.deleted(doc["id"]))
-    if line.op == "modify":
-        modify = validate_modify(body, models)
-        if isinstance(modify, list):
-            return _answer(line, "invalid", 422, {"detail": modify})
-        if doc is None:
-            return _answer(line, "invalid", 404, NOT_FOUND)
-        return _change(line, doc, {**doc, **assistant_docs.changes(fields_sent(modify))})
-    create = validate_create(body, models)
-    if isinstance(create, list):
-        return _answer(line, "invalid", 422, {"detail": create})
+    if isinstance(request, AssistantModify):
+        assert doc is not None
+        return _change(line, doc, {**doc, **assistant_docs.changes(fields_sent(request))})
+    assert isinstance(request, AssistantCreate)
     if doc is None:
+        body = json.loads(line.body_text)
         return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
-    return _change(line, doc, {**doc, **assistant_docs.content(create)})
+    return _change(line, doc, {**doc, **assistant_docs.content(request)})
 
 
 def _change(line: Line, doc: Doc, after: Doc) -> Doc:
@@ -102,4 +136,5 @@ def _answer(line: Line, action: str, code: int, body: Any) -> Doc:
 
 def plan_create(rt: Runtime, body_text: str) -> Doc:
     """The dry run of a single create."""
-    return _plan_line(rt, Line(None, body_text), {})
+    line = Line(None, body_text)
+    return _plan_line(line, _check(rt, line), {})

@@ -7,7 +7,7 @@ from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
-from worker.domain.assistants import KEY
+from worker.domain.assistants import CONTENT_HASH, KEY
 from worker.domain.documents import Doc
 from worker.store import pages
 from worker.store.connection import Store, insert_new
@@ -27,17 +27,32 @@ def ensure_indexes(store: Store) -> None:
     )
 
 
-def keyed_ids(store: Store, tenant: str) -> dict[str, str]:
-    """Each provisioning key of the tenant, mapped to its assistant's id.
+def keyed(store: Store, tenant: str) -> dict[str, Doc]:
+    """The tenant's keyed assistants by key: their `_id`, id, creation time and
+    content hash (not their content).
 
-    One read of the tenant's keyed assistants, through the partial key index
-    on MongoDB (the query holds its filter). SecantusDB plans no read with a
-    partial index, and with a long `$in` of keys it scans at a cost of keys
-    times documents, so keys are never looked up with `$in`: this is read
-    once per batch (or per chunk that lost a race), and assistants are then
-    found by id, whose unique index every server uses.
+    One read, through the partial key index on MongoDB (the query holds its
+    filter). SecantusDB plans no read with a partial index, and with a long
+    `$in` of keys it scans at a cost of keys times documents, so keys are never
+    looked up with `$in`: this is read once per batch (or per chunk that lost a
+    race), and assistants are then found by id, whose unique index every
+    server uses.
     """
-    return {doc[KEY]: doc["id"] for doc in iter_keyed(store, tenant)}
+    found = store.assistants.find(
+        {"tenant": tenant, KEY: {"$type": "string"}},
+        {"id": 1, KEY: 1, "created_at": 1, CONTENT_HASH: 1},
+        batch_size=1000,
+    )
+    return {doc[KEY]: doc for doc in found}
+
+
+def keyed_ids(store: Store, tenant: str) -> dict[str, str]:
+    """Each provisioning key of the tenant, mapped to its assistant's id."""
+    return {key: doc["id"] for key, doc in keyed(store, tenant).items()}
+
+
+def may_be_id(name: str) -> bool:
+    return name.startswith("asst_")
 
 
 def find_named(
@@ -50,6 +65,7 @@ def find_named(
     if keyed is None:
         keyed = keyed_ids(store, tenant)
     ids = {keyed.get(name, name) for name in names}
+    ids = {one for one in ids if may_be_id(one)}
     found = {
         doc["id"]: doc
         for doc in store.assistants.find({"id": {"$in": sorted(ids)}})
@@ -147,6 +163,8 @@ def _set_literally(fields: Doc) -> list[Doc]:
     """
     stages: list[Doc] = [{"$set": {name: {"$literal": value} for name, value in fields.items()}}]
     legacy = [f"{name}_json" for name in ("tools", "metadata") if name in fields]
+    if CONTENT_HASH not in fields:  # a change of the content the hash no longer describes
+        legacy.append(CONTENT_HASH)
     if legacy:
         stages.append({"$unset": legacy})
     return stages

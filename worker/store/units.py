@@ -193,21 +193,37 @@ def record(
 OPEN = [UnitStatus.QUEUED, UnitStatus.IN_PROGRESS]
 
 
+def _changing(store: Store, targets: list[str], projection: Doc) -> Iterator[Doc]:
+    """Units that change any of `targets`, finished ones too.
+
+    The query names `targets` alone and the rest is filtered here: SecantusDB
+    uses an index only for a query on its one field, and with other terms it
+    scans every unit, comparing each target list with the long `$in` (an
+    apply chunk names up to 500 assistants). Finished units are few here:
+    they are kept only for the retention window, and rarely share a target.
+    """
+    yield from store.jobs.find(
+        {"targets": {"$in": targets}}, {**projection, "status": 1}, batch_size=1000
+    )
+
+
 def open_changes(store: Store, targets: list[str], exclude: list[str]) -> list[Doc]:
     """Accepted units, not finished, that change any of `targets`, but for `exclude`."""
-    return list(
-        store.jobs.find(
-            {"targets": {"$in": targets}, "status": {"$in": OPEN}, "_id": {"$nin": exclude}},
-            {"targets": 1, "accepted_at": 1, "created_at": 1},
-        )
-    )
+    excluded = set(exclude)
+    return [
+        doc
+        for doc in _changing(store, targets, {"targets": 1, "accepted_at": 1, "created_at": 1})
+        if doc["status"] in OPEN and doc["_id"] not in excluded
+    ]
 
 
 def queued_changes(store: Store, targets: list[str]) -> list[Doc]:
     """Queued units that change any of `targets`: those that waited for a change of them."""
-    return list(
-        store.jobs.find({"targets": {"$in": targets}, "status": UnitStatus.QUEUED}, {"batch_id": 1})
-    )
+    return [
+        doc
+        for doc in _changing(store, targets, {"batch_id": 1})
+        if doc["status"] == UnitStatus.QUEUED
+    ]
 
 
 def release(store: Store, unit: Unit, due_at: int) -> bool:
