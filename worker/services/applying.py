@@ -50,7 +50,9 @@ def _apply_tenant(
     # The edge named the assistants that existed when it took the batch (`target`);
     # the others are new, unless another apply of their key wins the race below.
     targets = [_target(line) for line in lines]
-    found = assistants.find_mine(rt.store, tenant, [t for t in targets if t is not None])
+    found = assistants.find_mine(
+        rt.store, tenant, [t for t in targets if t is not None], assistants.APPLY_VIEW
+    )
     new: list[tuple[Line, Doc]] = []
     existing: list[tuple[Line, Doc]] = []
     for line, target in zip(lines, targets, strict=True):
@@ -113,17 +115,27 @@ def _target(line: Line) -> str | None:
 def _update(
     rt: Runtime, existing: list[tuple[Line, Doc]], outcomes: Outcomes, actions: Actions
 ) -> None:
+    """Set the existing assistants that differ from their lines. The content hash
+    decides where the assistant has one; the others are read whole and compared."""
+    unhashed = [doc["id"] for _, doc in existing if not doc.get(assistant_docs.CONTENT_HASH)]
+    whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], unhashed) if unhashed else {}
     updates: list[tuple[Any, Doc]] = []
     changed: list[tuple[Line, Doc]] = []
     for line, doc in existing:
         unit, index, request = line
         job_id = unit["items"][index]["id"]
-        body = json.loads(unit["items"][index]["body"])
-        if assistant_docs.differences(doc, body):
+        wanted = _hash(line)
+        stored = doc.get(assistant_docs.CONTENT_HASH)
+        if stored:
+            differs = stored != wanted
+        else:
+            body = json.loads(unit["items"][index]["body"])
+            differs = bool(assistant_docs.differences(whole.get(doc["id"], doc), body))
+        if differs:
             fields = {
                 **assistant_docs.content(request),
                 APPLIED_BY: job_id,
-                assistant_docs.CONTENT_HASH: _hash(line),
+                assistant_docs.CONTENT_HASH: wanted,
             }
             updates.append((doc["_id"], fields))
             changed.append((line, doc))
