@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
@@ -25,6 +27,20 @@ from worker.services.intake import Accepted, submit_single
 from worker.store import assistants, units
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
+
+
+class AssistantId(BaseConverter):
+    """An assistant id in a path: any segment but `export`, which is the export's
+    own path, so `POST` or `DELETE /v1/assistants/export` is a 405, not a 404."""
+
+    regex = r"(?!export$)[^/]+"
+
+
+@bp.record_once
+def _add_converter(state: BlueprintSetupState) -> None:
+    # Before the rules below are added, which name it.
+    state.app.url_map.converters["assistant_id"] = AssistantId
+
 
 NDJSON = "application/x-ndjson"
 
@@ -101,7 +117,7 @@ def create_assistant() -> Response:
     return accepted(job, replayed=done.replayed, waited=wait, preferred=preferred)
 
 
-@bp.post("/assistants/<assistant_id>")
+@bp.post("/assistants/<assistant_id:assistant_id>")
 def modify_assistant(assistant_id: str) -> Response:
     raw, key, callback = _read_submission()
     try:
@@ -133,7 +149,7 @@ def export_assistants() -> Response:
     return Response(stream_with_context(lines()), mimetype=NDJSON)
 
 
-@bp.get("/assistants/<assistant_id>")
+@bp.get("/assistants/<assistant_id:assistant_id>")
 def get_assistant(assistant_id: str) -> Response:
     doc = assistants.get(store(), tenant(), assistant_id)
     if doc is None:
@@ -141,7 +157,7 @@ def get_assistant(assistant_id: str) -> Response:
     return jsonify(public(doc))
 
 
-@bp.delete("/assistants/<assistant_id>")
+@bp.delete("/assistants/<assistant_id:assistant_id>")
 def delete_assistant(assistant_id: str) -> Response:
     if not assistants.delete(store(), tenant(), assistant_id):
         raise not_found("No assistant found")
