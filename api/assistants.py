@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+from collections.abc import Iterator
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from api import inputs, queries
 from api.context import request_id, runtime, settings, store, tenant
@@ -14,14 +18,31 @@ from api.jobs import listener, wait_for_job
 from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.waiting import parse_prefer
-from worker.domain.assistants import public
+from worker.domain.assistants import apply_line, public
 from worker.domain.ids import new_id
 from worker.domain.units import is_finished
+from worker.services import planning
 from worker.services.change_intake import NoSuchAssistant, submit_modify
 from worker.services.intake import Accepted, submit_single
 from worker.store import assistants, units
 
 bp = Blueprint("assistants", __name__, url_prefix="/v1")
+
+
+class AssistantId(BaseConverter):
+    """An assistant id in a path: any segment but `export`, which is the export's
+    own path, so `POST` or `DELETE /v1/assistants/export` is a 405, not a 404."""
+
+    regex = r"(?!export$)[^/]+"
+
+
+@bp.record_once
+def _add_converter(state: BlueprintSetupState) -> None:
+    # Before the rules below are added, which name it.
+    state.app.url_map.converters["assistant_id"] = AssistantId
+
+
+NDJSON = "application/x-ndjson"
 
 
 def _read_submission() -> tuple[bytes, str | None, str | None]:
@@ -62,7 +83,12 @@ def _answer(done: Accepted) -> Response:
 
 @bp.post("/assistants")
 def create_assistant() -> Response:
+    queries.allow_only(("dry_run",))
+    dry_run = queries.choice("dry_run", ("true", "false"), "false") == "true"
     raw, key, callback = _read_submission()
+    if dry_run:  # validated now by the workers' own code; nothing is stored or sent
+        line = planning.plan_create(runtime(), decode_text(raw))
+        return Response(json.dumps(line, ensure_ascii=False) + "\n", 200, mimetype=NDJSON)
     wait, preferred = _wait()
     job_id = new_id("job_")
     with contextlib.ExitStack() as cleanup:
@@ -91,7 +117,7 @@ def create_assistant() -> Response:
     return accepted(job, replayed=done.replayed, waited=wait, preferred=preferred)
 
 
-@bp.post("/assistants/<assistant_id>")
+@bp.post("/assistants/<assistant_id:assistant_id>")
 def modify_assistant(assistant_id: str) -> Response:
     raw, key, callback = _read_submission()
     try:
@@ -111,7 +137,20 @@ def modify_assistant(assistant_id: str) -> Response:
     return _answer(done)
 
 
-@bp.get("/assistants/<assistant_id>")
+@bp.get("/assistants/export")
+def export_assistants() -> Response:
+    """Every assistant of the tenant as apply lines, in creation order, streamed."""
+    queries.allow_only(())
+    db, owner = store(), tenant()
+
+    def lines() -> Iterator[str]:
+        for doc in assistants.iter_all(db, owner):
+            yield json.dumps(apply_line(doc), ensure_ascii=False) + "\n"
+
+    return Response(stream_with_context(lines()), mimetype=NDJSON)
+
+
+@bp.get("/assistants/<assistant_id:assistant_id>")
 def get_assistant(assistant_id: str) -> Response:
     doc = assistants.get(store(), tenant(), assistant_id)
     if doc is None:
@@ -119,7 +158,7 @@ def get_assistant(assistant_id: str) -> Response:
     return jsonify(public(doc))
 
 
-@bp.delete("/assistants/<assistant_id>")
+@bp.delete("/assistants/<assistant_id:assistant_id>")
 def delete_assistant(assistant_id: str) -> Response:
     if not assistants.delete(store(), tenant(), assistant_id):
         raise not_found("No assistant found")

@@ -68,6 +68,9 @@ class Reader:
 
     max_bytes: int
     max_body_bytes: int
+    # An apply batch: every line needs a custom_id (it names the assistant),
+    # and every line is an apply of a create body.
+    apply: bool = False
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     count: int = 0
@@ -75,6 +78,11 @@ class Reader:
     metadata: dict[str, Any] = field(default_factory=dict)
     digest: Any = field(default_factory=hashlib.sha256)
     _custom_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def custom_ids(self) -> set[str]:
+        """Every custom_id the upload gave (an apply batch's names)."""
+        return set(self._custom_ids)
 
     def fail(self, entry: dict[str, Any]) -> None:
         self.error_count += 1
@@ -113,6 +121,8 @@ class Reader:
             problems.append(
                 {"type": "missing", "loc": [*loc, "body"], "msg": "Field required", "input": value}
             )
+        if self.apply:
+            problems += _apply_problems(value, loc, routed)
         custom_id = value.get("custom_id", str(index))
         if not any(entry["loc"][len(loc) : len(loc) + 1] == ["custom_id"] for entry in problems):
             first = self._custom_ids.setdefault(custom_id, index)
@@ -140,6 +150,8 @@ class Reader:
         if problems:
             self._fail_all(problems)
             return None
+        if self.apply:
+            return Request(custom_id, body_text, "apply")
         return Request(custom_id, body_text, routed.op, routed.target)
 
     def _fail_all(self, entries: list[dict[str, Any]]) -> None:
@@ -190,6 +202,32 @@ class Reader:
                 yield from document.spool
 
 
+def _apply_problems(value: dict[str, Any], loc: list[Any], routed: batch_routes.Route) -> list[Any]:
+    """What an apply batch also asks of a line: a custom_id, and no other request
+    than a create body (the line's own method and url, if any, say so)."""
+    problems: list[dict[str, Any]] = []
+    if "custom_id" not in value:
+        problems.append(
+            {
+                "type": "missing",
+                "loc": [*loc, "custom_id"],
+                "msg": "Field required",
+                "input": value,
+            }
+        )
+    if routed.op is not None:
+        problems.append(
+            {
+                "type": "string_pattern_mismatch",
+                "loc": [*loc, "url"],
+                "msg": "String should match pattern '^/v1/assistants$'",
+                "input": value.get("url"),
+                "ctx": {"pattern": "^/v1/assistants$"},
+            }
+        )
+    return problems
+
+
 _Missing = object()  # a key the document did not give
 
 # JSON text as Python's parser reads it.
@@ -206,7 +244,7 @@ class _Document:
     def __init__(self, reader: Reader, text: _Text) -> None:
         self.reader = reader
         self.text = text
-        self.spool = _Spool()
+        self.spool = Spool()
         self.index = 0  # of the next request
         self.top: Any = _Missing  # the document, when it is not an object
         self.requests: Any = _Missing
@@ -500,18 +538,25 @@ class _Text:
         return text
 
 
-class _Spool:
-    """Requests held until the document has ended: in memory, then on disk."""
+class Spool:
+    """Requests held until the upload has ended: in memory, then on disk."""
 
-    _HEADER = struct.Struct("<II")
+    _HEADER = struct.Struct("<IIII")
 
     def __init__(self) -> None:
         self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
 
     def add(self, request: Request) -> None:
-        custom_id = request.custom_id.encode("utf-8", "surrogatepass")
-        body = request.body_text.encode("utf-8", "surrogatepass")
-        self._file.write(self._HEADER.pack(len(custom_id), len(body)) + custom_id + body)
+        parts = [
+            text.encode("utf-8", "surrogatepass")
+            for text in (
+                request.custom_id,
+                request.body_text,
+                request.op or "",
+                request.target or "",
+            )
+        ]
+        self._file.write(self._HEADER.pack(*(len(part) for part in parts)) + b"".join(parts))
 
     def clear(self) -> None:
         self._file.seek(0)
@@ -520,15 +565,16 @@ class _Spool:
     def __iter__(self) -> Iterator[Request]:
         self._file.seek(0)
         while header := self._file.read(self._HEADER.size):
-            id_size, body_size = self._HEADER.unpack(header)
-            custom_id = self._file.read(id_size).decode("utf-8", "surrogatepass")
-            body = self._file.read(body_size).decode("utf-8", "surrogatepass")
-            yield Request(custom_id, body)
+            custom_id, body, op, target = (
+                self._file.read(size).decode("utf-8", "surrogatepass")
+                for size in self._HEADER.unpack(header)
+            )
+            yield Request(custom_id, body, op or None, target or None)
 
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> _Spool:
+    def __enter__(self) -> Spool:
         return self
 
     def __exit__(self, *exc: object) -> None:

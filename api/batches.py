@@ -11,12 +11,12 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context, ur
 from pymongo.errors import PyMongoError
 
 from api import inputs, queries
-from api.batch_input import Reader, Request, TooLarge
+from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
 from worker.domain.ids import new_id
-from worker.services import batches, intake
+from worker.services import batches, intake, planning
 from worker.store import batches as batch_store
 from worker.store import idempotency
 
@@ -27,8 +27,15 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
 
 @bp.post("/batches")
 def create_batch() -> Response:
-    queries.allow_only(("job_events",))
+    queries.allow_only(("job_events", "mode", "prune", "dry_run"))
     job_events = queries.choice("job_events", ("true", "false"), "false") == "true"
+    mode = queries.choice("mode", ("apply", "create"), "create") or "create"
+    prune = queries.choice("prune", ("true", "false"), "false") == "true"
+    dry_run = queries.choice("dry_run", ("true", "false"), "false") == "true"
+    if prune and mode != "apply":
+        raise unprocessable(
+            ["query", "prune"], "value_error", "Value error, prune needs mode=apply", input="true"
+        )
     mimetype = inputs.require_content_type(*JSONL_TYPES, "application/json")
     limits = settings()
     if request.content_length is not None and request.content_length > limits.max_batch_bytes:
@@ -36,12 +43,18 @@ def create_batch() -> Response:
     key = inputs.idempotency_key()
     callback = inputs.callback_url()
     rt = runtime()
-    reader = Reader(max_bytes=limits.max_batch_bytes, max_body_bytes=limits.max_body_bytes)
+    reader = Reader(
+        max_bytes=limits.max_batch_bytes,
+        max_body_bytes=limits.max_body_bytes,
+        apply=mode == "apply",
+    )
     requests = (
         reader.jsonl(request.stream)
         if mimetype in JSONL_TYPES
         else (reader.json_document(request.stream))
     )
+    if dry_run:
+        return _dry_run(reader, requests, prune)
     batch_id = new_id("batch_")
     scope = intake.batch_key_scope(tenant(), key) if key is not None else None
     stager = None
@@ -57,6 +70,8 @@ def create_batch() -> Response:
                 metadata={},
                 job_events=job_events,
                 request_id=request_id(),
+                mode=mode,
+                prune=prune,
             ),
         )
         # The key is held before the upload is read, so a repeated upload is
@@ -133,9 +148,43 @@ def _replay(
     return _answer(doc, replayed=True)
 
 
+def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Response:
+    """Read and check the whole upload as a real one is (so structural errors
+    answer the same), holding its requests in a spool that moves to disk as it
+    grows; then stream the plan, one line per request, planned in groups."""
+    limits = settings()
+    spool = Spool()
+    try:
+        for item in requests:
+            if reader.errors or reader.count > limits.max_batch_requests:
+                continue
+            spool.add(item)
+        _refuse_if_invalid(reader, limits.max_batch_requests)
+    except TooLarge:
+        spool.close()
+        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
+    except BaseException:
+        spool.close()
+        raise
+    rt, owner = runtime(), tenant()
+    names = reader.custom_ids if prune else None
+
+    def lines() -> Iterator[str]:
+        with spool:
+            source = (planning.Line(r.custom_id, r.body_text, r.op, r.target) for r in spool)
+            for line in planning.plan(rt, owner, source, prune_except=names):
+                yield json.dumps(line, ensure_ascii=False) + "\n"
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
 def _fingerprint(reader: Reader, callback: str | None) -> str:
-    """The upload's SHA-256 and the Callback-URL, as for single creates."""
-    return str(reader.digest.hexdigest()) + idempotency.fingerprint(b"", callback)
+    """The upload's SHA-256 and the Callback-URL, as for single creates; an
+    apply batch's mode and prune are part of what was asked."""
+    asked = ""
+    if reader.apply:
+        asked = "apply+prune" if request.args.get("prune") == "true" else "apply"
+    return str(reader.digest.hexdigest()) + idempotency.fingerprint(b"", callback) + asked
 
 
 def _give_up(stager: batches.Stager, scope: str | None) -> None:

@@ -149,6 +149,8 @@ def build(models: tuple[str, ...] = ()) -> dict[str, Any]:
                 response["content"] = _content(
                     components, answer.media, answer.body, "serialization"
                 )
+                for media, body in answer.also.items():
+                    response["content"].update(_content(components, media, body, "serialization"))
             responses[str(status)] = response
         item["responses"] = responses
         paths.setdefault(op.path, {})[op.method.lower()] = item

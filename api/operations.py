@@ -27,6 +27,7 @@ class Answer:
     body: Body = None
     media: str = "application/json"
     headers: tuple[str, ...] = ()  # names in HEADERS; a trailing "!" marks required
+    also: dict[str, Body] = field(default_factory=dict)  # other media types it may be
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,12 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             {
                 200: Answer(
                     "With `Prefer: wait=N` (or the default wait, when one is set and "
-                    "no `Prefer` is sent), the job succeeded in time: the assistant",
+                    "no `Prefer` is sent), the job succeeded in time: the assistant "
+                    "(with `Location` of its job). With `?dry_run=true`: one `PlanLine` "
+                    "(NDJSON)",
                     Assistant,
-                    headers=("Location!", "Preference-Applied", "Idempotent-Replayed"),
+                    headers=("Location", "Preference-Applied", "Idempotent-Replayed"),
+                    also={"application/x-ndjson": TEXT},
                 ),
                 202: job_accepted,
                 **_errors(409, 413, 415, 422),
@@ -130,10 +134,33 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             description=(
                 "Any JSON body is accepted (202); the schema below is what the worker "
                 "checks. With `Prefer: wait=N`, a job that finishes in time is answered "
-                "as the origin API would: 200 with the assistant, or 422 with its detail."
+                "as the origin API would: 200 with the assistant, or 422 with its detail. "
+                "With `?dry_run=true` the body is validated now, by the workers' own code, "
+                "and the answer is 200 with one `PlanLine` (NDJSON, `action` `create` or "
+                "`invalid`); nothing is stored."
             ),
+            query=s.CreateQuery,
             headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
             body={"application/json": create},
+        ),
+        Operation(
+            "exportAssistants",
+            "GET",
+            "/v1/assistants/export",
+            "Export every assistant as apply lines",
+            "assistants",
+            {
+                200: Answer(
+                    "One `ExportLine` per assistant, in creation order (NDJSON): "
+                    '`{"custom_id": key or id, "body": create body}`. Applying it '
+                    "(`POST /v1/batches?mode=apply`) changes nothing.",
+                    TEXT,
+                    media="application/x-ndjson",
+                ),
+                **_errors(422),
+            },
+            query=s.ExportQuery,
+            headers=(s.TraceHeaders,),
         ),
         Operation(
             "modifyAssistant",
@@ -234,6 +261,13 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "Create a batch",
             "batches",
             {
+                200: Answer(
+                    "With `?dry_run=true`: the plan, one `PlanLine` per request in input "
+                    "order, then (with `prune`) one `delete` line per assistant that would "
+                    "go (NDJSON); nothing is created, changed or sent",
+                    TEXT,
+                    media="application/x-ndjson",
+                ),
                 202: Answer(
                     "Accepted: the batch",
                     s.Batch,
@@ -250,7 +284,14 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 "object with a `body`, or a duplicate `custom_id`, rejects the whole "
                 'batch with 422 at `["body", <line>, ...]`; field problems inside a '
                 "`body` are that job's 422 result. `Callback-URL` receives "
-                "`batch.completed` / `batch.cancelled`."
+                "`batch.completed` / `batch.cancelled`.\n\n"
+                "`?mode=apply`: each line is `{custom_id, body}`; `custom_id` (required) "
+                "names the assistant by provisioning key, or else by id, and the line "
+                "creates it (carrying the key), sets it to exactly the body (absent fields "
+                "at their defaults) or leaves it unchanged; each result line's `action` "
+                "says which. With `prune=true` the tenant's keyed assistants the manifest "
+                "does not name are deleted too, as result lines after the input's "
+                "(`job_id` null). `?dry_run=true` (either mode) answers the plan at once."
             ),
             query=s.BatchCreateQuery,
             headers=(s.SubmitHeaders, s.TraceHeaders),

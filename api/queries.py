@@ -30,6 +30,8 @@ _MODELS: dict[frozenset[str], type[BaseModel]] = {
         schemas.JobListQuery,
         schemas.BatchListQuery,
         schemas.BatchCreateQuery,
+        schemas.CreateQuery,
+        schemas.ExportQuery,
         schemas.BatchResultsQuery,
         schemas.DeliveryListQuery,
     )

@@ -110,11 +110,19 @@ class RequestCounts(BaseModel):
     completed: int = Field(description="requests with a 200 result")
     failed: int = Field(description="requests with a 422 or 500 result")
     cancelled: int = Field(description="requests cancelled before they started")
+    created: int = Field(description="assistants created (in a create batch, the 200 creates)")
+    updated: int = Field(description="assistants changed by an apply or modify line")
+    unchanged: int = Field(description="apply lines whose assistant already was as described")
+    deleted: int = Field(description="assistants deleted: delete lines and `prune` deletions")
+
+
+Action = Literal["created", "updated", "unchanged", "deleted"]
 
 
 class Batch(BaseModel):
     id: str
     object: Literal["batch"]
+    mode: Literal["create", "apply"]
     status: Literal["in_progress", "completed", "cancelling", "cancelled"]
     created_at: Unix
     in_progress_at: Unix | None
@@ -182,10 +190,46 @@ class BatchResultLine(BaseModel):
     """One line of `GET /v1/batches/{batch_id}/results` (NDJSON)."""
 
     custom_id: str
-    job_id: str
+    job_id: str | None = Field(description="null for a `prune` deletion")
     status_code: Literal[200, 404, 422, 500] | None
     body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage | None
+    action: Action | None = Field(description="what a 200 did; null if failed or cancelled")
     status: Literal["cancelled"] | SkipJsonSchema[None] = None
+
+
+class AssistantDraft(BaseModel):
+    """An assistant as a dry run says it would be: a new one has no ids yet."""
+
+    mongo_id: str | None = Field(alias="_id")
+    id: str | None
+    object: Literal["assistant"] = "assistant"
+    created_at: Unix | None
+    name: str | None
+    description: str | None
+    model: str
+    instructions: str | None
+    tools: list[dict[str, Any]]
+    file_ids: list[str]
+    metadata: dict[str, str]
+
+
+class PlanLine(BaseModel):
+    """One line of a dry run's answer (NDJSON), in input order, then deletions."""
+
+    custom_id: str | None
+    action: Literal["create", "update", "unchanged", "delete", "invalid"]
+    status_code: Literal[200, 404, 422]
+    body: AssistantDraft | AssistantDeleted | ValidationErrors | ErrorMessage
+    changes: list[str] | SkipJsonSchema[None] = Field(
+        None, description="for an update: the fields that would change"
+    )
+
+
+class ExportLine(BaseModel):
+    """One line of `GET /v1/assistants/export` (NDJSON): an apply line."""
+
+    custom_id: str = Field(description="the provisioning key, or the id of an unkeyed assistant")
+    body: dict[str, Any] = Field(description="the create body that describes the assistant")
 
 
 class Model(BaseModel):
@@ -324,6 +368,30 @@ class BatchCreateQuery(_Query):
     job_events: Literal["true", "false"] = Field(
         "false", description="also send job.succeeded / job.failed for the batch's jobs"
     )
+    mode: Literal["create", "apply"] = Field(
+        "create",
+        description="apply: each line's custom_id names an assistant (provisioning key, or "
+        "id) and the line creates it, updates it to exactly the body, or leaves it unchanged",
+    )
+    prune: Literal["true", "false"] = Field(
+        "false",
+        description="with mode=apply: also delete the keyed assistants the manifest leaves out",
+    )
+    dry_run: Literal["true", "false"] = Field(
+        "false",
+        description="validate and plan now, change nothing: 200 with one NDJSON plan line "
+        "per request",
+    )
+
+
+class CreateQuery(_Query):
+    dry_run: Literal["true", "false"] = Field(
+        "false", description="validate now and answer the plan line; nothing is created"
+    )
+
+
+class ExportQuery(_Query):
+    pass
 
 
 class BatchResultsQuery(_Query):

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,10 +27,7 @@ FINAL = ("completed", "cancelled")
 
 def add_parser(sub: Any) -> None:
     bulk = sub.add_parser("bulk", help="submit batches and fetch their results")
-    bulk.add_argument(
-        "--url", default=os.environ.get("ASSISTANT_INGEST_URL", "http://127.0.0.1:8000")
-    )
-    bulk.add_argument("--api-key", default=os.environ.get("ASSISTANT_INGEST_API_KEY"))
+    add_api_options(bulk)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--json",
@@ -52,6 +50,13 @@ def add_parser(sub: Any) -> None:
     results.add_argument("--output", "-o", type=Path, default=None)
 
 
+def add_api_options(parser: Any) -> None:
+    parser.add_argument(
+        "--url", default=os.environ.get("ASSISTANT_INGEST_URL", "http://127.0.0.1:8000")
+    )
+    parser.add_argument("--api-key", default=os.environ.get("ASSISTANT_INGEST_API_KEY"))
+
+
 # Exit codes: 0 done, 1 the API refused the request, 2 it could not be made (a
 # usage error, a file that cannot be read, a server that cannot be reached),
 # 3 a batch finished with failed requests.
@@ -62,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         return fail(args, UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
     client = Client(args.url.rstrip("/"), args.api_key)
+    return guarded(args, client, submit if args.bulk_command == "submit" else results)
+
+
+def guarded(
+    args: argparse.Namespace, client: Client, command: Callable[[Client, argparse.Namespace], int]
+) -> int:
+    """Run a command against the API; every failure is one line and an exit code."""
     try:
-        if args.bulk_command == "submit":
-            return submit(client, args)
-        return results(client, args)
+        return command(client, args)
     except ApiFailure as exc:
         return refused(args, exc)
     except Unreachable as exc:
@@ -108,7 +118,8 @@ def refused(args: argparse.Namespace, exc: ApiFailure) -> int:
             errors=entries,
             detail=detail,
         )
-    what = "the batch was refused, nothing was created" if args.bulk_command == "submit" else ""
+    uploading = getattr(args, "bulk_command", "submit") == "submit"
+    what = "the batch was refused, nothing was created" if uploading else ""
     print(f"error: HTTP {exc.status}: {what or 'the request was refused'}:", file=sys.stderr)
     for entry in entries:
         where = f"line {entry['line']}" if entry["line"] is not None else entry["where"]

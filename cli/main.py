@@ -9,7 +9,7 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import bulk, dev, keys, migrate, serve
+    from cli import bulk, dev, keys, migrate, provision, serve
 
     parser = argparse.ArgumentParser(prog="assistant-ingest")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("api_key")
 
     bulk.add_parser(sub)
+    provision.add_parsers(sub)
     migrate.add_parser(sub)
 
     args = parser.parse_args(argv)
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         "beat": serve.run_beat,
         "keys": keys.run_keys,
         "bulk": bulk.run,
+        "apply": provision.run,
+        "export": provision.run,
         "migrate": migrate.run,
     }[args.command]
     result: int = command(args)

@@ -59,7 +59,10 @@ def test_jsonl_batch_completes_with_counts_and_ordered_results(tenant: Tenant) -
     done = finished_batch(tenant, batch["id"])
     assert done["status"] == "completed"
     assert done["completed_at"] is not None
-    assert done["request_counts"] == {"total": 1200, "completed": 1198, "failed": 2, "cancelled": 0}
+    assert done["request_counts"] == {
+        "total": 1200, "completed": 1198, "failed": 2, "cancelled": 0,
+        "created": 1198, "updated": 0, "unchanged": 0, "deleted": 0,
+    }  # fmt: skip
 
     rows = results(tenant, batch["id"])
     assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(1200)]
@@ -356,13 +359,17 @@ def test_cancel_before_start_cancels_every_request(no_bulk_worker: Stack) -> Non
     done = finished_batch(tenant, batch["id"])
     assert done["status"] == "cancelled"
     assert done["cancelled_at"] is not None
-    assert done["request_counts"] == {"total": 5, "completed": 0, "failed": 0, "cancelled": 5}
+    assert done["request_counts"] == {
+        "total": 5, "completed": 0, "failed": 0, "cancelled": 5,
+        "created": 0, "updated": 0, "unchanged": 0, "deleted": 0,
+    }  # fmt: skip
     rows = results(tenant, batch["id"])
     assert rows[0] == {
         "custom_id": "0",
         "job_id": rows[0]["job_id"],
         "status_code": None,
         "body": None,
+        "action": None,
         "status": "cancelled",
     }
     assert len(rows) == 5

@@ -53,7 +53,10 @@ def test_bulk_submit_waits_and_results_are_written(
     assert submitted.returncode == 3, submitted.stderr  # one request failed
     batch = json.loads(submitted.stdout)
     assert batch["status"] == "completed"
-    assert batch["request_counts"] == {"total": 51, "completed": 50, "failed": 1, "cancelled": 0}
+    assert batch["request_counts"] == {
+        "total": 51, "completed": 50, "failed": 1, "cancelled": 0,
+        "created": 50, "updated": 0, "unchanged": 0, "deleted": 0,
+    }  # fmt: skip
     assert "51/51" in submitted.stderr
 
     out = tmp_path / "results.jsonl"
@@ -149,3 +152,53 @@ def test_keys_with_a_store_it_cannot_reach_says_so_in_one_line(stack: Stack) -> 
     line = one_line_error(done)
     assert line.startswith("error: cannot reach the store at mongodb://127.0.0.1:")
     assert "secret" not in line
+
+
+def test_apply_dry_run_then_apply_then_export_round_trip(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "assistants.jsonl"
+    lines = [{"custom_id": f"k{i}", "body": {"model": "m", "name": f"n{i}"}} for i in range(8)]
+    lines[3]["body"] = {"model": "m", "bogus": 1}
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+
+    planned = cli(stack, "apply", str(manifest), "--dry-run", env=env)
+    assert planned.returncode == 3, planned.stderr  # one line is invalid
+    assert [json.loads(line)["action"] for line in planned.stdout.splitlines()].count("create") == 7
+    assert "  create     7" in planned.stderr
+    assert '  line 4 (custom_id "k3"): bogus: Extra inputs are not permitted' in planned.stderr
+    assert tenant.request("GET", "/v1/assistants").json()["data"] == []
+
+    applied = cli(stack, "apply", str(manifest), "--wait", env=env)
+    assert applied.returncode == 3, applied.stderr
+    assert "8/8" in applied.stderr
+    assert "  created    7" in applied.stderr
+    assert "  failed     1" in applied.stderr
+    assert '  line 4 (custom_id "k3"): bogus: Extra inputs are not permitted' in applied.stderr
+
+    exported = tmp_path / "export.jsonl"
+    done = cli(stack, "export", "-o", str(exported), env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(exported.read_text().splitlines()) == 7
+    again = cli(stack, "apply", str(exported), "--wait", "--prune", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["request_counts"]["unchanged"] == 7
+    assert "  unchanged  7" in again.stderr
+
+
+def test_apply_and_export_with_a_missing_file_or_a_server_that_is_down_say_so_in_one_line(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    missing = tmp_path / "missing.jsonl"
+    done = cli(stack, "apply", str(missing), "--dry-run", env=env)
+    assert done.returncode == 2
+    assert one_line_error(done) == f"error: {missing}: No such file or directory"
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"custom_id": "k", "body": {"model": "m"}}\n')
+    down = {**env, "ASSISTANT_INGEST_URL": f"http://127.0.0.1:{free_port()}"}
+    for args in (("apply", str(manifest), "--wait"), ("export",)):
+        done = cli(stack, *args, env=down)
+        assert done.returncode == 2
+        assert one_line_error(done).startswith("error: cannot reach http://127.0.0.1:")

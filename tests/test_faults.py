@@ -127,6 +127,10 @@ def finished_as_accepted(tenant: Tenant, batch_id: str, count: int) -> Accepted:
         "completed": count - invalid,
         "failed": invalid,
         "cancelled": 0,
+        "created": count - invalid,
+        "updated": 0,
+        "unchanged": 0,
+        "deleted": 0,
     }
     rows = results(tenant, batch_id)
     assert [row["custom_id"] for row in rows] == [f"r{i}" for i in range(count)]

@@ -264,7 +264,10 @@ def test_batch_lines_modify_and_delete_with_per_line_results(tenant: Tenant) -> 
     response = submit(tenant, jsonl(lines))
     assert response.status_code == 202, response.text
     batch = finished_batch(tenant, response.json()["id"])
-    assert batch["request_counts"] == {"total": 7, "completed": 4, "failed": 3, "cancelled": 0}
+    assert batch["request_counts"] == {
+        "total": 7, "completed": 4, "failed": 3, "cancelled": 0,
+        "created": 1, "updated": 2, "unchanged": 0, "deleted": 1,
+    }  # fmt: skip
     rows = {row["custom_id"]: row for row in results(tenant, batch["id"])}
     assert list(rows) == [line["custom_id"] for line in lines]
     first = {**made[0], "name": "B0", "metadata": {"k": "v"}}

@@ -593,7 +593,10 @@ def test_batch_completed_goes_to_the_batch_callback_without_job_events(tenant: T
     batch = tenant.request("GET", f"/v1/batches/{created.json()['id']}").json()
     assert event["type"] == "batch.completed"
     assert event["data"] == batch
-    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "cancelled": 0}
+    assert batch["request_counts"] == {
+        "total": 3, "completed": 2, "failed": 1, "cancelled": 0,
+        "created": 2, "updated": 0, "unchanged": 0, "deleted": 0,
+    }  # fmt: skip
     # Job events are flushed before the batch settles, so none can follow.
     assert [d["event_type"] for d in deliveries(tenant)["data"]] == ["batch.completed"]
 

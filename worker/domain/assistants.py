@@ -89,13 +89,31 @@ def new_document(
     accepted_at: float,
     offset: int = 0,
     now: int,
+    key: str | None = None,
 ) -> Doc:
-    return {
+    doc: Doc = {
         "_id": object_id_for(job_id, accepted_at, offset),
         "id": new_id("asst_"),
         "tenant": tenant,
         "job_id": job_id,
         "created_at": now,
+        **content(request),
+    }
+    if key is not None:
+        # Never in the public object: the origin's shape stays as it was.
+        doc[KEY] = key
+    return doc
+
+
+# The field holding an assistant's provisioning key, unique per tenant.
+KEY = "provisioning_key"
+CONTENT = ("name", "description", "model", "instructions", "tools", "file_ids", "metadata")
+
+
+def content(request: AssistantCreate) -> Doc:
+    """The stored fields a create request sets: exactly the body, absent fields
+    at their defaults (what an apply line sets an assistant to)."""
+    return {
         "name": request.name,
         "description": request.description,
         "model": request.model,
@@ -103,6 +121,40 @@ def new_document(
         "tools": storable(tools_as_given(request)),
         "file_ids": request.file_ids,
         "metadata": storable(request.metadata or {}),
+    }
+
+
+def _canonical(value: Any) -> str:
+    # JSON text tells 1, 1.0 and true apart, which Python's == does not.
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def differences(doc: Doc, body: dict[str, Any]) -> list[str]:
+    """The fields in which the stored assistant differs from a valid create body
+    (the desired state, absent fields at their defaults)."""
+    have = public(doc)
+    want = public_from_request(body, reference(doc))
+    return [name for name in CONTENT if _canonical(have[name]) != _canonical(want[name])]
+
+
+# A hash of the content an apply line set, kept on the assistant so that an
+# unchanged line is known without reading the whole document. Any other change
+# of the content (a modify) removes it; without it the document is compared.
+CONTENT_HASH = "content_hash"
+
+
+def content_hash(body: dict[str, Any]) -> str:
+    """The hash of a valid create body's content, absent fields at their defaults."""
+    state = public_from_request(body, {"_id": None, "id": None, "created_at": None})
+    return hashlib.sha256(_canonical([state[name] for name in CONTENT]).encode()).hexdigest()
+
+
+def apply_line(doc: Doc) -> Doc:
+    """The assistant as a manifest line: its key (else its id) and its create body."""
+    current = public(doc)
+    return {
+        "custom_id": doc.get(KEY) or doc["id"],
+        "body": {name: current[name] for name in CONTENT},
     }
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections import Counter
+from typing import Any, cast
 
-from worker.domain.documents import Doc, Tally
+from worker.domain.documents import Doc, Tally, Unit
 from worker.domain.statuses import BatchStatus, UnitStatus
+from worker.domain.units import item_action
+
+ACTIONS = ("created", "updated", "unchanged", "deleted")
 
 
 def new_batch(
@@ -19,6 +23,8 @@ def new_batch(
     metadata: dict[str, Any],
     job_events: bool,
     request_id: str | None,
+    mode: str = "create",
+    prune: bool = False,
 ) -> Doc:
     return {
         "_id": batch_id,
@@ -35,6 +41,8 @@ def new_batch(
         "metadata_json": json.dumps(metadata, ensure_ascii=False),
         "job_events": job_events,
         "request_id": request_id,
+        "mode": mode,
+        "prune": prune,
     }
 
 
@@ -42,6 +50,7 @@ def public(doc: Doc) -> Doc:
     return {
         "id": doc["_id"],
         "object": "batch",
+        "mode": doc.get("mode", "create"),
         "status": doc["status"],
         "created_at": doc["created_at"],
         "in_progress_at": doc.get("in_progress_at"),
@@ -54,17 +63,39 @@ def public(doc: Doc) -> Doc:
     }
 
 
-def tally(codes: list[int | None], status: str) -> Tally:
-    """What a finished or cancelled chunk adds to its batch."""
+def tally(unit: Doc) -> Tally:
+    """What a finished or cancelled chunk adds to its batch.
+
+    A prune chunk's deletions are not requests of the batch: they count as
+    `deleted` only, so `completed + failed + cancelled` stays the total.
+    """
+    codes: list[int | None] = unit["codes"]
+    actions = [item_action(cast(Unit, unit), index) for index in range(len(codes))]
+    done = Counter(actions)
+    if unit.get("prune"):
+        return Tally(0, 0, 0, deleted=done["deleted"])
     completed = sum(1 for code in codes if code == 200)
     failed = sum(1 for code in codes if code is not None and code != 200)
-    cancelled = len(codes) - completed - failed if status == UnitStatus.CANCELLED else 0
-    return Tally(completed, failed, cancelled)
+    cancelled = len(codes) - completed - failed if unit["status"] == UnitStatus.CANCELLED else 0
+    return Tally(
+        completed,
+        failed,
+        cancelled,
+        done["created"],
+        done["updated"],
+        done["unchanged"],
+        done["deleted"],
+    )
+
+
+COUNTS = ("completed", "failed", "cancelled", *ACTIONS)
 
 
 def request_counts(doc: Doc) -> dict[str, int]:
-    """The batch's counts: its total, and the sum of its chunks' tallies."""
-    sums = [sum(column) for column in zip(*(doc.get("tally") or {}).values(), strict=True)]
-    completed, failed, cancelled = sums or (0, 0, 0)
-    total = doc["request_counts"]["total"]
-    return {"total": total, "completed": completed, "failed": failed, "cancelled": cancelled}
+    """The batch's counts: its total, and the sum of its chunks' tallies (those
+    recorded before the action counts have three columns)."""
+    sums = [0] * len(COUNTS)
+    for recorded in (doc.get("tally") or {}).values():
+        for column, value in enumerate(recorded):
+            sums[column] += value
+    return {"total": doc["request_counts"]["total"], **dict(zip(COUNTS, sums, strict=True))}

@@ -15,7 +15,9 @@ class Item(TypedDict):
     id: str
     custom_id: str | None
     body: str
-    op: NotRequired[str]  # "modify" or "delete"; a create has none
+    op: NotRequired[str]  # "modify", "delete" or "apply"; a create has none
+    # The assistant a modify or delete changes; for an apply line, the
+    # assistant its key named when the edge stored it (none for a new key).
     target: NotRequired[str]
 
 
@@ -48,6 +50,13 @@ class Unit(TypedDict):
     # whose delete is under way (so a redelivery knows it deleted the target).
     targets: NotRequired[list[str]]
     deleting: NotRequired[list[str]]
+    # Per request, what a 200 did ("created", "updated", "unchanged",
+    # "deleted"), where the operation alone does not say (apply lines).
+    actions: NotRequired[list[str | None]]
+    # The chunk of an apply batch with `prune=true` that deletes the keyed
+    # assistants the manifest leaves out; its items are planned when it runs.
+    prune: NotRequired[bool]
+    planned: NotRequired[bool]  # a prune chunk whose deletions are written down
 
 
 class Tally(NamedTuple):
@@ -56,6 +65,10 @@ class Tally(NamedTuple):
     completed: int
     failed: int
     cancelled: int
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
 
 
 class Delivery(TypedDict):

@@ -75,19 +75,38 @@ def order_key(unit: Unit) -> tuple[float, str]:
     return accepted_at(unit), unit["_id"]
 
 
-def results_fields(results: list[tuple[int, Any]], now: int) -> Doc:
+def results_fields(
+    results: list[tuple[int, Any]], now: int, actions: list[str | None] | None = None
+) -> Doc:
     """What a unit holds once done: its results in parallel arrays.
 
     A 200 body is stored as a reference to its assistant (the rest of the
     object is the request itself), which keeps a chunk's results small.
     """
-    return {
+    fields: Doc = {
         "status": UnitStatus.DONE,
         "codes": [code for code, _ in results],
         "results": [json.dumps(body, ensure_ascii=False) for _, body in results],
         "completed_at": now,
         "job_statuses": job_statuses(UnitStatus.DONE, [code for code, _ in results]),
     }
+    if actions is not None:
+        fields["actions"] = actions
+    return fields
+
+
+# What a 200 did, by the request's operation, where it is not recorded per item.
+ACTION_OF_OP = {None: "created", "modify": "updated", "delete": "deleted"}
+
+
+def item_action(unit: Unit, index: int) -> str | None:
+    """What request `index` did to its assistant; None unless it succeeded."""
+    if unit["codes"][index] != 200:
+        return None
+    recorded = unit.get("actions")
+    if recorded and recorded[index] is not None:
+        return recorded[index]
+    return ACTION_OF_OP.get(unit["items"][index].get("op"))
 
 
 def job_status(unit_status: str, code: int | None) -> JobStatus:
@@ -141,14 +160,15 @@ def job_public(unit: Unit, index: int) -> Doc:
 def result_body(unit: Unit, index: int) -> Any:
     """The body of a finished request's result: the assistant object or the error.
 
-    A create's 200 result is kept as a reference and rebuilt with its request;
-    a modify's or a delete's is kept whole.
+    A create's or an apply line's 200 result is kept as a reference and rebuilt
+    with its request (an applied assistant equals its body); a modify's or a
+    delete's is kept whole.
     """
     stored = unit["results"][index]
     assert stored is not None
     body = json.loads(stored)
     item = unit["items"][index]
-    if unit["codes"][index] == 200 and "op" not in item:
+    if unit["codes"][index] == 200 and item.get("op", "apply") == "apply":
         return assistants.public_from_request(json.loads(item["body"]), body)
     return body
 

@@ -17,11 +17,11 @@ from worker.domain.documents import Doc, Item, Tally
 from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
-from worker.domain.units import new_unit, result_body
+from worker.domain.units import item_action, new_unit, result_body
 from worker.queueing.routes import PROCESS_CHUNK
 from worker.runtime import Runtime
 from worker.services import outbox
-from worker.store import batches, units
+from worker.store import assistants, batches, units
 from worker.store.connection import Store
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,17 @@ class Stager:
         self.items: list[Item] = []
         self.size = 0
         self.next_stamp = 0.0
+        self.keyed: dict[str, str] | None = None
         batches.insert(rt.store, batch)
 
     def add(
         self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
     ) -> None:
         item: Item = {"id": "", "custom_id": custom_id, "body": body_text}
-        if op is not None and target is not None:
-            item["op"], item["target"] = op, target
+        if op is not None:
+            item["op"] = op
+        if target is not None:
+            item["target"] = target
         self.items.append(item)
         self.size += len(body_text)
         settings = self.rt.settings
@@ -64,6 +67,8 @@ class Stager:
             return
         for item, job_id in zip(self.items, new_ids("job_", len(self.items)), strict=True):
             item["id"] = job_id
+        if self.batch.get("mode") == "apply":
+            self._name_targets()
         # Each chunk's stamp follows the last one's lines (an item's assistant id
         # adds its place in the chunk, in 2**-24 s ticks), so ids keep input order.
         accepted_at = max(time.time(), self.next_stamp)
@@ -84,9 +89,31 @@ class Stager:
         self.seq += 1
         self.items, self.size = [], 0
 
+    def _name_targets(self) -> None:
+        """Apply lines of assistants that exist now target them, so they apply in
+        order with those assistants' modifies and deletes (one read a chunk).
+        A new key has no target: its key's unique index orders its creation."""
+        tenant = self.batch["tenant"]
+        if self.keyed is None:  # the tenant's keys, read once for the whole upload
+            self.keyed = assistants.keyed_ids(self.rt.store, tenant)
+        keyed = self.keyed
+        ids = [
+            name
+            for item in self.items
+            if (name := item["custom_id"] or "") not in keyed and assistants.may_be_id(name)
+        ]
+        found = assistants.find_mine(self.rt.store, tenant, ids)
+        for item in self.items:
+            name = item["custom_id"] or ""
+            target = keyed.get(name) or (name if name in found else None)
+            if target is not None:
+                item["target"] = target
+
     def commit(self, total: int) -> Doc:
         """Make the batch visible and send its chunks; returns the batch."""
         self._flush()
+        if self.batch.get("prune"):
+            self._add_prune_chunk()
         batch_id = self.batch["_id"]
         now = int(time.time())
         units.queue_staged(self.rt.store, batch_id, now + self.rt.settings.resend_after_seconds)
@@ -98,6 +125,25 @@ class Stager:
         except Exception:  # stored: the reconciler sends what did not go
             log.warning("batch %s stored but not all sent; the reconciler will", batch_id)
         return doc
+
+    def _add_prune_chunk(self) -> None:
+        """The last chunk deletes the keyed assistants the manifest leaves out;
+        it plans its lines when it runs, and its results follow the input's."""
+        unit = new_unit(
+            unit_id=chunk_id(self.batch["_id"], self.seq),
+            tenant=self.batch["tenant"],
+            items=[],
+            now=self.batch["created_at"],
+            callback_url=self.batch.get("callback_url"),
+            request_id=self.batch.get("request_id"),
+            batch_id=self.batch["_id"],
+            seq=self.seq,
+            job_events=False,
+            accepted_at=max(time.time(), self.next_stamp),
+        )
+        unit["prune"] = True
+        units.insert_staged(self.rt.store, unit)
+        self.seq += 1
 
     def abort(self) -> None:
         units.delete_batch_units(self.rt.store, self.batch["_id"])
@@ -138,7 +184,7 @@ def settle(rt: Runtime, batch_id: str) -> None:
     if known is None:
         return
     missing = units.closed_chunks(rt.store, batch_id, known)
-    refresh(rt, batch_id, {unit["seq"]: tally(unit["codes"], unit["status"]) for unit in missing})
+    refresh(rt, batch_id, {unit["seq"]: tally(unit) for unit in missing})
 
 
 def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
@@ -171,6 +217,7 @@ def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Do
                     "job_id": item["id"],
                     "status_code": None,
                     "body": None,
+                    "action": None,
                     "status": JobStatus.CANCELLED,
                 }
                 continue
@@ -179,7 +226,8 @@ def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Do
                 continue
             yield {
                 "custom_id": item["custom_id"],
-                "job_id": item["id"],
+                "job_id": item["id"] or None,  # a prune deletion has no job
                 "status_code": code,
                 "body": result_body(unit, index),
+                "action": item_action(unit, index),
             }

@@ -21,7 +21,7 @@ from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
 from worker.domain.units import accepted_at, job_public, results_fields
 from worker.runtime import Runtime
-from worker.services import batches, changes, outbox
+from worker.services import applying, batches, changes, outbox
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
 from worker.telemetry.stages import Stages
@@ -43,7 +43,7 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     stages.lap("claim")
     metrics.units_claimed(claimed)
     now = int(time.time())
-    outcomes, valid = evaluate(rt, claimed)
+    outcomes, valid, applying_lines = evaluate(rt, claimed)
     stages.lap("validate")
     by_id = {unit["_id"]: unit for unit in claimed}
     created = persist(
@@ -63,6 +63,11 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     for uid, index, _ in valid:
         outcomes[uid][index] = (200, created[by_id[uid]["items"][index]["id"]])
     stages.lap("insert")
+    actions: applying.Actions = {}
+    applying.apply(rt, applying_lines, outcomes, actions, now)
+    for unit in claimed:
+        if unit.get("prune") and unit["attempts"] <= rt.settings.max_attempts:
+            applying.prune(rt, unit, outcomes, actions)
     changes.apply(rt, claimed, outcomes)
     stages.lap("change")
     owing = owes_job_events(rt, claimed)
@@ -74,13 +79,14 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
         now=now,
         expire_at=expire_at(rt.settings, now),
         owing=owing,
+        actions=actions,
     )
     stages.lap("record")
     done = [unit for unit in claimed if unit["_id"] in finished]
     rt.publish_finished(finished_jobs(done, outcomes, now))
     stages.lap("publish")
     outbox.flush_unit_events(rt, [unit["_id"] for unit in done if unit["_id"] in owing])
-    tally_batches(rt, done, outcomes)
+    tally_batches(rt, done, outcomes, actions)
     changes.wake(rt, done)
     stages.lap("tell")
     metrics.units_finished(claimed, outcomes, finished, started=started, stages=stages.ms)
@@ -93,7 +99,7 @@ def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, D
     told: dict[str, Doc | None] = {}
     for unit in done:
         if "batch_id" in unit:
-            told.update((item["id"], None) for item in unit["items"])
+            told.update((item["id"], None) for item in unit["items"] if item["id"])
         else:
             finished = cast(Unit, {**unit, **results_fields(outcomes[unit["_id"]], now)})
             told[unit["_id"]] = job_public(finished, 0)
@@ -102,10 +108,12 @@ def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, D
 
 def evaluate(
     rt: Runtime, claimed: list[Unit]
-) -> tuple[Outcomes, list[tuple[str, int, AssistantCreate]]]:
-    """Each request's outcome so far (422s final), and the valid requests to persist."""
+) -> tuple[Outcomes, list[tuple[str, int, AssistantCreate]], list[applying.Line]]:
+    """Each request's outcome so far (422s final), the valid creates to persist
+    and the valid apply lines."""
     outcomes: Outcomes = {}
     valid: list[tuple[str, int, AssistantCreate]] = []
+    lines: list[applying.Line] = []
     for unit in claimed:
         if unit["attempts"] > rt.settings.max_attempts:
             # This unit has been claimed again and again without finishing:
@@ -115,26 +123,37 @@ def evaluate(
             continue
         results: list[tuple[int, Any]] = []
         for index, item in enumerate(unit["items"]):
-            if "op" in item:
+            op = item.get("op")
+            if op is not None and op != "apply":
                 results.append((0, None))  # a modify or delete: `changes.apply`
                 continue
             checked = validate_create(json.loads(item["body"]), rt.settings.models)
             if isinstance(checked, list):
                 results.append((422, {"detail": checked}))
+            elif op == "apply":
+                results.append((0, None))  # `applying.apply`
+                lines.append((unit, index, checked))
             else:
                 results.append((200, None))  # the assistant's reference, once persisted
                 valid.append((unit["_id"], index, checked))
         outcomes[unit["_id"]] = results
-    return outcomes, valid
+    return outcomes, valid, lines
 
 
-def tally_batches(rt: Runtime, done: list[Unit], outcomes: Outcomes) -> None:
+def tally_batches(
+    rt: Runtime, done: list[Unit], outcomes: Outcomes, actions: applying.Actions
+) -> None:
     """Tell each batch what its finished chunks came to."""
     tallies: dict[str, dict[int, Tally]] = {}
     for unit in done:
         if "batch_id" in unit:
-            codes: list[int | None] = [code for code, _ in outcomes[unit["_id"]]]
-            tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = tally(codes, UnitStatus.DONE)
+            finished = {
+                **unit,
+                "status": UnitStatus.DONE,
+                "codes": [code for code, _ in outcomes[unit["_id"]]],
+                "actions": actions.get(unit["_id"]),
+            }
+            tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = tally(finished)
     for batch_id, by_seq in tallies.items():
         batches.refresh(rt, batch_id, by_seq)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
+from worker.domain.assistants import CONTENT_HASH, KEY
 from worker.domain.documents import Doc
 from worker.store import pages
 from worker.store.connection import Store, insert_new
@@ -16,6 +18,122 @@ def ensure_indexes(store: Store) -> None:
     store.assistants.create_index(
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
+    # Provisioning keys: unique per tenant. Only keyed assistants are in it, so
+    # plain creates pay nothing, and deleting an assistant frees its key.
+    store.assistants.create_index(
+        [("tenant", ASCENDING), (KEY, ASCENDING)],
+        unique=True,
+        partialFilterExpression={KEY: {"$type": "string"}},
+    )
+
+
+def keyed(store: Store, tenant: str) -> dict[str, Doc]:
+    """The tenant's keyed assistants by key: their `_id`, id, creation time and
+    content hash (not their content).
+
+    One read, through the partial key index on MongoDB (the query holds its
+    filter). SecantusDB plans no read with a partial index, and with a long
+    `$in` of keys it scans at a cost of keys times documents, so keys are never
+    looked up with `$in`: this is read once per batch (or per chunk that lost a
+    race), and assistants are then found by id, whose unique index every
+    server uses.
+    """
+    found = store.assistants.find(
+        {"tenant": tenant, KEY: {"$type": "string"}},
+        {"id": 1, KEY: 1, "created_at": 1, CONTENT_HASH: 1},
+        batch_size=1000,
+    )
+    return {doc[KEY]: doc for doc in found}
+
+
+def keyed_ids(store: Store, tenant: str) -> dict[str, str]:
+    """Each provisioning key of the tenant, mapped to its assistant's id."""
+    return {key: doc["id"] for key, doc in keyed(store, tenant).items()}
+
+
+def may_be_id(name: str) -> bool:
+    return name.startswith("asst_")
+
+
+def find_named(
+    store: Store, tenant: str, names: list[str], keyed: dict[str, str] | None = None
+) -> dict[str, Doc]:
+    """The tenant's assistants an apply line names: by provisioning key, or else
+    by id; each name mapped to its assistant. `keyed` is `keyed_ids`, if read."""
+    if not names:
+        return {}
+    if keyed is None:
+        keyed = keyed_ids(store, tenant)
+    ids = {keyed.get(name, name) for name in names}
+    ids = {one for one in ids if may_be_id(one)}
+    found = {
+        doc["id"]: doc
+        for doc in store.assistants.find({"id": {"$in": sorted(ids)}})
+        if doc["tenant"] == tenant
+    }
+    named: dict[str, Doc] = {}
+    for name in names:
+        doc = found.get(keyed[name]) if name in keyed else None
+        if doc is None or doc.get(KEY) != name:
+            doc = found.get(name)
+        if doc is not None:
+            named[name] = doc
+    return named
+
+
+# What an apply line needs to know of an assistant whose content hash it can
+# compare: reading whole documents costs SecantusDB most of a chunk's time.
+APPLY_VIEW = {
+    "id": 1,
+    "tenant": 1,
+    "created_at": 1,
+    "job_id": 1,
+    "applied_by": 1,
+    CONTENT_HASH: 1,
+}
+
+
+def find_mine(
+    store: Store, tenant: str, ids: list[str], projection: Doc | None = None
+) -> dict[str, Doc]:
+    """The tenant's assistants with these ids, by id."""
+    if not ids:
+        return {}
+    found = store.assistants.find({"id": {"$in": ids}}, projection)
+    return {doc["id"]: doc for doc in found if doc["tenant"] == tenant}
+
+
+def set_content(store: Store, updates: list[tuple[Any, Doc]]) -> set[Any]:
+    """Set assistants, each `(_id, fields)`, to exactly these fields; returns the
+    `_id`s that were not found (deleted meanwhile: nothing is brought back)."""
+    if not updates:
+        return set()
+    ops = [UpdateOne({"_id": oid}, _set_literally(fields)) for oid, fields in updates]
+    written = store.assistants.bulk_write(ops, ordered=False)
+    if written.matched_count == len(ops):
+        return set()
+    ids = [oid for oid, _ in updates]
+    return set(ids) - {
+        doc["_id"] for doc in store.assistants.find({"_id": {"$in": ids}}, {"_id": 1})
+    }
+
+
+def iter_all(store: Store, tenant: str) -> Iterator[Doc]:
+    """Every assistant of the tenant in creation order, a batch in memory at a time."""
+    order = [("created_at", ASCENDING), ("_id", ASCENDING)]
+    yield from store.assistants.find({"tenant": tenant}, sort=order, batch_size=500)
+
+
+def iter_keyed(store: Store, tenant: str) -> Iterator[Doc]:
+    """The tenant's assistants that carry a provisioning key: their `_id`, id and key."""
+    yield from store.assistants.find(
+        {"tenant": tenant, KEY: {"$type": "string"}}, {"id": 1, KEY: 1}, batch_size=1000
+    )
+
+
+def delete_by_oids(store: Store, oids: list[Any]) -> None:
+    if oids:
+        store.assistants.delete_many({"_id": {"$in": oids}})
 
 
 def insert(store: Store, docs: list[Doc]) -> list[Doc]:
@@ -59,6 +177,8 @@ def _set_literally(fields: Doc) -> list[Doc]:
     """
     stages: list[Doc] = [{"$set": {name: {"$literal": value} for name, value in fields.items()}}]
     legacy = [f"{name}_json" for name in ("tools", "metadata") if name in fields]
+    if CONTENT_HASH not in fields:  # a change of the content the hash no longer describes
+        legacy.append(CONTENT_HASH)
     if legacy:
         stages.append({"$unset": legacy})
     return stages

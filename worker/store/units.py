@@ -180,12 +180,13 @@ def record(
     now: int,
     expire_at: datetime,
     owing: set[str],
+    actions: dict[str, list[str | None]] | None = None,
 ) -> set[str]:
     """Write results, fenced by the lease; returns the ids of units this call finished."""
     ops = []
     for unit in units:
         update: Doc = {
-            **results_fields(outcomes[unit["_id"]], now),
+            **results_fields(outcomes[unit["_id"]], now, (actions or {}).get(unit["_id"])),
             "expire_at": expire_at,
             "done_by": unit["lease"],
         }
@@ -213,21 +214,37 @@ def record(
 OPEN = [UnitStatus.QUEUED, UnitStatus.IN_PROGRESS]
 
 
+def _changing(store: Store, targets: list[str], projection: Doc) -> Iterator[Doc]:
+    """Units that change any of `targets`, finished ones too.
+
+    The query names `targets` alone and the rest is filtered here: SecantusDB
+    uses an index only for a query on its one field, and with other terms it
+    scans every unit, comparing each target list with the long `$in` (an
+    apply chunk names up to 500 assistants). Finished units are few here:
+    they are kept only for the retention window, and rarely share a target.
+    """
+    yield from store.jobs.find(
+        {"targets": {"$in": targets}}, {**projection, "status": 1}, batch_size=1000
+    )
+
+
 def open_changes(store: Store, targets: list[str], exclude: list[str]) -> list[Doc]:
     """Accepted units, not finished, that change any of `targets`, but for `exclude`."""
-    return list(
-        store.jobs.find(
-            {"targets": {"$in": targets}, "status": {"$in": OPEN}, "_id": {"$nin": exclude}},
-            {"targets": 1, "accepted_at": 1, "created_at": 1},
-        )
-    )
+    excluded = set(exclude)
+    return [
+        doc
+        for doc in _changing(store, targets, {"targets": 1, "accepted_at": 1, "created_at": 1})
+        if doc["status"] in OPEN and doc["_id"] not in excluded
+    ]
 
 
 def queued_changes(store: Store, targets: list[str]) -> list[Doc]:
     """Queued units that change any of `targets`: those that waited for a change of them."""
-    return list(
-        store.jobs.find({"targets": {"$in": targets}, "status": UnitStatus.QUEUED}, {"batch_id": 1})
-    )
+    return [
+        doc
+        for doc in _changing(store, targets, {"batch_id": 1})
+        if doc["status"] == UnitStatus.QUEUED
+    ]
 
 
 def release(store: Store, unit: Unit, due_at: int) -> bool:
@@ -310,9 +327,50 @@ def closed_chunks(store: Store, batch_id: str, except_seqs: list[int]) -> list[D
                 "status": {"$in": list(CLOSED_UNIT)},
                 "seq": {"$nin": except_seqs},
             },
-            {"codes": 1, "status": 1, "seq": 1},
+            {"codes": 1, "status": 1, "seq": 1, "items.op": 1, "actions": 1, "prune": 1},
         )
     )
+
+
+def iter_custom_ids(store: Store, batch_id: str) -> Iterator[str]:
+    """Every custom_id of a batch's requests (an apply batch's names), chunk by chunk."""
+    found = store.jobs.find(
+        {"batch_id": batch_id, "prune": {"$ne": True}}, {"items.custom_id": 1}, batch_size=4
+    )
+    for unit in found:
+        for item in unit["items"]:
+            yield item["custom_id"]
+
+
+def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
+    """Write a prune chunk's deletions before any is made, once: a redelivered
+    chunk keeps the plan it made first. Returns the plan, or None if the lease
+    was lost."""
+    written = store.jobs.find_one_and_update(
+        {
+            "_id": unit["_id"],
+            "lease": unit["lease"],
+            "status": UnitStatus.IN_PROGRESS,
+            "planned": {"$ne": True},
+        },
+        {
+            "$set": {
+                "items": items,
+                "codes": [None] * len(items),
+                "results": [None] * len(items),
+                "planned": True,
+            }
+        },
+        projection={"items": 1},
+        return_document=ReturnDocument.AFTER,
+    )
+    if written is None:
+        kept = store.jobs.find_one(
+            {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
+            {"items": 1},
+        )
+        return None if kept is None else list(kept["items"])
+    return list(written["items"])
 
 
 def iter_chunks(store: Store, batch_id: str) -> Iterator[Unit]:

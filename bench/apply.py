@@ -1,0 +1,137 @@
+"""Apply batches against plain create batches, measured in one run.
+
+- 20,000 new lines applied (`?mode=apply`) vs a create batch of the same
+  bodies: the apply rate over the create rate (target: within 10 %);
+- the same 20,000 lines applied again, all unchanged: how many times faster
+  than the first apply (target: at least 3x), and that no assistant was written;
+- dry runs of 5,000 and 50,000 lines (20,000 of them existing): the answer's
+  time, and the edge's peak memory (flat in the line count).
+
+    PYTHONPATH=. .venv/bin/python -m bench.apply        # --items 20000 --dry 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import threading
+import time
+from typing import Any
+
+from bench.harness import (
+    assistant_body,
+    deployment,
+    env_cpu_note,
+    process_tree,
+    rss_kib,
+    wait_batch,
+)
+from tests.stack import Stack, Tenant
+
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def lines(items: int, prefix: str, offset: int = 0) -> bytes:
+    return b"".join(
+        json.dumps({"custom_id": f"{prefix}{i}", "body": assistant_body(offset + i)}).encode()
+        + b"\n"
+        for i in range(items)
+    )
+
+
+def run_batch(tenant: Tenant, data: bytes, query: str) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    response = tenant.request("POST", f"/v1/batches?{query}", data=data, headers=NDJSON)
+    response.raise_for_status()
+    batch = wait_batch(tenant, response.json()["id"])
+    return time.perf_counter() - started, batch
+
+
+def assistants_digest(stack: Stack) -> tuple[int, str]:
+    """How many assistants there are, and a hash of every one of them as stored."""
+    store = stack.store()
+    try:
+        digest = hashlib.sha256()
+        count = 0
+        for doc in store.assistants.find({}, sort=[("_id", 1)]):
+            digest.update(json.dumps(doc, default=str, sort_keys=True).encode())
+            count += 1
+        return count, digest.hexdigest()
+    finally:
+        store.close()
+
+
+def dry_run(stack: Stack, tenant: Tenant, data: bytes) -> tuple[float, int, int]:
+    """Seconds to the whole plan, its line count, and the edge's peak RSS (KiB)."""
+    pids = process_tree(stack.processes["api"].pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, max(rss_kib(pid) for pid in pids))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        started = time.perf_counter()
+        response = tenant.request(
+            "POST", "/v1/batches?mode=apply&dry_run=true", data=data, headers=NDJSON, stream=True
+        )
+        response.raise_for_status()
+        count = sum(1 for line in response.iter_lines() if line)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        sampler.join()
+    return elapsed, count, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--dry", type=int, default=50_000)
+    args = parser.parse_args()
+    n = args.items
+    with deployment() as (stack, tenant):
+        create_s, created = run_batch(tenant, lines(n, "c"), "")
+        assert created["request_counts"]["completed"] == n, created
+        apply_s, applied = run_batch(tenant, lines(n, "k"), "mode=apply")
+        assert applied["request_counts"]["created"] == n, applied
+        before = assistants_digest(stack)
+        again_s, again = run_batch(tenant, lines(n, "k"), "mode=apply")
+        assert again["request_counts"]["unchanged"] == n, again
+        after = assistants_digest(stack)
+        small_s, small_count, small_rss = dry_run(stack, tenant, lines(args.dry // 10, "k"))
+        big_s, big_count, big_rss = dry_run(stack, tenant, lines(args.dry, "k"))
+        assert (small_count, big_count) == (args.dry // 10, args.dry)
+
+    print(f"apply bench, {env_cpu_note()}, {n:,} lines of ~1 KB")
+    print(f"  create batch:            {create_s:6.1f} s  {n / create_s:7,.0f} lines/s")
+    print(
+        f"  apply, all new:          {apply_s:6.1f} s  {n / apply_s:7,.0f} lines/s"
+        f"  -> {create_s / apply_s:.2f} of the create batch's rate"
+    )
+    print(
+        f"  apply again, unchanged:  {again_s:6.1f} s  {n / again_s:7,.0f} lines/s"
+        f"  -> {apply_s / again_s:.1f}x faster than the first apply"
+    )
+    print(
+        f"  assistants written by the re-apply: "
+        f"{'none' if before == after else 'SOME'} ({after[0]:,} assistants, same hash)"
+    )
+    print(
+        f"  dry run {args.dry // 10:,} lines: {small_s:5.1f} s, edge peak RSS "
+        f"{small_rss / 1024:.0f} MiB"
+    )
+    print(
+        f"  dry run {args.dry:,} lines: {big_s:5.1f} s, edge peak RSS {big_rss / 1024:.0f} MiB"
+        f"  -> memory {big_rss / small_rss:.2f}x for 10x the lines"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Provisioning as code: apply a manifest, dry-run it, export it; on real servers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.test_batches import finished_batch, jsonl, results, submit
+
+NDJSON = "application/x-ndjson"
+
+
+def manifest(count: int, prefix: str = "k") -> list[dict[str, Any]]:
+    return [
+        {
+            "custom_id": f"{prefix}{i}",
+            "body": {"model": "gpt-4", "name": f"n{i}", "metadata": {"team": "a"}},
+        }
+        for i in range(count)
+    ]
+
+
+def apply(tenant: Tenant, lines: list[Any], query: str = "") -> dict[str, Any]:
+    response = tenant.request(
+        "POST",
+        f"/v1/batches?mode=apply{query}",
+        data=jsonl(lines),
+        headers={"Content-Type": NDJSON},
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["mode"] == "apply"
+    return finished_batch(tenant, response.json()["id"])
+
+
+def dry_run(tenant: Tenant, lines: list[Any], query: str = "&mode=apply") -> list[dict[str, Any]]:
+    response = tenant.request(
+        "POST",
+        f"/v1/batches?dry_run=true{query}",
+        data=jsonl(lines),
+        headers={"Content-Type": NDJSON},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith(NDJSON)
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def counts(batch: dict[str, Any]) -> dict[str, int]:
+    keys = ("total", "completed", "failed", "created", "updated", "unchanged", "deleted")
+    return {key: batch["request_counts"][key] for key in keys}
+
+
+def stored(stack: Stack, tenant: Tenant) -> list[dict[str, Any]]:
+    store = stack.store()
+    try:
+        return list(store.assistants.find({"tenant": tenant.name}))
+    finally:
+        store.close()
+
+
+def test_apply_creates_then_reapplying_is_all_unchanged(stack: Stack, tenant: Tenant) -> None:
+    lines = manifest(700)
+    first = apply(tenant, lines)
+    assert counts(first) == {
+        "total": 700, "completed": 700, "failed": 0,
+        "created": 700, "updated": 0, "unchanged": 0, "deleted": 0,
+    }  # fmt: skip
+    rows = results(tenant, first["id"])
+    assert {row["action"] for row in rows} == {"created"}
+    assert rows[3]["body"]["name"] == "n3"
+    assert "provisioning_key" not in rows[3]["body"]
+    docs = stored(stack, tenant)
+    assert sorted(doc["provisioning_key"] for doc in docs) == sorted(f"k{i}" for i in range(700))
+    public = tenant.request("GET", f"/v1/assistants/{rows[3]['body']['id']}").json()
+    assert public == rows[3]["body"]
+    assert "provisioning_key" not in public
+
+    before = {doc["_id"]: doc for doc in docs}
+    again = apply(tenant, lines)
+    assert counts(again)["unchanged"] == 700
+    assert counts(again)["created"] == counts(again)["updated"] == 0
+    rows = results(tenant, again["id"])
+    assert {row["action"] for row in rows} == {"unchanged"}
+    assert rows[3]["body"] == public
+    assert {doc["_id"]: doc for doc in stored(stack, tenant)} == before  # nothing written
+
+
+def test_editing_one_line_updates_one_assistant_to_exactly_the_body(tenant: Tenant) -> None:
+    lines = manifest(30)
+    apply(tenant, lines)
+    lines[5] = {"custom_id": "k5", "body": {"model": "gpt-4o", "instructions": "be brief"}}
+    batch = apply(tenant, lines)
+    assert counts(batch)["updated"] == 1
+    assert counts(batch)["unchanged"] == 29
+    row = results(tenant, batch["id"])[5]
+    assert row["action"] == "updated"
+    assert row["body"]["model"] == "gpt-4o"
+    # The manifest is the desired state: absent fields go back to their defaults.
+    assert row["body"]["name"] is None
+    assert row["body"]["metadata"] == {}
+    assert tenant.request("GET", f"/v1/assistants/{row['body']['id']}").json() == row["body"]
+
+
+def test_a_line_may_name_an_unkeyed_assistant_by_its_id(tenant: Tenant) -> None:
+    made = tenant.create({"model": "gpt-4"}, Prefer="wait=30").json()
+    batch = apply(tenant, [{"custom_id": made["id"], "body": {"model": "gpt-4", "name": "x"}}])
+    assert counts(batch)["updated"] == 1
+    assert tenant.request("GET", f"/v1/assistants/{made['id']}").json()["name"] == "x"
+
+
+def test_prune_deletes_only_keyed_assistants_left_out(stack: Stack, tenant: Tenant) -> None:
+    unkeyed = tenant.create({"model": "gpt-4"}, Prefer="wait=30").json()
+    lines = manifest(20)
+    apply(tenant, lines)
+    kept = lines[:15]
+
+    plan = dry_run(tenant, kept, "&mode=apply&prune=true")
+    assert [line["action"] for line in plan] == ["unchanged"] * 15 + ["delete"] * 5
+    assert len(stored(stack, tenant)) == 21  # the dry run deleted nothing
+
+    batch = apply(tenant, kept, "&prune=true")
+    assert counts(batch) == {
+        "total": 15, "completed": 15, "failed": 0,
+        "created": 0, "updated": 0, "unchanged": 15, "deleted": 5,
+    }  # fmt: skip
+    rows = results(tenant, batch["id"])
+    assert [row["custom_id"] for row in rows[15:]] == [f"k{i}" for i in range(15, 20)]
+    assert all(row["job_id"] is None and row["action"] == "deleted" for row in rows[15:])
+    keys = sorted(doc.get("provisioning_key") or doc["id"] for doc in stored(stack, tenant))
+    assert keys == sorted([unkeyed["id"], *(f"k{i}" for i in range(15))])
+    # A deleted assistant's key is free again.
+    again = apply(tenant, lines)
+    assert counts(again)["created"] == 5
+
+
+def test_dry_run_of_each_case_creates_nothing(stack: Stack, tenant: Tenant) -> None:
+    lines = manifest(10)
+    lines[4]["body"] = {"model": "gpt-4", "bogus": 1}
+    plan = dry_run(tenant, lines)
+    assert stored(stack, tenant) == []
+    assert [line["action"] for line in plan].count("create") == 9
+    assert plan[4]["action"] == "invalid"
+    assert plan[4]["status_code"] == 422
+    assert plan[4]["body"]["detail"][0]["loc"] == ["body", "bogus"]
+    assert plan[0]["body"]["name"] == "n0"
+    assert plan[0]["body"]["id"] is None
+
+    batch = apply(tenant, lines)
+    assert counts(batch)["created"] == 9
+    assert counts(batch)["failed"] == 1
+    worker_detail = results(tenant, batch["id"])[4]["body"]
+    assert worker_detail == plan[4]["body"]  # one validation code path
+
+    before = sorted((str(doc["_id"]), doc["name"]) for doc in stored(stack, tenant))
+    lines[2]["body"] = {"model": "gpt-4", "name": "renamed"}
+    plan = dry_run(tenant, lines)
+    assert plan[2]["action"] == "update"
+    assert plan[2]["changes"] == ["name", "metadata"]
+    assert plan[2]["body"]["name"] == "renamed"
+    assert plan[3]["action"] == "unchanged"
+    assert sorted((str(doc["_id"]), doc["name"]) for doc in stored(stack, tenant)) == before
+
+    single = tenant.request("POST", "/v1/assistants?dry_run=true", json={"model": "gpt-4"})
+    assert single.status_code == 200
+    assert json.loads(single.text)["action"] == "create"
+    bad = tenant.request("POST", "/v1/assistants?dry_run=true", json={"name": 5}).json()
+    assert bad["action"] == "invalid"
+    assert [entry["type"] for entry in bad["body"]["detail"]] == ["missing", "string_type"]
+
+    create_mode = dry_run(tenant, [{"body": {"model": "gpt-4"}}], "")
+    assert create_mode[0]["action"] == "create"
+    assert len(stored(stack, tenant)) == 9
+    store = stack.store()
+    try:
+        assert (
+            store.jobs.count_documents({"tenant": tenant.name, "batch_id": {"$exists": False}}) == 0
+        )
+    finally:
+        store.close()
+
+
+def test_dry_run_structural_errors_answer_as_without_it(tenant: Tenant) -> None:
+    bad = jsonl([{"custom_id": "a", "body": {}}, {"custom_id": "a", "body": {}}, {"body": {}}])
+    for query in ("mode=apply", "mode=create"):
+        plain = submit(tenant, bad) if query == "mode=create" else None
+        real = tenant.request(
+            "POST", f"/v1/batches?{query}", data=bad, headers={"Content-Type": NDJSON}
+        )
+        dry = tenant.request(
+            "POST", f"/v1/batches?{query}&dry_run=true", data=bad, headers={"Content-Type": NDJSON}
+        )
+        assert real.status_code == dry.status_code == 422
+        assert real.json() == dry.json()
+        if plain is not None:
+            assert plain.json() == real.json()
+    refused = tenant.request(
+        "POST", "/v1/batches?mode=apply", data=bad, headers={"Content-Type": NDJSON}
+    ).json()["detail"]
+    assert {"type": "missing", "loc": ["body", 2, "custom_id"]}.items() <= refused[-1].items()
+
+
+def test_export_then_apply_is_all_unchanged(tenant: Tenant, other_tenant: Tenant) -> None:
+    apply(tenant, manifest(12))
+    tenant.create(
+        {"model": "gpt-4", "tools": [{"type": "function", "function": {"name": "f"}}]},
+        Prefer="wait=30",
+    )
+    other_tenant.create({"model": "gpt-4"}, Prefer="wait=30")
+    response = tenant.request("GET", "/v1/assistants/export", stream=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith(NDJSON)
+    lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert len(lines) == 13
+    assert [line["custom_id"] for line in lines[:12]] == [f"k{i}" for i in range(12)]
+    assert lines[12]["custom_id"].startswith("asst_")
+    batch = apply(tenant, lines)
+    assert counts(batch)["unchanged"] == 13
+    assert dry_run(tenant, lines)[0]["action"] == "unchanged"
+
+
+def test_two_concurrent_applies_of_one_manifest_make_no_duplicates(
+    stack: Stack, tenant: Tenant
+) -> None:
+    lines = manifest(1200)
+    with ThreadPoolExecutor(2) as pool:
+        batches = list(pool.map(lambda _: apply(tenant, lines), range(2)))
+    docs = stored(stack, tenant)
+    assert len(docs) == 1200
+    assert len({doc["provisioning_key"] for doc in docs}) == 1200
+    created = sum(counts(batch)["created"] for batch in batches)
+    unchanged = sum(counts(batch)["unchanged"] for batch in batches)
+    assert created == 1200
+    assert unchanged == 1200
+    assert all(counts(batch)["failed"] == 0 for batch in batches)
+
+
+def test_apply_racing_a_modify_is_serialized(tenant: Tenant) -> None:
+    apply(tenant, manifest(3))
+    target = results(tenant, apply(tenant, manifest(3))["id"])[1]["body"]["id"]
+    response = tenant.request(
+        "POST",
+        "/v1/batches?mode=apply",
+        data=jsonl([{"custom_id": "k1", "body": {"model": "gpt-4", "name": "from-apply"}}]),
+        headers={"Content-Type": NDJSON},
+    )
+    modify = tenant.request(
+        "POST", f"/v1/assistants/{target}", json={"description": "from-modify"}
+    ).json()
+    batch = finished_batch(tenant, response.json()["id"])
+    job = tenant.wait_job(modify["id"])
+    row = results(tenant, batch["id"])[0]
+    final = tenant.request("GET", f"/v1/assistants/{target}").json()
+    # Accepted first, the apply applies first; the modify's result shows both.
+    assert row["action"] == "updated"
+    assert row["body"]["description"] is None
+    assert job["result"]["body"] == final
+    assert (final["name"], final["description"]) == ("from-apply", "from-modify")
+
+
+@pytest.fixture
+def own(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    with running_stack(servers, logs_dir) as deployment:
+        yield deployment
+
+
+def test_worker_killed_mid_apply_applies_every_key_once(own: Stack) -> None:
+    tenant = own.new_tenant()
+    lines = manifest(3000)
+    apply(tenant, lines[:1000])
+    for line in lines[:500]:
+        line["body"]["name"] += "-v2"
+    response = tenant.request(
+        "POST", "/v1/batches?mode=apply", data=jsonl(lines), headers={"Content-Type": NDJSON}
+    )
+    assert response.status_code == 202
+
+    def mid_work() -> bool:
+        store = own.store()
+        try:
+            query = {"tenant": tenant.name, "batch_id": response.json()["id"]}
+            done = store.jobs.count_documents({**query, "status": "done"})
+            claimed = store.jobs.count_documents({**query, "status": "in_progress"})
+            return bool(done and claimed)
+        finally:
+            store.close()
+
+    wait_until(mid_work, interval=0.02)
+    own.kill("worker")
+    own.start_worker("worker2")
+    batch = finished_batch(tenant, response.json()["id"], timeout=180)
+    assert counts(batch) == {
+        "total": 3000, "completed": 3000, "failed": 0,
+        "created": 2000, "updated": 500, "unchanged": 500, "deleted": 0,
+    }  # fmt: skip
+    docs = stored(own, tenant)
+    assert sorted(doc["provisioning_key"] for doc in docs) == sorted(f"k{i}" for i in range(3000))
+    names = {doc["provisioning_key"]: doc["name"] for doc in docs}
+    assert names["k1"] == "n1-v2"
+    assert names["k700"] == "n700"

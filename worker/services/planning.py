@@ -1,0 +1,140 @@
+"""Dry runs: what a batch (or a create) would do, computed now and changing nothing.
+
+Bodies are validated by the workers' own functions (`validate_create`,
+`validate_modify`), so a line's 422 detail is the one its job would give.
+Lines are planned in groups, with one read of the assistants they name per
+group, and yielded as they are planned: memory stays flat in the line count.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container, Iterable, Iterator
+from itertools import islice
+from typing import Any, NamedTuple
+
+from worker.domain import assistants as assistant_docs
+from worker.domain.assistants import CONTENT_HASH, content_hash, reference
+from worker.domain.documents import Doc
+from worker.domain.schema import (
+    AssistantCreate,
+    AssistantModify,
+    fields_sent,
+    validate_create,
+    validate_modify,
+)
+from worker.runtime import Runtime
+from worker.store import assistants
+
+GROUP = 500
+UNSAVED = {"_id": None, "id": None, "created_at": None}
+NOT_FOUND = {"detail": "No assistant found"}
+
+
+class Line(NamedTuple):
+    custom_id: str | None
+    body_text: str
+    op: str | None = None  # None: a create; "modify", "delete" or "apply"
+    target: str | None = None
+
+
+def plan(
+    rt: Runtime, tenant: str, lines: Iterable[Line], *, prune_except: Container[str] | None = None
+) -> Iterator[Doc]:
+    """One plan line per request, in input order; then, with `prune_except` (the
+    names the manifest gives), one `delete` line per keyed assistant it leaves out."""
+    source = iter(lines)
+    keyed: dict[str, Doc] | None = None  # the tenant's keyed assistants, read once if needed
+    keyed_ids: dict[str, str] = {}
+    while group := list(islice(source, GROUP)):
+        if keyed is None and any(line.op == "apply" for line in group):
+            keyed = assistants.keyed(rt.store, tenant)
+            keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
+        checked = [_check(rt, line) for line in group]
+        # An apply line whose body hashes as its keyed assistant's content is
+        # unchanged, known without reading the assistant.
+        unchanged: dict[int, Doc] = {}
+        wanted: list[str] = []
+        for index, (line, request) in enumerate(zip(group, checked, strict=True)):
+            if line.op != "apply" or isinstance(request, list) or line.custom_id is None:
+                continue
+            known = (keyed or {}).get(line.custom_id)
+            body = json.loads(line.body_text)
+            if known is not None and known.get(CONTENT_HASH) == content_hash(body):
+                unchanged[index] = assistant_docs.public_from_request(body, reference(known))
+            else:
+                wanted.append(line.custom_id)
+        named = assistants.find_named(rt.store, tenant, wanted, keyed_ids)
+        targets = [line.target for line in group if line.target is not None]
+        by_id = assistants.find_mine(rt.store, tenant, targets)
+        for index, (line, request) in enumerate(zip(group, checked, strict=True)):
+            if index in unchanged:
+                yield _answer(line, "unchanged", 200, unchanged[index])
+            else:
+                yield _plan_line(line, request, named if line.op == "apply" else by_id)
+    if prune_except is not None:
+        for doc in assistants.iter_keyed(rt.store, tenant):
+            key = doc[assistant_docs.KEY]
+            if key in prune_except or doc["id"] in prune_except:
+                continue
+            yield {
+                "custom_id": key,
+                "action": "delete",
+                "status_code": 200,
+                "body": assistant_docs.deleted(doc["id"]),
+            }
+
+
+def _name(line: Line) -> str | None:
+    return line.custom_id if line.op == "apply" else line.target
+
+
+Checked = AssistantCreate | AssistantModify | list[dict[str, Any]] | None
+
+
+def _check(rt: Runtime, line: Line) -> Checked:
+    """The line's body as the worker validates it (None for a delete)."""
+    if line.op == "delete":
+        return None
+    body = json.loads(line.body_text)
+    if line.op == "modify":
+        return validate_modify(body, rt.settings.models)
+    return validate_create(body, rt.settings.models)
+
+
+def _plan_line(line: Line, request: Checked, named: dict[str, Doc]) -> Doc:
+    name = _name(line)
+    doc = named.get(name) if name is not None else None
+    if isinstance(request, list):
+        return _answer(line, "invalid", 422, {"detail": request})
+    if line.op in ("delete", "modify") and doc is None:
+        return _answer(line, "invalid", 404, NOT_FOUND)
+    if line.op == "delete":
+        assert doc is not None
+        return _answer(line, "delete", 200, assistant_docs.deleted(doc["id"]))
+    if isinstance(request, AssistantModify):
+        assert doc is not None
+        return _change(line, doc, {**doc, **assistant_docs.changes(fields_sent(request))})
+    assert isinstance(request, AssistantCreate)
+    if doc is None:
+        body = json.loads(line.body_text)
+        return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
+    return _change(line, doc, {**doc, **assistant_docs.content(request)})
+
+
+def _change(line: Line, doc: Doc, after: Doc) -> Doc:
+    state = assistant_docs.public(after)
+    changed = assistant_docs.differences(doc, state)
+    if not changed:
+        return _answer(line, "unchanged", 200, state)
+    return {**_answer(line, "update", 200, state), "changes": changed}
+
+
+def _answer(line: Line, action: str, code: int, body: Any) -> Doc:
+    return {"custom_id": line.custom_id, "action": action, "status_code": code, "body": body}
+
+
+def plan_create(rt: Runtime, body_text: str) -> Doc:
+    """The dry run of a single create."""
+    line = Line(None, body_text)
+    return _plan_line(line, _check(rt, line), {})
