@@ -6,6 +6,7 @@ process writes its samples to a file and a scrape of any one of them reads all.
 
 from __future__ import annotations
 
+import re
 import time
 
 from flask import Blueprint, Flask, Response, g, request
@@ -41,10 +42,14 @@ def method() -> str:
     return request.method if request.method in METHODS else "other"
 
 
+# A variable's converter is how it is matched, not what it names.
+_CONVERTER = re.compile(r"<[^:<>]+:([^<>]+)>")
+
+
 def route() -> str:
     """The matched route template, so ids do not make a series each."""
     rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
+    return _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else "unmatched"
 
 
 def register(app: Flask) -> None:
