@@ -299,12 +299,17 @@ def progress_bar(done: int, total: int) -> str:
 
 def results(client: Client, args: argparse.Namespace) -> int:
     query = f"?status={args.status}" if args.status else ""
-    out = args.output.open("wb") if args.output else sys.stdout.buffer
+    return download(client, f"/v1/batches/{args.batch_id}/results{query}", args.output)
+
+
+def download(client: Client, path: str, output: Path | None) -> int:
+    """Stream a GET's body to `output`, or to stdout."""
+    out = output.open("wb") if output else sys.stdout.buffer
     try:
-        with client.open("GET", f"/v1/batches/{args.batch_id}/results{query}") as response:
+        with client.open("GET", path) as response:
             shutil.copyfileobj(response, out)
     finally:
-        if args.output:
+        if output:
             out.close()
         else:
             out.flush()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -155,13 +154,4 @@ def _line_numbers(path: Path) -> dict[str, int]:
 
 
 def export(client: bulk.Client, args: argparse.Namespace) -> int:
-    out = args.output.open("wb") if args.output else sys.stdout.buffer
-    try:
-        with client.open("GET", "/v1/assistants/export") as response:
-            shutil.copyfileobj(response, out)
-    finally:
-        if args.output:
-            out.close()
-        else:
-            out.flush()
-    return 0
+    return bulk.download(client, "/v1/assistants/export", args.output)
