@@ -100,7 +100,9 @@ def claim(
 ) -> tuple[Delivery, str] | None:
     """Lease the delivery for its attempt, if one is due and nobody holds it."""
     token = secrets.token_hex(16)
-    doc = store.deliveries.find_one_and_update(
+    # An update, then a read by the lease: SecantusDB plans find_one_and_update
+    # as a scan of the collection, an update by _id not (see `units.claim`).
+    taken = store.deliveries.update_one(
         {
             "_id": delivery_id,
             "status": DeliveryStatus.PENDING,
@@ -109,6 +111,9 @@ def claim(
         },
         {"$set": {"lease": token, "lease_expires": now + lease_seconds}},
     )
+    if taken.matched_count == 0:
+        return None
+    doc = store.deliveries.find_one({"_id": delivery_id, "lease": token})
     return None if doc is None else (cast(Delivery, doc), token)
 
 
