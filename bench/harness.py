@@ -120,21 +120,6 @@ def raw_insert_many_rate(
         store.close()
 
 
-def raw_insert_one_rate(stack: Stack, count: int, size: int = 1000) -> float:
-    store = stack.store()
-    try:
-        collection = store.db["bench_raw"]
-        collection.drop()
-        started = time.perf_counter()
-        for i in range(count):
-            collection.insert_one({"i": i, **assistant_body(i, size)})
-        elapsed = time.perf_counter() - started
-        collection.drop()
-        return count / elapsed
-    finally:
-        store.close()
-
-
 def raw_round_trip_seconds(stack: Stack, count: int) -> list[float]:
     """One insert and one find by key, as a waited create costs at the least.
 

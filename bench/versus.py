@@ -187,7 +187,7 @@ def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
         service_request(tenant, HOST, {}),
         keep=lambda reply: reply.status == 202,
     )
-    # A single create's job id is the _id of the document that holds it.
+    # Creates accepted together share a unit: jobs are found by item.
     accepted = [json.loads(reply.body)["id"] for reply in run.replies]
     store = stack.store()
     try:
@@ -198,16 +198,23 @@ def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
         pending = accepted
         while True:
             unfinished = store.jobs.find(
-                {"_id": {"$in": pending}, "status": {"$ne": "done"}}, {"_id": 1}
+                {"items.id": {"$in": pending}, "status": {"$ne": "done"}}, {"items.id": 1}
             )
-            pending = [doc["_id"] for doc in unfinished]
+            waiting = set(pending)
+            pending = [i["id"] for doc in unfinished for i in doc["items"] if i["id"] in waiting]
             now = time.perf_counter()
             if not pending:
                 break
             if now - run.started > seconds + DRAIN_TIMEOUT:
                 raise AssertionError(f"{len(pending)} of {len(accepted)} accepted jobs unfinished")
             time.sleep(min(0.5, max(0.01, 0.001 * len(pending))))
-        succeeded = store.jobs.count_documents({"_id": {"$in": accepted}, "codes": 200})
+        mine = set(accepted)
+        succeeded = sum(
+            code == 200
+            for doc in store.jobs.find({"items.id": {"$in": accepted}}, {"items.id": 1, "codes": 1})
+            for item, code in zip(doc["items"], doc["codes"], strict=True)
+            if item["id"] in mine
+        )
     finally:
         store.close()
     total = now - run.started

@@ -19,11 +19,13 @@ class Item(TypedDict):
     # The assistant a modify or delete changes; for an apply line, the
     # assistant its key named when the edge stored it (none for a new key).
     target: NotRequired[str]
+    # The edge request that carried it, in a unit holding several single creates.
+    request_id: NotRequired[str | None]
 
 
 class Unit(TypedDict):
-    """A work unit: one single create, or up to a chunk of a batch's requests,
-    with their results in parallel arrays."""
+    """A work unit: one single create, single creates accepted together, or up
+    to a chunk of a batch's requests, with their results in parallel arrays."""
 
     _id: str
     tenant: str

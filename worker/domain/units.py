@@ -1,9 +1,10 @@
 """Jobs, as work units hold them.
 
-A unit is one document holding one request (a single create) or a chunk of a
-batch's requests, with their results in parallel arrays. One document per
-chunk instead of per request is what lets a batch cost little more than the
-assistants it inserts; the API still shows one job per request. A job's
+A unit is one document holding one request (a single create), the single
+creates of one tenant that one edge process accepted together, or a chunk of a
+batch's requests, with their results in parallel arrays. One document for many
+requests instead of one per request is what lets them cost little more than the
+assistants they insert; the API still shows one job per request. A job's
 status is derived from its unit's status and its result code; the distinct
 statuses of a unit's jobs are stored with it (`job_statuses`), set by every
 write that changes them, so that a list filtered by status reads only units
@@ -64,6 +65,41 @@ def new_unit(
     if targets:
         unit["targets"] = targets
     return unit
+
+
+def group_key(unit: Unit) -> tuple[str, str | None, bool]:
+    """Lone creates with the same key may share one unit (`merged`): what a unit
+    holds once for all its requests."""
+    return unit["tenant"], unit["callback_url"], unit["job_events"]
+
+
+def merged(members: list[Unit]) -> Unit:
+    """One unit holding the requests of lone creates accepted together (group
+    commit at the edge), so that they cost one document to store, claim and
+    record. Its id is its first job's id; each request keeps its request id.
+    The members take the group's times, so each one's 202 shows what its job
+    will show."""
+    first = members[0]
+    items: list[Item] = []
+    for member in members:
+        for item in member["items"]:
+            items.append({**item, "request_id": member["request_id"]})
+    unit: Unit = {
+        **first,
+        "request_id": None,
+        "items": items,
+        "codes": [None] * len(items),
+        "results": [None] * len(items),
+    }
+    for member in members:
+        member["created_at"], member["accepted_at"] = unit["created_at"], accepted_at(unit)
+        member["due_at"] = unit["due_at"]
+    return unit
+
+
+def request_ids(unit: Unit) -> list[str | None]:
+    """The edge request id of each request a unit holds."""
+    return [item.get("request_id", unit.get("request_id")) for item in unit["items"]]
 
 
 def accepted_at(unit: Unit) -> float:

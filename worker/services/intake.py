@@ -15,7 +15,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from worker.domain.documents import Doc, Item, Unit
 from worker.domain.ids import new_id
-from worker.domain.units import job_public, new_unit
+from worker.domain.units import group_key, job_public, merged, new_unit
 from worker.queueing.routes import PROCESS_SINGLE
 from worker.runtime import Runtime
 from worker.services.group_commit import GroupCommit
@@ -107,7 +107,10 @@ def submit_single(
             resend_after=rt.settings.resend_after_seconds,
         )
         try:
-            _committer(rt).submit(unit)
+            # A request with an Idempotency-Key keeps a unit of its own, whose _id
+            # (its job id) makes two requests with the key store one job; so
+            # does a modify, whose unit names its target.
+            _committer(rt).submit(Pending(unit, alone=scope is not None or target is not None))
             stages.lap("commit")
         except DuplicateKeyError:
             # Stored already: by the other request with this key, or by this
@@ -124,37 +127,66 @@ def submit_single(
     return Accepted(job=job_public(unit, 0), replayed=adopted)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A request's unit waiting for its group's write; unless `alone`, it may be
+    merged with others of its tenant into one unit (`units.merged`)."""
+
+    unit: Unit
+    alone: bool
+
+
 # One group commit per process runtime: creates that arrive while a group is
 # being stored share the next write and the next message.
-_committers: dict[int, GroupCommit[Unit]] = {}
+_committers: dict[int, GroupCommit[Pending]] = {}
 
 
-def _committer(rt: Runtime) -> GroupCommit[Unit]:
+def _committer(rt: Runtime) -> GroupCommit[Pending]:
     committer = _committers.get(id(rt))
     if committer is None:
         committer = _committers[id(rt)] = GroupCommit(lambda group: _store_and_send(rt, group))
     return committer
 
 
-def _store_and_send(rt: Runtime, group: list[Unit]) -> list[BaseException | None]:
+def _documents(group: list[Pending]) -> tuple[list[Unit], list[int]]:
+    """The units to store for a group of requests, and which of them holds each
+    request: the lone creates of one tenant (and callback) share one unit."""
+    docs: list[Unit] = []
+    holder: list[int] = [0] * len(group)
+    shared: dict[tuple[str, str | None, bool], list[int]] = {}
+    for i, pending in enumerate(group):
+        if pending.alone:
+            holder[i] = len(docs)
+            docs.append(pending.unit)
+        else:
+            shared.setdefault(group_key(pending.unit), []).append(i)
+    for members in shared.values():
+        for i in members:
+            holder[i] = len(docs)
+        units_of = [group[i].unit for i in members]
+        docs.append(units_of[0] if len(members) == 1 else merged(units_of))
+    return docs, holder
+
+
+def _store_and_send(rt: Runtime, group: list[Pending]) -> list[BaseException | None]:
     """One journaled insert of the group's units, then one message for those that
-    are new. A unit stored already (a retried key's) meets a DuplicateKeyError;
-    a store error fails the whole group (nothing was accepted); once stored, a
-    send that fails is left to the reconciler."""
-    existing = units.insert_units(rt.store, group)
-    fresh = [unit["_id"] for i, unit in enumerate(group) if i not in existing]
+    are new. A unit stored already (a retried key's, or this write's own first
+    try whose answer was lost) meets a DuplicateKeyError; a store error fails
+    the whole group (nothing was accepted); once stored, a send that fails is
+    left to the reconciler."""
+    docs, holder = _documents(group)
+    existing = units.insert_units(rt.store, docs)
+    fresh = [unit["_id"] for i, unit in enumerate(docs) if i not in existing]
     if fresh:
         try:
             rt.sender.send(PROCESS_SINGLE, fresh)
         except Exception:
             log.warning(
-                "%d jobs stored but not sent; the reconciler will send them",
+                "%d units stored but not sent; the reconciler will send them",
                 len(fresh),
                 exc_info=True,
             )
-    return [
-        DuplicateKeyError("stored already") if i in existing else None for i in range(len(group))
-    ]
+    return [DuplicateKeyError("stored already") if h in existing else None for h in holder]
 
 
 def _release_quietly(rt: Runtime, scope: str, target: str, tenant: str) -> None:

@@ -102,7 +102,8 @@ def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, D
             told.update((item["id"], None) for item in unit["items"] if item["id"])
         else:
             finished = cast(Unit, {**unit, **results_fields(outcomes[unit["_id"]], now)})
-            told[unit["_id"]] = job_public(finished, 0)
+            for index, item in enumerate(unit["items"]):
+                told[item["id"]] = job_public(finished, index)
     return told
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from worker.domain.documents import Unit
-from worker.domain.units import kind
+from worker.domain.units import kind, request_ids
 
 # Read at scrape time, so declared with the scrape; named here too, so that
 # this module lists every series of the service.
@@ -117,8 +117,17 @@ def _unit_fields(unit: Unit) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": unit.get("request_id")}
     if unit.get("batch_id"):
         fields.update(batch_id=unit["batch_id"], unit_id=unit["_id"], jobs=len(unit["items"]))
-    else:
+    elif len(unit["items"]) == 1:
         fields["job_id"] = unit["_id"]
+    else:
+        # Single creates accepted together: each job with its edge request.
+        fields.update(
+            unit_id=unit["_id"],
+            jobs=len(unit["items"]),
+            job_ids=[item["id"] for item in unit["items"]],
+            request_ids=request_ids(unit),
+        )
+        del fields["request_id"]
     return fields
 
 
