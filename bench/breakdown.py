@@ -80,13 +80,16 @@ def main() -> None:
         edge: dict[str, dict[str, float]] = {}
         worker: dict[str, dict[str, float]] = {}
         for line in log_lines(stack.logs):
-            rid = line.get("request_id")
-            if rid not in totals or "stages_ms" not in line:
+            if "stages_ms" not in line:
                 continue
-            if line.get("logger") == "api.access":
-                edge[rid] = line["stages_ms"]
-            elif line.get("message") == "job finished":
-                worker[rid] = line["stages_ms"]
+            # A unit of creates accepted together logs its requests' ids at once.
+            for rid in line.get("request_ids") or [line.get("request_id")]:
+                if rid not in totals:
+                    continue
+                if line.get("logger") == "api.access":
+                    edge[rid] = line["stages_ms"]
+                elif line.get("message") == "job finished":
+                    worker[rid] = line["stages_ms"]
         measured = [rid for rid in ids if rid in edge and rid in worker]
         print(f"{len(measured)} of {len(ids)} waited creates, {args.clients} clients, kept alive")
         print(f"{'stage':<22}{'p50 ms':>9}{'p90 ms':>9}")
