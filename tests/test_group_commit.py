@@ -20,7 +20,7 @@ from tests.test_webhooks import verify
 BURST = 24
 
 
-def send_burst(tenant: Tenant, hook: str, round_no: int) -> list[dict[str, Any]]:
+def send_burst(tenant: Tenant, hook: str | None, round_no: int) -> list[dict[str, Any]]:
     """BURST creates released at once from as many threads: every fourth invalid,
     every other one waited, every sixth with an Idempotency-Key."""
     barrier = threading.Barrier(BURST)
@@ -29,7 +29,9 @@ def send_burst(tenant: Tenant, hook: str, round_no: int) -> list[dict[str, Any]]
         name = f"r{round_no}-n{i}"
         valid = i % 4 != 3
         body: dict[str, Any] = {"model": "gpt-4", "name": name if valid else 5}
-        headers = {"X-Request-ID": f"trace-{uuid.uuid4().hex}", "Callback-URL": hook}
+        headers = {"X-Request-ID": f"trace-{uuid.uuid4().hex}"}
+        if hook is not None:
+            headers["Callback-URL"] = hook
         if i % 2 == 0:
             headers["Prefer"] = "wait=30"
         if i % 6 == 1:
@@ -63,6 +65,20 @@ def units_of(stack: Stack, tenant: Tenant) -> list[dict[str, Any]]:
         store.close()
 
 
+def bursts_until_shared(
+    stack: Stack, tenant: Tenant, hook: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Groups form by concurrency alone, so send bursts until some requests were
+    stored together; returns every request sent and the shared units."""
+    sent: list[dict[str, Any]] = []
+    for round_no in range(6):
+        sent += send_burst(tenant, hook, round_no)
+        shared = [u for u in units_of(stack, tenant) if len(u["items"]) > 1]
+        if shared:
+            return sent, shared
+    raise AssertionError("no two creates of a burst were stored together")
+
+
 def all_jobs(tenant: Tenant) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     after = None
@@ -78,15 +94,8 @@ def all_jobs(tenant: Tenant) -> list[dict[str, Any]]:
 def test_creates_accepted_together_share_units_and_each_stays_its_own_job(
     stack: Stack, tenant: Tenant
 ) -> None:
-    sent: list[dict[str, Any]] = []
     with Receiver() as hook:
-        # Groups form by concurrency alone, so send bursts until some did.
-        for round_no in range(6):
-            sent += send_burst(tenant, hook.url(), round_no)
-            shared = [u for u in units_of(stack, tenant) if len(u["items"]) > 1]
-            if shared:
-                break
-        assert shared, "no two creates of a burst were stored together"
+        sent, _ = bursts_until_shared(stack, tenant, hook.url())
         events = hook.wait_for(len(sent))
 
     by_job = {request["job_id"]: request for request in sent}
@@ -157,14 +166,7 @@ def test_creates_accepted_together_share_units_and_each_stays_its_own_job(
 def test_the_worker_logs_each_job_of_a_shared_unit_with_its_request_id(
     stack: Stack, tenant: Tenant
 ) -> None:
-    sent: list[dict[str, Any]] = []
-    with Receiver() as hook:
-        for round_no in range(6):
-            sent += send_burst(tenant, hook.url(), round_no)
-            shared = [u for u in units_of(stack, tenant) if len(u["items"]) > 1]
-            if shared:
-                break
-    assert shared
+    sent, shared = bursts_until_shared(stack, tenant, None)
     unit = shared[0]
     job_ids = [item["id"] for item in unit["items"]]
     for job_id in job_ids:
