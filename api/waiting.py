@@ -59,11 +59,21 @@ class Expected:
         read: Read,
         finished: Callable[[Job], bool],
         stages: Stages | None = None,
+        *,
+        read_first: bool = False,
     ) -> Job | None:
-        """Wait up to `seconds` for the job to finish; the job as it is then."""
+        """Wait up to `seconds` for the job to finish; the job as it is then.
+        With `read_first`, the job is read before any wait (a finish from the
+        moment it was expected still wakes this)."""
         stages = stages or Stages()
         deadline = time.monotonic() + seconds
+        look = read_first
         while True:
+            if look:
+                job = read()
+                stages.lap("read")
+                if job is None or finished(job):
+                    return job
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 job = read()  # as it is at the deadline
@@ -76,11 +86,7 @@ class Expected:
             stages.lap("wait")
             if self._waiter.job is not None:
                 return self._waiter.job
-            if woken or not subscribed:
-                job = read()
-                stages.lap("read")
-                if job is None or finished(job):
-                    return job
+            look = woken or not subscribed
 
 
 class FinishedListener:
@@ -159,13 +165,8 @@ class FinishedListener:
         stages: Stages | None = None,
     ) -> Job | None:
         """Read the job, waiting up to `seconds` for it to finish."""
-        stages = stages or Stages()
         with self.expect(job_id) as expected:
-            job = read()
-            stages.lap("read")
-            if job is None or finished(job):
-                return job
-            return expected.until(seconds, read, finished, stages)
+            return expected.until(seconds, read, finished, stages, read_first=True)
 
 
 def decode(data: bytes) -> dict[str, Job | None]:

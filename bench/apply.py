@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import threading
 import time
 from typing import Any
 
 from bench.harness import (
+    PeakRss,
     assistant_body,
     deployment,
     env_cpu_note,
     process_tree,
-    rss_kib,
     wait_batch,
 )
 from tests.stack import Stack, Tenant
@@ -64,19 +63,7 @@ def assistants_digest(stack: Stack) -> tuple[int, str]:
 
 def dry_run(stack: Stack, tenant: Tenant, data: bytes) -> tuple[float, int, int]:
     """Seconds to the whole plan, its line count, and the edge's peak RSS (KiB)."""
-    pids = process_tree(stack.processes["api"].pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, max(rss_kib(pid) for pid in pids))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakRss(process_tree(stack.processes["api"].pid)) as peak:
         started = time.perf_counter()
         response = tenant.request(
             "POST", "/v1/batches?mode=apply&dry_run=true", data=data, headers=NDJSON, stream=True
@@ -84,10 +71,7 @@ def dry_run(stack: Stack, tenant: Tenant, data: bytes) -> tuple[float, int, int]
         response.raise_for_status()
         count = sum(1 for line in response.iter_lines() if line)
         elapsed = time.perf_counter() - started
-    finally:
-        stop.set()
-        sampler.join()
-    return elapsed, count, peak
+    return elapsed, count, peak.kib
 
 
 def main() -> None:

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 
 from bench.harness import (
+    PeakRss,
     assistant_body,
     deployment,
     process_tree,
     raw_insert_many_rate,
-    rss_kib,
     wait_batch,
 )
 from tests.stack import Stack, Tenant
@@ -49,28 +48,13 @@ def batch_rate(tenant: Tenant, data: bytes, items: int) -> float:
 def api_peak_rss(stack: Stack, tenant: Tenant, items: int) -> tuple[int, str]:
     """Peak RSS (KiB) of the edge's processes while it takes one batch of `items`,
     and the batch's id."""
-    pids = process_tree(stack.processes["api"].pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, max(rss_kib(pid) for pid in pids))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakRss(process_tree(stack.processes["api"].pid)) as peak:
         data = upload(items, offset=10_000_000)
         response = tenant.request(
             "POST", "/v1/batches", data=data, headers={"Content-Type": "application/x-ndjson"}
         )
         response.raise_for_status()
-    finally:
-        stop.set()
-        sampler.join()
-    return peak, str(response.json()["id"])
+    return peak.kib, str(response.json()["id"])
 
 
 def check_results(tenant: Tenant, batch_id: str, items: int) -> None:

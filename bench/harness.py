@@ -7,6 +7,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,6 +166,29 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the command name, which is in parentheses and may hold spaces.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PeakRss:
+    """The peak RSS (KiB) of some processes while the block runs, sampled every 10 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.kib = 0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.kib = max(self.kib, max(rss_kib(pid) for pid in self.pids))
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._sampler.join()
 
 
 def process_tree(pid: int) -> list[int]:
