@@ -3,6 +3,8 @@
 Registered after authentication, so an unknown key is a 401 before it costs
 anything, and before any handler, so a 429 comes before 415, 413 and the rest.
 One budget covers every /v1 route; a batch is one request like any other.
+A fixed window per key starts at its first request; counting a request and
+reading what remains of its window is one Redis round trip (a script).
 Headers follow the IETF RateLimit fields: `RateLimit-Reset` is seconds from
 now. `Retry-After` is set only on 429, since 202 answers use it for polling.
 """
@@ -11,17 +13,53 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import math
+import re
 import threading
-import time
+from dataclasses import dataclass
+from typing import cast
 
-from flask import Flask, Response, g, jsonify, request
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, Response, g, request
+from redis.exceptions import RedisError
 
+from api.context import runtime
 from api.errors import ApiError
 from worker.settings import Settings
 
-EXTENSION = "assistant_ingest.limiter"
+log = logging.getLogger(__name__)
+
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
+
+# Count the request in its key's window, starting the window at the first one;
+# answer the count and the milliseconds the window has left.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    amount: int
+    seconds: int
+    text: str  # as the 429 says it: "6000 per 1 minute"
+
+    @classmethod
+    def parse(cls, value: str) -> RateLimit:
+        """`6000/minute`, `10 per second`, `100/5 minutes`: an amount per window."""
+        match = _LIMIT.match(value.lower())
+        if match is None or int(match[1]) < 1:
+            raise ValueError(f"RATE_LIMIT must be like 6000/minute, not {value!r}")
+        amount, multiple, unit = int(match[1]), int(match[2] or 1), match[3]
+        plural = "s" if multiple > 1 else ""
+        return cls(amount, multiple * _UNITS[unit], f"{amount} per {multiple} {unit}{plural}")
 
 
 def api_key_identity() -> str:
@@ -57,26 +95,28 @@ class InFlight:
                 del self._count[key]
 
 
-def register(app: Flask, settings: Settings) -> Limiter:
-    limiter = Limiter(
-        key_func=api_key_identity,
-        app=app,
-        application_limits=[settings.rate_limit],
-        storage_uri=settings.redis_url,
-        storage_options={"socket_timeout": 2, "socket_connect_timeout": 2},
-        strategy="fixed-window",
-        key_prefix=f"{settings.redis_prefix}:ratelimit",
-        headers_enabled=False,
-        # Redis down must not stop the edge: MongoDB holds the jobs and the
-        # reconciler sends them, so requests go on unlimited until it is back.
-        swallow_errors=True,
-    )
-    limiter.request_filter(lambda: not request.path.startswith("/v1/"))
-    app.extensions[EXTENSION] = limiter
+def register(app: Flask, settings: Settings) -> None:
+    limit = RateLimit.parse(settings.rate_limit)
+    prefix = f"{settings.redis_prefix}:ratelimit:"
 
     @app.before_request
-    def timed() -> None:
-        g.stages.lap("rate_limit")  # runs right after the limiter's own check
+    def check() -> None:
+        if not request.path.startswith("/v1/") or g.get("tenant") is None:
+            return
+        rt = runtime()
+        try:
+            answer = rt.redis.eval(_HIT, 1, prefix + api_key_identity(), limit.seconds * 1000)
+            count, ttl_ms = cast(list[int], answer)  # redis-py types sync and async alike
+        except RedisError as exc:
+            # Redis down must not stop the edge: MongoDB holds the jobs and the
+            # reconciler sends them, so requests go on unlimited until it is back.
+            log.warning("rate limit not counted: %s", exc)
+            return
+        finally:
+            g.stages.lap("rate_limit")
+        g.rate_limit = (int(count), int(ttl_ms))
+        if int(count) > limit.amount:
+            raise ApiError(429, f"Rate limit exceeded: {limit.text}")
 
     in_flight = InFlight(settings.max_requests_per_key)
 
@@ -91,27 +131,16 @@ def register(app: Flask, settings: Settings) -> Limiter:
         if key is not None:
             in_flight.leave(key)
 
-    @app.errorhandler(RateLimitExceeded)
-    def too_many(exc: RateLimitExceeded) -> Response:
-        response = jsonify({"detail": f"Rate limit exceeded: {exc.description}"})
-        response.status_code = 429
-        return response
-
     @app.after_request
     def rate_limit_headers(response: Response) -> Response:
-        current = limiter.current_limit
-        if current is None:
+        counted = g.get("rate_limit")
+        if counted is None:
             return response
-        try:
-            reset_time, remaining = current.window
-        except Exception:  # the store is unreachable: no numbers to tell
-            return response
-        reset = max(0, math.ceil(reset_time - time.time()))
-        response.headers["RateLimit-Limit"] = str(current.limit.amount)
-        response.headers["RateLimit-Remaining"] = str(max(0, remaining))
+        count, ttl_ms = counted
+        reset = max(0, math.ceil(ttl_ms / 1000))
+        response.headers["RateLimit-Limit"] = str(limit.amount)
+        response.headers["RateLimit-Remaining"] = str(max(0, limit.amount - count))
         response.headers["RateLimit-Reset"] = str(reset)
-        if response.status_code == 429:
+        if response.status_code == 429 and count > limit.amount:
             response.headers["Retry-After"] = str(max(1, reset))
         return response
-
-    return limiter

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from api.limits import RateLimit
 from tests.stack import Servers, Stack, Tenant, running_stack
 from tests.test_batches import submit
 
@@ -109,3 +110,23 @@ def test_health_metrics_and_the_document_are_not_limited(limited: Stack) -> None
         response = requests.get(limited.url + path, timeout=30)
         assert response.status_code == 200
         assert "RateLimit-Limit" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "seconds", "said"),
+    [
+        ("6000/minute", 6000, 60, "6000 per 1 minute"),
+        ("10 per second", 10, 1, "10 per 1 second"),
+        ("100/5 minutes", 100, 300, "100 per 5 minutes"),
+        (" 3/Hour ", 3, 3600, "3 per 1 hour"),
+        ("1/days", 1, 86400, "1 per 1 day"),
+    ],
+)
+def test_the_limit_is_an_amount_per_window(text: str, amount: int, seconds: int, said: str) -> None:
+    assert RateLimit.parse(text) == RateLimit(amount, seconds, said)
+
+
+@pytest.mark.parametrize("text", ["", "6000", "0/minute", "6000/fortnight", "-1/second", "x/hour"])
+def test_a_malformed_limit_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="RATE_LIMIT must be like 6000/minute"):
+        RateLimit.parse(text)
