@@ -9,8 +9,10 @@ its request id and prints the median and p90 of every stage:
 Edge stages: rate_limit, auth, parse (body read and JSON check), idempotency,
 insert (the journaled unit write), send (the task message), read and wait
 (the waiter's reads of the job and its sleep until the finish is published).
-Worker stages: pickup (acceptance to the worker's claim: broker, pickup and
-any grouping), claim, validate, insert, tenants, record, publish, tell.
+Worker stages: pickup (acceptance to the worker's claim: the edge's commit,
+the broker, the worker's pickup and any grouping; "pickup after commit" is what
+follows the edge's commit), claim, validate, insert, tenants, record, publish,
+tell.
 """
 
 from __future__ import annotations
@@ -100,6 +102,14 @@ def main() -> None:
                     f"{side + ' ' + name:<22}{statistics.median(values):>9.2f}"
                     f"{percentile(values, 90):>9.2f}"
                 )
+        # The worker's pickup counts from the job's acceptance, when the edge's
+        # commit (its journaled insert, then its send) began: what follows the
+        # commit is the broker's and the worker's own share.
+        after = [worker[rid].get("pickup", 0.0) - edge[rid].get("commit", 0.0) for rid in measured]
+        print(
+            f"{'pickup after commit':<22}{statistics.median(after):>9.2f}"
+            f"{percentile(after, 90):>9.2f}"
+        )
         whole = [totals[rid] for rid in measured]
         print(
             f"{'client, whole request':<22}{statistics.median(whole):>9.2f}"
