@@ -10,7 +10,7 @@ from pymongo import ASCENDING, UpdateOne
 from worker.domain.assistants import CONTENT_HASH, KEY
 from worker.domain.documents import Doc
 from worker.store import pages
-from worker.store.connection import Store, insert_new
+from worker.store.connection import Store, find_in, insert_new
 
 
 def ensure_indexes(store: Store) -> None:
@@ -68,7 +68,7 @@ def find_named(
     ids = {one for one in ids if may_be_id(one)}
     found = {
         doc["id"]: doc
-        for doc in store.assistants.find({"id": {"$in": sorted(ids)}})
+        for doc in find_in(store.assistants, "id", sorted(ids))
         if doc["tenant"] == tenant
     }
     named: dict[str, Doc] = {}
@@ -99,7 +99,7 @@ def find_mine(
     """The tenant's assistants with these ids, by id."""
     if not ids:
         return {}
-    found = store.assistants.find({"id": {"$in": ids}}, projection)
+    found = find_in(store.assistants, "id", ids, projection)
     return {doc["id"]: doc for doc in found if doc["tenant"] == tenant}
 
 
@@ -143,7 +143,7 @@ def insert(store: Store, docs: list[Doc]) -> list[Doc]:
 
 
 def find_by_ids(store: Store, ids: list[Any]) -> list[Doc]:
-    return list(store.assistants.find({"_id": {"$in": ids}}))
+    return list(find_in(store.assistants, "_id", ids))
 
 
 def get(store: Store, tenant: str, assistant_id: str) -> Doc | None:
@@ -161,7 +161,7 @@ def delete(store: Store, tenant: str, assistant_id: str) -> bool:
 
 def find_by_public_ids(store: Store, assistant_ids: list[str]) -> list[Doc]:
     """The assistants with these ids, of any tenant (callers check the tenant)."""
-    return list(store.assistants.find({"id": {"$in": assistant_ids}}))
+    return list(find_in(store.assistants, "id", assistant_ids))
 
 
 def delete_by_public_ids(store: Store, assistant_ids: list[str]) -> None:
