@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 
 from worker.domain.documents import Doc, Tally
 from worker.domain.statuses import BatchStatus
@@ -42,7 +42,10 @@ def set_metadata_json(store: Store, batch_id: str, metadata_json: str) -> None:
 
 def commit(store: Store, batch_id: str, *, now: int, total: int, chunks: int) -> Doc:
     """Make a stored batch visible; journaled, it also holds the writes before it."""
-    doc = store.journaled("batches").find_one_and_update(
+    # Updates by _id, then reads (here and below): SecantusDB plans
+    # find_one_and_update as a scan of the collection (see `units.claim`). No
+    # chunk is sent before this returns, so nothing else changes it meanwhile.
+    written = store.journaled("batches").update_one(
         {"_id": batch_id, "status": BatchStatus.VALIDATING},
         {
             "$set": {
@@ -53,8 +56,9 @@ def commit(store: Store, batch_id: str, *, now: int, total: int, chunks: int) ->
                 "tally": {},
             }
         },
-        return_document=ReturnDocument.AFTER,
     )
+    assert written.matched_count == 1
+    doc = store.batches.find_one({"_id": batch_id})
     assert doc is not None
     return doc
 
@@ -88,12 +92,11 @@ def add_tallies(store: Store, batch_id: str, tallies: dict[int, Tally]) -> Doc |
     projection = {"tally": 1, "chunks": 1, "status": 1}
     if not tallies:
         return store.batches.find_one({"_id": batch_id}, projection)
-    return store.batches.find_one_and_update(
+    store.batches.update_one(
         {"_id": batch_id},
         {"$set": {f"tally.{seq}": list(tally) for seq, tally in tallies.items()}},
-        projection=projection,
-        return_document=ReturnDocument.AFTER,
     )
+    return store.batches.find_one({"_id": batch_id}, projection)
 
 
 def tallied_seqs(store: Store, batch_id: str) -> list[int] | None:
@@ -113,7 +116,7 @@ def finish(
     expire_at: datetime,
 ) -> bool:
     """Move the batch from `current` to `final`, owing `event` in the same write."""
-    done = store.batches.find_one_and_update(
+    done = store.batches.update_one(
         {"_id": batch_id, "status": current},
         {
             "$set": {
@@ -124,9 +127,8 @@ def finish(
                 "events_pending": event,
             }
         },
-        projection={"_id": 1},
     )
-    return done is not None
+    return done.matched_count == 1
 
 
 def start_cancelling(store: Store, tenant: str, batch_id: str, now: int) -> None:
