@@ -594,24 +594,32 @@ class _Counting:
         return data
 
 
-def _lines(stream: IO[bytes], consume: Callable[[bytes], None]) -> Iterator[bytes]:
-    """The lines of `stream`, each with its newline, read in pieces of at most 1 MiB
-    that `consume` sees first (it enforces the size limit).
+# What an upload is read in: blocks, split here. gunicorn's readline reads its
+# body 1 KiB at a time and copies its buffer on every call: 50 MB of 1 KB lines
+# took it 2 s, blocks of this size 0.1 s.
+READ_BLOCK = 1 << 16
 
-    A short line is handed on as soon as it has arrived, so an upload is stored as
-    it streams in. A long one is put together from few large pieces, whose memory
-    the process gives back, not from the server's 1 KiB reads held all at once.
+
+def _lines(stream: IO[bytes], consume: Callable[[bytes], None]) -> Iterator[bytes]:
+    """The lines of `stream`, each with its newline, read in blocks that `consume`
+    sees first (it enforces the size limit).
+
+    Lines are handed on block by block, so an upload is stored as it streams in.
+    A long line is put together in one growing buffer from the blocks it spans,
+    not from the server's 1 KiB reads held all at once.
     """
     pending = bytearray()
-    while piece := stream.readline(1 << 20):
-        consume(piece)
-        if not piece.endswith(b"\n"):
-            pending += piece
-        elif pending:
-            pending += piece
-            line, pending = bytes(pending), bytearray()  # one copy alive, not two
-            yield line
-        else:
-            yield piece
+    while block := stream.read(READ_BLOCK):
+        consume(block)
+        start = 0
+        while (end := block.find(b"\n", start)) >= 0:
+            if pending:
+                pending += block[start : end + 1]
+                line, pending = bytes(pending), bytearray()  # one copy alive, not two
+                yield line
+            else:
+                yield block[start : end + 1]
+            start = end + 1
+        pending += block[start:]
     if pending:
         yield bytes(pending)
