@@ -93,7 +93,6 @@ def merged(members: list[Unit]) -> Unit:
     }
     for member in members:
         member["created_at"], member["accepted_at"] = unit["created_at"], accepted_at(unit)
-        member["due_at"] = unit["due_at"]
     return unit
 
 
