@@ -18,7 +18,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from typing import cast
+from typing import Any
 
 from flask import Flask, Response, g, request
 from redis.exceptions import RedisError
@@ -105,8 +105,9 @@ def register(app: Flask, settings: Settings) -> None:
             return
         rt = runtime()
         try:
-            answer = rt.redis.eval(_HIT, 1, prefix + api_key_identity(), limit.seconds * 1000)
-            count, ttl_ms = cast(list[int], answer)  # redis-py types sync and async alike
+            # redis-py's types join its sync and async clients (and differ by version).
+            answer: Any = rt.redis.eval(_HIT, 1, prefix + api_key_identity(), limit.seconds * 1000)
+            count, ttl_ms = answer
         except RedisError as exc:
             # Redis down must not stop the edge: MongoDB holds the jobs and the
             # reconciler sends them, so requests go on unlimited until it is back.

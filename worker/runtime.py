@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import cast
+from typing import Any
 
 import redis
 
@@ -52,8 +52,9 @@ class Runtime:
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (not counting those a worker prefetched)."""
-        depth = self.redis.llen(f"{self.settings.redis_prefix}:celery:{queue}")
-        return cast(int, depth)  # redis-py types sync and async clients alike
+        # redis-py's types join its sync and async clients (and differ by version).
+        depth: Any = self.redis.llen(f"{self.settings.redis_prefix}:celery:{queue}")
+        return int(depth)
 
     def close(self) -> None:
         self.store.close()
