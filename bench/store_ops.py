@@ -126,13 +126,14 @@ def main() -> None:
                 ("peer: its one insert_one (bench/peer.py)", peer_insert),
             ]
             print(f"store CPU per operation, jobs collection of {args.units:,}+ units, SecantusDB")
-            total = 0.0
+            total = peer = 0.0
             for label, operation in rows:
                 ms = per_op(cpu, args.repeat, operation)
                 if label.startswith(("edge", "worker")):
                     total += ms
+                elif operation is peer_insert:
+                    peer = ms
                 print(f"  {label:<48} {ms:6.2f} ms")
-            peer = per_op(cpu, args.repeat, peer_insert)
             print(f"  a lone create, all of the above that it makes: {total:.2f} ms")
             print(f"  ratio to the peer's one insert: {total / peer:.1f}x")
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
@@ -17,26 +17,19 @@ from worker.settings import Settings
 
 DUPLICATE_KEY = 11000
 
-T = TypeVar("T")
-
 # SecantusDB checks each document an `$in` finds against the whole list, so n
 # documents read by an `$in` of their n values cost n squared comparisons (a
 # chunk's 500 assistants: most of the chunk's time). Read in groups of this
-# many, they cost n times the group; MongoDB pays a round trip a group.
+# many (`find_in`), they cost n times the group; MongoDB pays a round trip a group.
 IN_GROUP = 50
-
-
-def in_groups(values: Sequence[T]) -> Iterator[list[T]]:
-    """`values` in groups for `$in` reads (see IN_GROUP)."""
-    for start in range(0, len(values), IN_GROUP):
-        yield list(values[start : start + IN_GROUP])
 
 
 def find_in(
     collection: Collection[Doc], field: str, values: Sequence[Any], projection: Doc | None = None
 ) -> Iterator[Doc]:
-    """The documents whose `field` is one of `values`, read in groups."""
-    for group in in_groups(values):
+    """The documents whose `field` is one of `values`, read in groups of IN_GROUP."""
+    for start in range(0, len(values), IN_GROUP):
+        group = list(values[start : start + IN_GROUP])
         yield from collection.find({field: {"$in": group}}, projection)
 
 

@@ -114,21 +114,22 @@ def units_finished(
 
 
 def _unit_fields(unit: Unit) -> dict[str, Any]:
-    fields: dict[str, Any] = {"request_id": unit.get("request_id")}
     if unit.get("batch_id"):
-        fields.update(batch_id=unit["batch_id"], unit_id=unit["_id"], jobs=len(unit["items"]))
-    elif len(unit["items"]) == 1:
-        fields["job_id"] = unit["_id"]
-    else:
-        # Single creates accepted together: each job with its edge request.
-        fields.update(
-            unit_id=unit["_id"],
-            jobs=len(unit["items"]),
-            job_ids=[item["id"] for item in unit["items"]],
-            request_ids=request_ids(unit),
-        )
-        del fields["request_id"]
-    return fields
+        return {
+            "request_id": unit.get("request_id"),
+            "batch_id": unit["batch_id"],
+            "unit_id": unit["_id"],
+            "jobs": len(unit["items"]),
+        }
+    if len(unit["items"]) == 1:
+        return {"request_id": unit.get("request_id"), "job_id": unit["_id"]}
+    # Single creates accepted together: each job with its edge request.
+    return {
+        "unit_id": unit["_id"],
+        "jobs": len(unit["items"]),
+        "job_ids": [item["id"] for item in unit["items"]],
+        "request_ids": request_ids(unit),
+    }
 
 
 def webhook_attempt(result: str, duration_ms: int) -> None:
