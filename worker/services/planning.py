@@ -50,7 +50,11 @@ def plan(
         if keyed is None and any(line.op == "apply" for line in group):
             keyed = assistants.keyed(rt.store, tenant)
             keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
-        checked = [_check(rt, line) for line in group]
+        # Each body parsed once: for its validation, its hash and its plan.
+        bodies: list[Any] = [
+            None if line.op == "delete" else json.loads(line.body_text) for line in group
+        ]
+        checked = [_check(rt, line, body) for line, body in zip(group, bodies, strict=True)]
         # An apply line whose body hashes as its keyed assistant's content is
         # unchanged, known without reading the assistant.
         unchanged: dict[int, Doc] = {}
@@ -59,7 +63,7 @@ def plan(
             if line.op != "apply" or isinstance(request, list) or line.custom_id is None:
                 continue
             known = (keyed or {}).get(line.custom_id)
-            body = json.loads(line.body_text)
+            body = bodies[index]
             if known is not None and known.get(CONTENT_HASH) == content_hash(body):
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
             else:
@@ -71,7 +75,8 @@ def plan(
             if index in unchanged:
                 yield _answer(line, "unchanged", 200, unchanged[index])
             else:
-                yield _plan_line(line, request, named if line.op == "apply" else by_id)
+                found = named if line.op == "apply" else by_id
+                yield _plan_line(line, request, found, bodies[index])
     if prune_except is not None:
         for doc in assistants.iter_keyed(rt.store, tenant):
             key = doc[assistant_docs.KEY]
@@ -92,17 +97,16 @@ def _name(line: Line) -> str | None:
 Checked = AssistantCreate | AssistantModify | list[dict[str, Any]] | None
 
 
-def _check(rt: Runtime, line: Line) -> Checked:
-    """The line's body as the worker validates it (None for a delete)."""
+def _check(rt: Runtime, line: Line, body: Any) -> Checked:
+    """The line's parsed body as the worker validates it (None for a delete)."""
     if line.op == "delete":
         return None
-    body = json.loads(line.body_text)
     if line.op == "modify":
         return validate_modify(body, rt.settings.models)
     return validate_create(body, rt.settings.models)
 
 
-def _plan_line(line: Line, request: Checked, named: dict[str, Doc]) -> Doc:
+def _plan_line(line: Line, request: Checked, named: dict[str, Doc], body: Any) -> Doc:
     name = _name(line)
     doc = named.get(name) if name is not None else None
     if isinstance(request, list):
@@ -117,7 +121,6 @@ def _plan_line(line: Line, request: Checked, named: dict[str, Doc]) -> Doc:
         return _change(line, doc, {**doc, **assistant_docs.changes(fields_sent(request))})
     assert isinstance(request, AssistantCreate)
     if doc is None:
-        body = json.loads(line.body_text)
         return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
     return _change(line, doc, {**doc, **assistant_docs.content(request)})
 
@@ -137,4 +140,5 @@ def _answer(line: Line, action: str, code: int, body: Any) -> Doc:
 def plan_create(rt: Runtime, body_text: str) -> Doc:
     """The dry run of a single create."""
     line = Line(None, body_text)
-    return _plan_line(line, _check(rt, line), {})
+    body = json.loads(body_text)
+    return _plan_line(line, _check(rt, line, body), {}, body)
