@@ -107,7 +107,7 @@ def register(app: Flask, settings: Settings) -> None:
         try:
             # redis-py's types join its sync and async clients (and differ by version).
             answer: Any = rt.redis.eval(_HIT, 1, prefix + api_key_identity(), limit.seconds * 1000)
-            count, ttl_ms = answer
+            count, ttl_ms = int(answer[0]), int(answer[1])
         except RedisError as exc:
             # Redis down must not stop the edge: MongoDB holds the jobs and the
             # reconciler sends them, so requests go on unlimited until it is back.
@@ -115,8 +115,8 @@ def register(app: Flask, settings: Settings) -> None:
             return
         finally:
             g.stages.lap("rate_limit")
-        g.rate_limit = (int(count), int(ttl_ms))
-        if int(count) > limit.amount:
+        g.rate_limit = (count, ttl_ms)
+        if count > limit.amount:
             raise ApiError(429, f"Rate limit exceeded: {limit.text}")
 
     in_flight = InFlight(settings.max_requests_per_key)
