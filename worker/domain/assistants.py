@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Container
 from typing import Any
 
 from bson import ObjectId
@@ -147,6 +148,12 @@ def content_hash(body: dict[str, Any]) -> str:
     """The hash of a valid create body's content, absent fields at their defaults."""
     state = public_from_request(body, {"_id": None, "id": None, "created_at": None})
     return hashlib.sha256(_canonical([state[name] for name in CONTENT]).encode()).hexdigest()
+
+
+def left_out(doc: Doc, names: Container[str]) -> bool:
+    """Whether a manifest whose lines give `names` leaves this keyed assistant out
+    (a line names an assistant by its key, or else by its id): prune deletes it."""
+    return doc[KEY] not in names and doc["id"] not in names
 
 
 def apply_line(doc: Doc) -> Doc:

@@ -194,7 +194,7 @@ def prune(rt: Runtime, unit: Unit, outcomes: Outcomes, actions: Actions) -> None
                 "oid": doc["_id"],
             }
             for doc in assistants.iter_keyed(rt.store, unit["tenant"])
-            if doc[assistant_docs.KEY] not in names and doc["id"] not in names
+            if assistant_docs.left_out(doc, names)
         ]
         items = units.plan_prune(rt.store, unit, items)
         if items is None:  # the lease was lost: the next holder prunes

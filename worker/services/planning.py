@@ -79,11 +79,10 @@ def plan(
                 yield _plan_line(line, request, found, bodies[index])
     if prune_except is not None:
         for doc in assistants.iter_keyed(rt.store, tenant):
-            key = doc[assistant_docs.KEY]
-            if key in prune_except or doc["id"] in prune_except:
+            if not assistant_docs.left_out(doc, prune_except):
                 continue
             yield {
-                "custom_id": key,
+                "custom_id": doc[assistant_docs.KEY],
                 "action": "delete",
                 "status_code": 200,
                 "body": assistant_docs.deleted(doc["id"]),
