@@ -166,7 +166,7 @@ def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
             }
         }
     ]
-    # An update, then a read of what this lease took: two cheap round trips.
+    # An update, then a read of what this lease took: two round trips.
     # find_one_and_update would be one, but SecantusDB plans it as a scan of
     # the collection (tens of ms with thousands of units), an update by _id
     # not; and it reads by _id alone fastest, so the lease is checked here.
