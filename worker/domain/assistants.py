@@ -150,6 +150,13 @@ def content_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical([state[name] for name in CONTENT]).encode()).hexdigest()
 
 
+def hashes_as(doc: Doc, body: dict[str, Any]) -> bool:
+    """Whether a valid create body is this assistant's content, known from the
+    content hash alone (an assistant changed otherwise since has none)."""
+    stored = doc.get(CONTENT_HASH)
+    return bool(stored) and stored == content_hash(body)
+
+
 def left_out(doc: Doc, names: Container[str]) -> bool:
     """Whether a manifest whose lines give `names` leaves this keyed assistant out
     (a line names an assistant by its key, or else by its id): prune deletes it."""

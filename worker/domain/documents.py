@@ -59,6 +59,9 @@ class Unit(TypedDict):
     # assistants the manifest leaves out; its items are planned when it runs.
     prune: NotRequired[bool]
     planned: NotRequired[bool]  # a prune chunk whose deletions are written down
+    # A chunk of an apply batch whose every line the edge found unchanged when it
+    # took the batch: stored with its results, done once the batch is, never sent.
+    settled: NotRequired[bool]
 
 
 class Tally(NamedTuple):

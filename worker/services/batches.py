@@ -8,14 +8,18 @@ redelivered chunk cannot count twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
+from typing import cast
 
+from worker.domain import assistants as assistant_docs
 from worker.domain.batches import tally
 from worker.domain.documents import Doc, Item, Tally
 from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
+from worker.domain.schema import validate_create
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
 from worker.domain.units import item_action, new_unit, result_body
 from worker.queueing.routes import PROCESS_CHUNK
@@ -45,7 +49,14 @@ class Stager:
         self.items: list[Item] = []
         self.size = 0
         self.next_stamp = 0.0
-        self.keyed: dict[str, str] | None = None
+        # Apply batches: the tenant's keyed assistants, read once for the upload;
+        # what its open changes target, read just before; the assistants lines
+        # named so far; and the chunks answered here, with their tallies.
+        self.keyed: dict[str, Doc] | None = None
+        self.busy: set[str] = set()
+        self.pruning = False
+        self.named: set[str] = set()
+        self.settled: dict[int, Tally] = {}
         batches.insert(rt.store, batch)
 
     def add(
@@ -67,8 +78,7 @@ class Stager:
             return
         for item, job_id in zip(self.items, new_ids("job_", len(self.items)), strict=True):
             item["id"] = job_id
-        if self.batch.get("mode") == "apply":
-            self._name_targets()
+        answers = self._settle(self._name_targets()) if self.batch.get("mode") == "apply" else None
         # Each chunk's stamp follows the last one's lines (an item's assistant id
         # adds its place in the chunk, in 2**-24 s ticks), so ids keep input order.
         accepted_at = max(time.time(), self.next_stamp)
@@ -85,29 +95,72 @@ class Stager:
             job_events=self.batch["job_events"],
             accepted_at=accepted_at,
         )
+        if answers is not None:
+            unit["settled"] = True
+            unit["codes"] = [200] * len(answers)
+            unit["results"] = answers
+            unit["actions"] = ["unchanged"] * len(answers)
+            self.settled[self.seq] = tally(cast(Doc, unit))
         units.insert_staged(self.rt.store, unit)
         self.seq += 1
         self.items, self.size = [], 0
 
-    def _name_targets(self) -> None:
+    def _name_targets(self) -> list[Doc | None]:
         """Apply lines of assistants that exist now target them, so they apply in
         order with those assistants' modifies and deletes (one read a chunk).
-        A new key has no target: its key's unique index orders its creation."""
+        A new key has no target: its key's unique index orders its creation.
+        Returns each line's assistant as read (its id, times and content hash)."""
         tenant = self.batch["tenant"]
-        if self.keyed is None:  # the tenant's keys, read once for the whole upload
-            self.keyed = assistants.keyed_ids(self.rt.store, tenant)
+        if self.keyed is None:
+            # What open changes target is read before the assistants: a change
+            # accepted before it either shows there or is already in them.
+            self.busy, self.pruning = units.open_changes_of(self.rt.store, tenant)
+            self.keyed = assistants.keyed(self.rt.store, tenant)
         keyed = self.keyed
         ids = [
             name
             for item in self.items
             if (name := item["custom_id"] or "") not in keyed and assistants.may_be_id(name)
         ]
-        found = assistants.find_mine(self.rt.store, tenant, ids)
+        found = assistants.find_mine(self.rt.store, tenant, ids, assistants.APPLY_VIEW)
+        docs: list[Doc | None] = []
         for item in self.items:
             name = item["custom_id"] or ""
-            target = keyed.get(name) or (name if name in found else None)
-            if target is not None:
-                item["target"] = target
+            doc = keyed.get(name) or found.get(name)
+            if doc is not None:
+                item["target"] = doc["id"]
+            docs.append(doc)
+        return docs
+
+    def _settle(self, docs: list[Doc | None]) -> list[str | None] | None:
+        """The chunk's results, answered here, if every line is `unchanged`: its
+        assistant, as read after no open change of it was seen, has the content
+        the line's valid body hashes as. Such a line writes nothing, so it needs
+        no worker and no place in any assistant's order of changes: the chunk
+        is stored with its results and its lines target nothing. A line whose
+        assistant an earlier line of the upload names waits its turn. None if
+        any line must go to a worker."""
+        fresh = not self.pruning
+        for doc in docs:
+            if doc is None or doc["id"] in self.busy or doc["id"] in self.named:
+                fresh = False
+            if doc is not None:
+                self.named.add(doc["id"])
+        if not fresh:
+            return None
+        models = self.rt.settings.models
+        answers: list[str | None] = []
+        for item, doc in zip(self.items, docs, strict=True):
+            assert doc is not None
+            body = json.loads(item["body"])
+            if isinstance(validate_create(body, models), list):
+                return None
+            if not assistant_docs.hashes_as(doc, body):
+                return None
+            answers.append(json.dumps(assistant_docs.reference(doc), ensure_ascii=False))
+        for item in self.items:
+            del item["target"]
+        return answers
 
     def commit(self, total: int) -> Doc:
         """Make the batch visible and send its chunks; returns the batch."""
@@ -116,15 +169,40 @@ class Stager:
             self._add_prune_chunk()
         batch_id = self.batch["_id"]
         now = int(time.time())
-        units.queue_staged(self.rt.store, batch_id, now + self.rt.settings.resend_after_seconds)
+        units.queue_staged(
+            self.rt.store,
+            batch_id,
+            due_at=now + self.rt.settings.resend_after_seconds,
+            now=now,
+            expire_at=expire_at(self.rt.settings, now),
+            owing=self.batch["job_events"],
+        )
         # The edge answers 202 after this write: journaled, it holds the chunks too.
         doc = batches.commit(self.rt.store, batch_id, now=now, total=total, chunks=self.seq)
         try:
             for seq in range(self.seq):
-                self.rt.sender.send(PROCESS_CHUNK, chunk_id(batch_id, seq))
+                if seq not in self.settled:
+                    self.rt.sender.send(PROCESS_CHUNK, chunk_id(batch_id, seq))
         except Exception:  # stored: the reconciler sends what did not go
             log.warning("batch %s stored but not all sent; the reconciler will", batch_id)
+        if self.settled:
+            return self._tell_settled(doc)
         return doc
+
+    def _tell_settled(self, doc: Doc) -> Doc:
+        """Count the chunks answered here (finishing the batch if they are all of
+        it) and flush their job events, as a worker does for the chunks it
+        finishes; returns the batch as it is now. If this fails, the stored
+        batch is accepted all the same: the reconciler tallies and flushes."""
+        batch_id = self.batch["_id"]
+        try:
+            if self.batch["job_events"]:
+                outbox.flush_unit_events(self.rt, [chunk_id(batch_id, s) for s in self.settled])
+            refresh(self.rt, batch_id, self.settled)
+            return batches.get(self.rt.store, self.batch["tenant"], batch_id) or doc
+        except Exception:
+            log.warning("batch %s: chunks answered at the edge left to the reconciler", batch_id)
+            return doc
 
     def _add_prune_chunk(self) -> None:
         """The last chunk deletes the keyed assistants the manifest leaves out;

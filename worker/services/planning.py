@@ -14,7 +14,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from worker.domain import assistants as assistant_docs
-from worker.domain.assistants import CONTENT_HASH, content_hash, reference
+from worker.domain.assistants import reference
 from worker.domain.documents import Doc
 from worker.domain.schema import (
     AssistantCreate,
@@ -64,7 +64,7 @@ def plan(
                 continue
             known = (keyed or {}).get(line.custom_id)
             body = bodies[index]
-            if known is not None and known.get(CONTENT_HASH) == content_hash(body):
+            if known is not None and assistant_docs.hashes_as(known, body):
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
             else:
                 wanted.append(line.custom_id)

@@ -241,6 +241,22 @@ def open_changes(store: Store, targets: list[str], exclude: list[str]) -> list[D
     ]
 
 
+def open_changes_of(store: Store, tenant: str) -> tuple[set[str], bool]:
+    """What the tenant's accepted, unfinished units change: the assistants they
+    target, and whether one of them is a prune (which may delete any keyed one)."""
+    found = store.jobs.find(
+        {"tenant": tenant, "job_statuses": {"$in": [JobStatus.QUEUED, JobStatus.IN_PROGRESS]}},
+        {"targets": 1, "prune": 1},
+        batch_size=1000,
+    )
+    targets: set[str] = set()
+    pruning = False
+    for doc in found:
+        targets.update(doc.get("targets") or ())
+        pruning = pruning or bool(doc.get("prune"))
+    return targets, pruning
+
+
 def queued_changes(store: Store, targets: list[str]) -> list[Doc]:
     """Queued units that change any of `targets`: those that waited for a change of them."""
     return [
@@ -289,7 +305,24 @@ def insert_staged(store: Store, unit: Unit) -> None:
     store.jobs.insert_one(staged)
 
 
-def queue_staged(store: Store, batch_id: str, due_at: int) -> None:
+def queue_staged(
+    store: Store, batch_id: str, *, due_at: int, now: int, expire_at: datetime, owing: bool
+) -> None:
+    """Make a batch's staged chunks visible: those the edge settled (every line
+    answered when it was taken) as done, owing their job events if `owing`,
+    and the others queued for the workers."""
+    settled: Doc = {
+        "status": UnitStatus.DONE,
+        "job_statuses": [JobStatus.SUCCEEDED],
+        "started_at": now,
+        "completed_at": now,
+        "expire_at": expire_at,
+    }
+    if owing:
+        settled["events_pending"] = True
+    store.jobs.update_many(
+        {"batch_id": batch_id, "status": UnitStatus.STAGED, "settled": True}, {"$set": settled}
+    )
     store.jobs.update_many(
         {"batch_id": batch_id, "status": UnitStatus.STAGED},
         {
