@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
-from typing import cast
+from typing import IO, cast
+
+import bson
 
 from worker.domain import assistants as assistant_docs
 from worker.domain.batches import tally
-from worker.domain.documents import Doc, Item, Tally
+from worker.domain.documents import Doc, Item, Tally, Unit
 from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
 from worker.domain.schema import validate_create
@@ -29,6 +32,9 @@ from worker.store import assistants, batches, units
 from worker.store.connection import Store
 
 log = logging.getLogger(__name__)
+
+
+SPOOL_IN_MEMORY = 4 << 20
 
 
 def chunk_id(batch_id: str, seq: int) -> str:
@@ -57,6 +63,10 @@ class Stager:
         self.pruning = False
         self.named: set[str] = set()
         self.settled: dict[int, Tally] = {}
+        # Those chunks wait here until the commit, which stores them done: a
+        # spool, moved to disk as it grows, so memory stays flat. Closed by
+        # `commit` or `abort`, one of which ends every stager.
+        self.answered: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
         batches.insert(rt.store, batch)
 
     def add(
@@ -101,7 +111,9 @@ class Stager:
             unit["results"] = answers
             unit["actions"] = ["unchanged"] * len(answers)
             self.settled[self.seq] = tally(cast(Doc, unit))
-        units.insert_staged(self.rt.store, unit)
+            self.answered.write(bson.encode(unit))
+        else:
+            units.insert_staged(self.rt.store, unit)
         self.seq += 1
         self.items, self.size = [], 0
 
@@ -169,14 +181,16 @@ class Stager:
             self._add_prune_chunk()
         batch_id = self.batch["_id"]
         now = int(time.time())
-        units.queue_staged(
+        self.answered.seek(0)
+        units.insert_settled(
             self.rt.store,
-            batch_id,
-            due_at=now + self.rt.settings.resend_after_seconds,
+            cast(Iterator[Unit], bson.decode_file_iter(self.answered)),
             now=now,
             expire_at=expire_at(self.rt.settings, now),
             owing=self.batch["job_events"],
         )
+        self.answered.close()
+        units.queue_staged(self.rt.store, batch_id, now + self.rt.settings.resend_after_seconds)
         # The edge answers 202 after this write: journaled, it holds the chunks too.
         doc = batches.commit(self.rt.store, batch_id, now=now, total=total, chunks=self.seq)
         try:
@@ -224,6 +238,7 @@ class Stager:
         self.seq += 1
 
     def abort(self) -> None:
+        self.answered.close()
         units.delete_batch_units(self.rt.store, self.batch["_id"])
         batches.delete(self.rt.store, self.batch["_id"])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, cast
 
@@ -17,7 +17,7 @@ from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
 from worker.domain.documents import Doc, Unit
 from worker.domain.statuses import CLOSED_UNIT, JobStatus, UnitStatus
-from worker.domain.units import job_public, results_fields
+from worker.domain.units import job_public, job_statuses, results_fields
 from worker.store import pages
 from worker.store.connection import Store, insert_new
 
@@ -305,24 +305,36 @@ def insert_staged(store: Store, unit: Unit) -> None:
     store.jobs.insert_one(staged)
 
 
-def queue_staged(
-    store: Store, batch_id: str, *, due_at: int, now: int, expire_at: datetime, owing: bool
+def insert_settled(
+    store: Store, chunks: Iterable[Unit], *, now: int, expire_at: datetime, owing: bool
 ) -> None:
-    """Make a batch's staged chunks visible: those the edge settled (every line
-    answered when it was taken) as done, owing their job events if `owing`,
-    and the others queued for the workers."""
-    settled: Doc = {
+    """Store chunks the edge answered whole, done as they are inserted (a few
+    at a time: each holds a chunk's bodies); owing their job events if `owing`."""
+    done: Doc = {
         "status": UnitStatus.DONE,
-        "job_statuses": [JobStatus.SUCCEEDED],
+        "job_statuses": job_statuses(UnitStatus.DONE, [200]),
         "started_at": now,
         "completed_at": now,
         "expire_at": expire_at,
     }
     if owing:
-        settled["events_pending"] = True
-    store.jobs.update_many(
-        {"batch_id": batch_id, "status": UnitStatus.STAGED, "settled": True}, {"$set": settled}
-    )
+        done["events_pending"] = True
+    group: list[Doc] = []
+    for chunk in chunks:
+        doc: Doc = {**chunk, **done}
+        doc.pop("due_at", None)
+        group.append(doc)
+        if len(group) == SETTLED_GROUP:
+            store.jobs.insert_many(group)
+            group = []
+    if group:
+        store.jobs.insert_many(group)
+
+
+SETTLED_GROUP = 8
+
+
+def queue_staged(store: Store, batch_id: str, due_at: int) -> None:
     store.jobs.update_many(
         {"batch_id": batch_id, "status": UnitStatus.STAGED},
         {
