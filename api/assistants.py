@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterator
 
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
-from api import inputs, queries
+from api import inputs, ndjson, queries
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from api.jobs import listener, wait_for_job
@@ -42,7 +41,7 @@ def _add_converter(state: BlueprintSetupState) -> None:
     state.app.url_map.converters["assistant_id"] = AssistantId
 
 
-NDJSON = "application/x-ndjson"
+NDJSON = ndjson.MIMETYPE
 
 
 def _read_submission() -> tuple[bytes, str | None, str | None]:
@@ -142,12 +141,7 @@ def export_assistants() -> Response:
     """Every assistant of the tenant as apply lines, in creation order, streamed."""
     queries.allow_only(())
     db, owner = store(), tenant()
-
-    def lines() -> Iterator[str]:
-        for doc in assistants.iter_all(db, owner):
-            yield json.dumps(apply_line(doc), ensure_ascii=False) + "\n"
-
-    return Response(stream_with_context(lines()), mimetype=NDJSON)
+    return ndjson.stream(apply_line(doc) for doc in assistants.iter_all(db, owner))
 
 
 @bp.get("/assistants/<assistant_id:assistant_id>")

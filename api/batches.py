@@ -7,14 +7,15 @@ import json
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 
-from api import inputs, queries
+from api import inputs, ndjson, queries
 from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
+from worker.domain.documents import Doc
 from worker.domain.ids import new_id
 from worker.services import batches, intake, planning
 from worker.store import batches as batch_store
@@ -169,13 +170,12 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
     rt, owner = runtime(), tenant()
     names = reader.custom_ids if prune else None
 
-    def lines() -> Iterator[str]:
+    def plan() -> Iterator[Doc]:
         with spool:
             source = (planning.Line(r.custom_id, r.body_text, r.op, r.target) for r in spool)
-            for line in planning.plan(rt, owner, source, prune_except=names):
-                yield json.dumps(line, ensure_ascii=False) + "\n"
+            yield from planning.plan(rt, owner, source, prune_except=names)
 
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    return ndjson.stream(plan())
 
 
 def _fingerprint(reader: Reader, callback: str | None) -> str:
@@ -263,8 +263,4 @@ def batch_results(batch_id: str) -> Response:
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
 
-    def lines() -> Iterator[str]:
-        for result in batches.iter_results(db, batch_id, status):
-            yield json.dumps(result, ensure_ascii=False) + "\n"
-
-    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    return ndjson.stream(batches.iter_results(db, batch_id, status))
