@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -302,3 +303,41 @@ def test_worker_killed_mid_apply_applies_every_key_once(own: Stack) -> None:
     names = {doc["provisioning_key"]: doc["name"] for doc in docs}
     assert names["k1"] == "n1-v2"
     assert names["k700"] == "n700"
+
+
+def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(own: Stack) -> None:
+    tenant = own.new_tenant()
+    lines = manifest(1200)  # three chunks
+    first = apply(tenant, lines)
+    target = results(tenant, first["id"])[700]["body"]["id"]
+    own.kill("worker", signal.SIGTERM)  # from here on, nothing processes jobs
+
+    # Every line unchanged: the edge answers the batch itself.
+    again = apply(tenant, lines)
+    assert counts(again)["unchanged"] == 1200
+    rows = results(tenant, again["id"])
+    assert {row["action"] for row in rows} == {"unchanged"}
+    assert rows[700]["body"] == tenant.request("GET", f"/v1/assistants/{target}").json()
+    job = tenant.request("GET", f"/v1/jobs/{rows[700]['job_id']}").json()
+    assert (job["status"], job["result"]["body"]["id"]) == ("succeeded", target)
+
+    # A modify accepted before the apply and not done yet: the chunk naming its
+    # assistant waits for the workers, which apply the modify first.
+    modify = tenant.request(
+        "POST", f"/v1/assistants/{target}", json={"name": "changed"}, headers={"Prefer": "wait=0"}
+    )
+    assert modify.status_code == 202, modify.text
+    response = tenant.request(
+        "POST", "/v1/batches?mode=apply", data=jsonl(lines), headers={"Content-Type": NDJSON}
+    )
+    assert response.status_code == 202, response.text
+    waiting = tenant.request("GET", f"/v1/batches/{response.json()['id']}").json()
+    assert waiting["status"] == "in_progress"
+    assert counts(waiting)["unchanged"] == 700  # the two other chunks
+    own.start_worker("worker2")
+    batch = finished_batch(tenant, response.json()["id"])
+    assert counts(batch)["unchanged"] == 1199
+    assert counts(batch)["updated"] == 1
+    assert results(tenant, batch["id"])[700]["action"] == "updated"
+    assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
+    assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n700"

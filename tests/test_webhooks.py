@@ -624,3 +624,35 @@ def test_batch_with_job_events_sends_them_too(tenant: Tenant) -> None:
     assert jobs["bad"]["data"]["result"]["status_code"] == 422
     assert [e["type"] for e in events if e["type"].startswith("batch.")] == ["batch.completed"]
     assert len(deliveries(tenant)["data"]) == 4
+
+
+def test_an_apply_answered_at_the_edge_sends_its_events_too(tenant: Tenant) -> None:
+    manifest = [{"custom_id": f"k{i}", "body": {"model": "m", "name": f"n{i}"}} for i in range(3)]
+    first = tenant.request("POST", "/v1/batches?mode=apply", json={"requests": manifest})
+    assert first.status_code == 202, first.text
+    wait_until(
+        lambda: (
+            tenant.request("GET", f"/v1/batches/{first.json()['id']}").json()["status"]
+            == "completed"
+        )
+    )
+    with Receiver() as hook:
+        again = tenant.request(
+            "POST",
+            "/v1/batches",
+            params={"mode": "apply", "job_events": "true"},
+            json={"requests": manifest},
+            headers=callback(hook.url()),
+        )
+        assert again.status_code == 202, again.text
+        # Every line unchanged: the edge answered the batch before its 202.
+        assert again.json()["status"] == "completed"
+        events = [verify(tenant.webhook_secret, r) for r in hook.wait_for(4)]
+
+    jobs = {e["data"]["custom_id"]: e for e in events if e["type"].startswith("job.")}
+    assert sorted(jobs) == ["k0", "k1", "k2"]
+    assert {e["type"] for e in jobs.values()} == {"job.succeeded"}
+    assert jobs["k1"]["data"]["result"]["body"]["name"] == "n1"
+    (batch_event,) = [e for e in events if e["type"].startswith("batch.")]
+    assert batch_event["type"] == "batch.completed"
+    assert batch_event["data"]["request_counts"]["unchanged"] == 3
