@@ -152,8 +152,11 @@ def _replay(
 def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Response:
     """Read and check the whole upload as a real one is (so structural errors
     answer the same), holding its requests in a spool that moves to disk as it
-    grows; then stream the plan, one line per request, planned in groups."""
+    grows; then stream the plan, one line per request, planned in groups. An
+    apply's keyed assistants are read by the store while the upload streams in."""
     limits = settings()
+    rt, owner = runtime(), tenant()
+    keyed = planning.read_keyed(rt, owner) if reader.apply else None
     spool = Spool()
     try:
         for item in requests:
@@ -167,13 +170,12 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
     except BaseException:
         spool.close()
         raise
-    rt, owner = runtime(), tenant()
     names = reader.custom_ids if prune else None
 
     def plan() -> Iterator[Doc]:
         with spool:
             source = (planning.Line(r.custom_id, r.body_text, r.op, r.target) for r in spool)
-            yield from planning.plan(rt, owner, source, prune_except=names)
+            yield from planning.plan(rt, owner, source, prune_except=names, keyed_ahead=keyed)
 
     return ndjson.stream(plan())
 

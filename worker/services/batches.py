@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import IO, cast
 
 import bson
@@ -28,6 +29,7 @@ from worker.domain.units import item_action, new_unit, result_body
 from worker.queueing.routes import PROCESS_CHUNK
 from worker.runtime import Runtime
 from worker.services import outbox
+from worker.services.ahead import read_ahead
 from worker.store import assistants, batches, units
 from worker.store.connection import Store
 
@@ -61,6 +63,7 @@ class Stager:
         self.keyed: dict[str, Doc] | None = None
         self.busy: set[str] = set()
         self.pruning = False
+        self.reading: Future[tuple[set[str], bool, dict[str, Doc]]] | None = None
         self.named: set[str] = set()
         self.settled: dict[int, Tally] = {}
         # Those chunks wait here until the commit, which stores them done: a
@@ -68,6 +71,8 @@ class Stager:
         # `commit` or `abort`, one of which ends every stager.
         self.answered: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
         batches.insert(rt.store, batch)
+        if batch.get("mode") == "apply":
+            self.reading = read_ahead(self._read_state)
 
     def add(
         self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
@@ -124,10 +129,8 @@ class Stager:
         Returns each line's assistant as read (its id, times and content hash)."""
         tenant = self.batch["tenant"]
         if self.keyed is None:
-            # What open changes target is read before the assistants: a change
-            # accepted before it either shows there or is already in them.
-            self.busy, self.pruning = units.open_changes_of(self.rt.store, tenant)
-            self.keyed = assistants.keyed(self.rt.store, tenant)
+            assert self.reading is not None
+            self.busy, self.pruning, self.keyed = self.reading.result()
         keyed = self.keyed
         ids = [
             name
@@ -143,6 +146,15 @@ class Stager:
                 item["target"] = doc["id"]
             docs.append(doc)
         return docs
+
+    def _read_state(self) -> tuple[set[str], bool, dict[str, Doc]]:
+        """What the tenant's open changes target, then its keyed assistants: read
+        in the background from the start of the upload (`read_ahead`). In this
+        order, a change accepted before the second read either shows in the
+        first or is already in the second."""
+        tenant = self.batch["tenant"]
+        busy, pruning = units.open_changes_of(self.rt.store, tenant)
+        return busy, pruning, assistants.keyed(self.rt.store, tenant)
 
     def _settle(self, docs: list[Doc | None]) -> list[str | None] | None:
         """The chunk's results, answered here, if every line is `unchanged`: its

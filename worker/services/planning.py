@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Container, Iterable, Iterator
+from concurrent.futures import Future
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ from worker.domain.schema import (
     validate_modify,
 )
 from worker.runtime import Runtime
+from worker.services.ahead import read_ahead
 from worker.store import assistants
 
 GROUP = 500
@@ -39,16 +41,22 @@ class Line(NamedTuple):
 
 
 def plan(
-    rt: Runtime, tenant: str, lines: Iterable[Line], *, prune_except: Container[str] | None = None
+    rt: Runtime,
+    tenant: str,
+    lines: Iterable[Line],
+    *,
+    prune_except: Container[str] | None = None,
+    keyed_ahead: Future[dict[str, Doc]] | None = None,
 ) -> Iterator[Doc]:
     """One plan line per request, in input order; then, with `prune_except` (the
-    names the manifest gives), one `delete` line per keyed assistant it leaves out."""
+    names the manifest gives), one `delete` line per keyed assistant it leaves out.
+    `keyed_ahead` is the tenant's keyed assistants, if their read was started."""
     source = iter(lines)
     keyed: dict[str, Doc] | None = None  # the tenant's keyed assistants, read once if needed
     keyed_ids: dict[str, str] = {}
     while group := list(islice(source, GROUP)):
         if keyed is None and any(line.op == "apply" for line in group):
-            keyed = assistants.keyed(rt.store, tenant)
+            keyed = (keyed_ahead or read_keyed(rt, tenant)).result()
             keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
         # Each body parsed once: for its validation, its hash and its plan.
         bodies: list[Any] = [
@@ -87,6 +95,13 @@ def plan(
                 "status_code": 200,
                 "body": assistant_docs.deleted(doc["id"]),
             }
+
+
+def read_keyed(rt: Runtime, tenant: str) -> Future[dict[str, Doc]]:
+    """Start reading the tenant's keyed assistants (an apply's plan needs them):
+    one read of every keyed assistant, which the store can do while the edge
+    reads the upload."""
+    return read_ahead(lambda: assistants.keyed(rt.store, tenant))
 
 
 def _name(line: Line) -> str | None:
