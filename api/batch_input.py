@@ -21,7 +21,7 @@ import json
 import re
 import struct
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
@@ -60,6 +60,8 @@ class Request:
     body_text: str
     op: str | None = None  # None: a create; else "modify" or "delete" (`batch_routes`)
     target: str | None = None  # the assistant a modify or delete changes
+    # The body as parsed, while the line is read (a spool keeps only its text).
+    body: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -83,6 +85,11 @@ class Reader:
     def custom_ids(self) -> set[str]:
         """Every custom_id the upload gave (an apply batch's names)."""
         return set(self._custom_ids)
+
+    @property
+    def names(self) -> Container[str]:
+        """The custom_ids read so far, kept up to date as the upload is read."""
+        return self._custom_ids.keys()
 
     def fail(self, entry: dict[str, Any]) -> None:
         self.error_count += 1
@@ -150,9 +157,10 @@ class Reader:
         if problems:
             self._fail_all(problems)
             return None
+        body = None if deleting else value.get("body")
         if self.apply:
-            return Request(custom_id, body_text, "apply")
-        return Request(custom_id, body_text, routed.op, routed.target)
+            return Request(custom_id, body_text, "apply", body=body)
+        return Request(custom_id, body_text, routed.op, routed.target, body)
 
     def _fail_all(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:

@@ -11,11 +11,10 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 
 from api import inputs, ndjson, queries
-from api.batch_input import Reader, Request, Spool, TooLarge
+from api.batch_input import Reader, Request, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
-from worker.domain.documents import Doc
 from worker.domain.ids import new_id
 from worker.services import batches, intake, planning
 from worker.store import batches as batch_store
@@ -151,33 +150,35 @@ def _replay(
 
 def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Response:
     """Read and check the whole upload as a real one is (so structural errors
-    answer the same), holding its requests in a spool that moves to disk as it
-    grows; then stream the plan, one line per request, planned in groups. An
-    apply's keyed assistants are read by the store while the upload streams in."""
+    answer the same), planning its lines in groups as they stream in and holding
+    the plan in a spool that moves to disk as it grows; then stream the plan.
+    An apply's keyed assistants are read by the store while the upload starts."""
     limits = settings()
     rt, owner = runtime(), tenant()
     keyed = planning.read_keyed(rt, owner) if reader.apply else None
-    spool = Spool()
-    try:
+
+    def valid() -> Iterator[planning.Line]:
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
-                continue
-            spool.add(item)
+                continue  # refused below: read on only to report every offending line
+            yield planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
+
+    # The prune's names are every custom_id, known once the lines are planned.
+    names = reader.names if prune else None
+    spool = ndjson.Spool()
+    try:
+        spool.extend(planning.plan(rt, owner, valid(), prune_except=names, keyed_ahead=keyed))
         _refuse_if_invalid(reader, limits.max_batch_requests)
     except TooLarge:
         spool.close()
         raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
+    except PyMongoError as exc:
+        spool.close()
+        raise intake.Unavailable from exc
     except BaseException:
         spool.close()
         raise
-    names = reader.custom_ids if prune else None
-
-    def plan() -> Iterator[Doc]:
-        with spool:
-            source = (planning.Line(r.custom_id, r.body_text, r.op, r.target) for r in spool)
-            yield from planning.plan(rt, owner, source, prune_except=names, keyed_ahead=keyed)
-
-    return ndjson.stream(plan())
+    return spool.response()
 
 
 def _fingerprint(reader: Reader, callback: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -43,3 +44,28 @@ def _blocks(docs: Iterable[Any]) -> Iterator[bytes]:
             block, size = [], 0
     if block:
         yield b"\n".join(block) + b"\n"
+
+
+class Spool:
+    """NDJSON lines written now and streamed later: in memory, then on disk."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+
+    def extend(self, docs: Iterable[Any]) -> None:
+        for block in _blocks(docs):
+            self._file.write(block)
+
+    def response(self) -> Response:
+        """A 200 streaming the lines held; the spool is closed once it is sent."""
+
+        def blocks() -> Iterator[bytes]:
+            with self._file:
+                self._file.seek(0)
+                while block := self._file.read(BLOCK):
+                    yield block
+
+        return Response(blocks(), mimetype=MIMETYPE)
+
+    def close(self) -> None:
+        self._file.close()

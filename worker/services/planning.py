@@ -38,6 +38,7 @@ class Line(NamedTuple):
     body_text: str
     op: str | None = None  # None: a create; "modify", "delete" or "apply"
     target: str | None = None
+    body: Any = None  # the body, if already parsed from `body_text`
 
 
 def plan(
@@ -60,7 +61,12 @@ def plan(
             keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
         # Each body parsed once: for its validation, its hash and its plan.
         bodies: list[Any] = [
-            None if line.op == "delete" else json.loads(line.body_text) for line in group
+            None
+            if line.op == "delete"
+            else line.body
+            if line.body is not None
+            else json.loads(line.body_text)
+            for line in group
         ]
         checked = [_check(rt, line, body) for line, body in zip(group, bodies, strict=True)]
         # An apply line whose body hashes as its keyed assistant's content is
