@@ -32,6 +32,7 @@ from api.jsonbody import (
     DEPTH_ERROR,
     LONE_SURROGATE,
     JsonInvalid,
+    dump,
     locate,
     may_fault,
     parse,
@@ -145,7 +146,7 @@ class Reader:
                 )
         body_text = "{}"  # a DELETE line's: it has none
         if "body" in value and not deleting:
-            body_text = json.dumps(value["body"], ensure_ascii=False, separators=(",", ":"))
+            body_text = dump(value["body"])
             if len(body_text.encode("utf-8", "surrogatepass")) > self.max_body_bytes:
                 problems.append(
                     {

@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
+
 MAX_DEPTH = 64
 DEPTH_ERROR = f"Nesting deeper than {MAX_DEPTH} levels"
 LONE_SURROGATE = "Lone surrogate in string"
@@ -77,6 +79,19 @@ def decode_text(raw: bytes) -> str:
 _DECODER = json.JSONDecoder(
     parse_constant=_reject_constant, parse_int=_check_int, parse_float=_check_float
 )
+
+
+def dump(value: Any) -> str:
+    """A parsed value as compact JSON text (what the workers are given to parse
+    again): pydantic's encoder, about three times as fast as the json module's
+    with `ensure_ascii=False`, writing the same text but for how some numbers
+    are spelled (`1e16`, not `1e+16`), which parse to the same values. A string
+    UTF-8 cannot hold (never in a parsed body, which refuses lone surrogates)
+    falls back to the json module."""
+    try:
+        return to_json(value).decode()
+    except PydanticSerializationError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def parse(raw: bytes) -> Any:
