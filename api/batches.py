@@ -6,12 +6,14 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 
 from api import inputs, ndjson, queries
-from api.batch_input import Reader, Request, TooLarge
+from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
@@ -157,17 +159,21 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
     rt, owner = runtime(), tenant()
     keyed = planning.read_keyed(rt, owner) if reader.apply else None
 
-    def valid() -> Iterator[planning.Line]:
+    def valid() -> Iterator[Request]:
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
                 continue  # refused below: read on only to report every offending line
-            yield planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
+            yield item
 
     # The prune's names are every custom_id, known once the lines are planned.
     names = reader.names if prune else None
+    lines = (
+        planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
+        for item in (valid() if keyed is None else _while_reading(keyed, valid()))
+    )
     spool = ndjson.Spool()
     try:
-        spool.extend(planning.plan(rt, owner, valid(), prune_except=names, keyed_ahead=keyed))
+        spool.extend(planning.plan(rt, owner, lines, prune_except=names, keyed_ahead=keyed))
         _refuse_if_invalid(reader, limits.max_batch_requests)
     except TooLarge:
         spool.close()
@@ -179,6 +185,24 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
         spool.close()
         raise
     return spool.response()
+
+
+def _while_reading(read: Future[Any], requests: Iterator[Request]) -> Iterator[Request]:
+    """The requests, with those read before `read` is done (the plan's first
+    line needs it) held in a spool meanwhile: the upload is parsed while the
+    store reads. Each held request gives the other greenlets a turn, since the
+    read runs on one and needs a turn for each reply it takes."""
+    held = Spool()
+    try:
+        for request in requests:
+            held.add(request)
+            if read.done():
+                break
+            time.sleep(0)
+        yield from held
+    finally:
+        held.close()
+    yield from requests
 
 
 def _fingerprint(reader: Reader, callback: str | None) -> str:

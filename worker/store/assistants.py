@@ -42,7 +42,6 @@ def keyed(store: Store, tenant: str) -> dict[str, Doc]:
     found = store.assistants.find(
         {"tenant": tenant, KEY: {"$type": "string"}},
         {"id": 1, KEY: 1, "created_at": 1, CONTENT_HASH: 1},
-        batch_size=1000,
         hint=KEY_INDEX,
     )
     return {doc[KEY]: doc for doc in found}
