@@ -249,7 +249,11 @@ class Stager:
             refresh(self.rt, batch_id, self.settled)
             return batches.get(self.rt.store, self.batch["tenant"], batch_id) or doc
         except Exception:
-            log.warning("batch %s: chunks answered at the edge left to the reconciler", batch_id)
+            log.warning(
+                "batch %s: chunks answered at the edge left to the reconciler",
+                batch_id,
+                exc_info=True,
+            )
             return doc
 
     def _add_prune_chunk(self) -> None:
