@@ -341,3 +341,16 @@ def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(own: Sta
     assert results(tenant, batch["id"])[700]["action"] == "updated"
     assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
     assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n700"
+
+
+def test_a_line_after_another_naming_its_assistant_applies_after_it(tenant: Tenant) -> None:
+    lines = manifest(600)  # two chunks
+    first = apply(tenant, lines)
+    target = results(tenant, first["id"])[550]["body"]["id"]
+    # The first chunk changes k550's assistant by its id; the second names it by
+    # its key, as it is now. In input order the key's line comes last and wins.
+    lines[0] = {"custom_id": target, "body": {"model": "gpt-4", "name": "via-id"}}
+    batch = apply(tenant, lines)
+    rows = results(tenant, batch["id"])
+    assert (rows[0]["action"], rows[550]["action"]) == ("updated", "updated")
+    assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n550"
