@@ -100,6 +100,8 @@ def _store(
     """Stage the upload as it streams in, then commit it (after the key, if any,
     has its fingerprint); the batch, or on any failure nothing, is kept."""
     limits, rt = settings(), stager.rt
+    if stager.reading is not None:
+        requests = _while_reading(stager.reading, requests)
     try:
         for item in requests:
             if reader.errors or reader.count > limits.max_batch_requests:
@@ -188,10 +190,11 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
 
 
 def _while_reading(read: Future[Any], requests: Iterator[Request]) -> Iterator[Request]:
-    """The requests, with those read before `read` is done (the plan's first
-    line needs it) held in a spool meanwhile: the upload is parsed while the
-    store reads. Each held request gives the other greenlets a turn, since the
-    read runs on one and needs a turn for each reply it takes."""
+    """The requests, with those read before `read` is done (an apply's first
+    chunk, or its plan's first line, needs it) held in a spool meanwhile: the
+    upload is parsed while the store reads. Each held request gives the other
+    greenlets a turn, since the read runs on one and needs a turn for each
+    reply it takes."""
     held = Spool()
     try:
         for request in requests:

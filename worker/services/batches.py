@@ -70,13 +70,11 @@ class Stager:
         # spool, moved to disk as it grows, so memory stays flat. Closed by
         # `commit` or `abort`, one of which ends every stager.
         self.answered: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
-        # An apply's first chunk needs the tenant's assistants: the lines read
-        # while the store reads them are held here meanwhile (a spool as well).
-        self.held: IO[bytes] | None = None
         batches.insert(rt.store, batch)
         if batch.get("mode") == "apply":
+            # An apply's first chunk needs these: the caller may read on while
+            # the store reads them, until `reading` is done.
             self.reading = read_ahead(self._read_state)
-            self.held = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
 
     def add(
         self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
@@ -86,25 +84,8 @@ class Stager:
             item["op"] = op
         if target is not None:
             item["target"] = target
-        if self.held is not None and self.reading is not None and not self.reading.done():
-            self.held.write(bson.encode(item))
-            time.sleep(0)  # a turn for the read's greenlet, which needs one per reply
-            return
-        self._release_held()
-        self._append(item)
-
-    def _release_held(self) -> None:
-        if self.held is None:
-            return
-        held, self.held = self.held, None
-        with held:
-            held.seek(0)
-            for item in bson.decode_file_iter(held):
-                self._append(cast(Item, item))
-
-    def _append(self, item: Item) -> None:
         self.items.append(item)
-        self.size += len(item["body"])
+        self.size += len(body_text)
         settings = self.rt.settings
         if len(self.items) >= settings.chunk_size or self.size >= settings.chunk_max_bytes:
             self._flush()
@@ -209,7 +190,6 @@ class Stager:
 
     def commit(self, total: int) -> Doc:
         """Make the batch visible and send its chunks; returns the batch."""
-        self._release_held()
         self._flush()
         if self.batch.get("prune"):
             self._add_prune_chunk()
@@ -277,8 +257,6 @@ class Stager:
 
     def abort(self) -> None:
         self.answered.close()
-        if self.held is not None:
-            self.held.close()
         units.delete_batch_units(self.rt.store, self.batch["_id"])
         batches.delete(self.rt.store, self.batch["_id"])
 
