@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import time
-from typing import Any
 
 from bench.harness import (
     PeakRss,
@@ -26,7 +25,7 @@ from bench.harness import (
     deployment,
     env_cpu_note,
     process_tree,
-    wait_batch,
+    run_batch,
 )
 from tests.stack import Stack, Tenant
 
@@ -39,14 +38,6 @@ def lines(items: int, prefix: str, offset: int = 0) -> bytes:
         + b"\n"
         for i in range(items)
     )
-
-
-def run_batch(tenant: Tenant, data: bytes, query: str) -> tuple[float, dict[str, Any]]:
-    started = time.perf_counter()
-    response = tenant.request("POST", f"/v1/batches?{query}", data=data, headers=NDJSON)
-    response.raise_for_status()
-    batch = wait_batch(tenant, response.json()["id"])
-    return time.perf_counter() - started, batch
 
 
 def assistants_digest(stack: Stack) -> tuple[int, str]:

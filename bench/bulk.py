@@ -19,6 +19,7 @@ from bench.harness import (
     deployment,
     process_tree,
     raw_insert_many_rate,
+    run_batch,
     wait_batch,
 )
 from tests.stack import Stack, Tenant
@@ -33,13 +34,7 @@ def upload(items: int, offset: int = 0) -> bytes:
 
 
 def batch_rate(tenant: Tenant, data: bytes, items: int) -> float:
-    started = time.perf_counter()
-    response = tenant.request(
-        "POST", "/v1/batches", data=data, headers={"Content-Type": "application/x-ndjson"}
-    )
-    response.raise_for_status()
-    batch = wait_batch(tenant, response.json()["id"])
-    elapsed = time.perf_counter() - started
+    elapsed, batch = run_batch(tenant, data)
     counts = batch["request_counts"]
     assert counts["completed"] == items, counts
     return items / elapsed

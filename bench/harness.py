@@ -81,6 +81,21 @@ def wait_batch(tenant: Tenant, batch_id: str, timeout: float = 600) -> dict[str,
     return result
 
 
+def run_batch(tenant: Tenant, data: bytes, query: str = "") -> tuple[float, dict[str, Any]]:
+    """POST a JSONL upload to /v1/batches, then wait: the seconds until it
+    finished, and the batch as it finished."""
+    started = time.perf_counter()
+    response = tenant.request(
+        "POST",
+        f"/v1/batches?{query}",
+        data=data,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    response.raise_for_status()
+    batch = wait_batch(tenant, response.json()["id"])
+    return time.perf_counter() - started, batch
+
+
 def assistant_body(i: int, size: int = 1000) -> dict[str, Any]:
     """A valid create request of about `size` bytes."""
     body: dict[str, Any] = {
