@@ -4,7 +4,11 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_NO_CACHE=1 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    PATH=/app/.venv/bin:$PATH
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 app
@@ -13,11 +17,15 @@ RUN useradd --create-home --uid 10001 app
 # "flower" in the image its Flower service runs.
 ARG EXTRAS=""
 
-COPY pyproject.toml README.md LICENSE ./
+# uv at the version and hashes bin/uv uses; then exactly what uv.lock names.
+COPY .ci/uv.txt /tmp/uv.txt
+RUN pip install --require-hashes --no-deps -r /tmp/uv.txt && rm /tmp/uv.txt
+COPY pyproject.toml uv.lock README.md LICENSE ./
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
-RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; else pip install .; fi
+RUN uv sync --locked --no-editable --python /usr/local/bin/python \
+      ${EXTRAS:+--extra "$EXTRAS"}
 
 USER app
 EXPOSE 8000 9100

@@ -14,8 +14,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import redis
 
@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 Job = dict[str, Any]
 Read = Callable[[], Job | None]
+
+
+class _Messages(Protocol):
+    """What the listener uses of redis-py's `PubSub`, whose `listen` has no annotations."""
+
+    def subscribe(self, *channels: str) -> Any: ...
+    def listen(self) -> Iterator[dict[str, Any]]: ...
+    def close(self) -> None: ...
 
 
 class _Waiter:
@@ -109,7 +117,7 @@ class FinishedListener:
 
     def _run(self) -> None:
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub: _Messages = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._channel)
                 self._subscribed.set()
