@@ -33,17 +33,18 @@ def multiprocess_metrics() -> Iterator[None]:
 
 def run_api(args: argparse.Namespace) -> int:
     """gunicorn with the edge's configuration file; the options given here override it,
-    and GUNICORN_CMD_ARGS overrides the file where no option is given."""
-    from gunicorn.app.wsgiapp import WSGIApplication
+    and GUNICORN_CMD_ARGS overrides the file where no option is given.
 
-    argv = ["gunicorn", "-c", EDGE_CONFIG]
+    gunicorn runs in a new interpreter, exactly as `gunicorn -c ...` would: this
+    process has already imported `ssl` (through the store's and HTTP clients'
+    modules), and gevent must patch `ssl` before anything imports it, or TLS
+    to the store or the broker would block the edge's event loop."""
+    argv = [sys.executable, "-m", "gunicorn", "-c", EDGE_CONFIG]
     if args.host is not None or args.port is not None:
         argv += ["--bind", f"{args.host or '0.0.0.0'}:{args.port or 8000}"]
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
-    sys.argv = [*argv, EDGE_APP]
-    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog="gunicorn").run()
-    return 0
+    os.execv(sys.executable, [*argv, EDGE_APP])
 
 
 def run_worker(args: argparse.Namespace) -> int:

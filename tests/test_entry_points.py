@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from cli.embedded import free_port, wait_for_port
@@ -49,13 +50,25 @@ def test_celery_inspect_lists_the_tasks_of_the_running_workers(stack: Stack) -> 
         assert name in done.stdout
 
 
-def test_gunicorn_with_the_config_module_serves_the_edge(stack: Stack, tmp_path: Path) -> None:
+def edge_command(how: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The edge started as docker-compose.yml starts it, or as `bin/dev` does."""
+    if how == "gunicorn":
+        command = [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api.app:create_app()"]
+        return command, {"GUNICORN_CMD_ARGS": f"--bind=127.0.0.1:{port} --workers=1"}
+    command = [str(BIN / "assistant-ingest"), "api", "--host", "127.0.0.1", "--port", str(port)]
+    return [*command, "--workers", "1"], {}
+
+
+@pytest.mark.parametrize("how", ["gunicorn", "assistant-ingest api"])
+def test_the_edge_serves_with_json_logs_and_gevent_patched_first(
+    stack: Stack, tmp_path: Path, how: str
+) -> None:
     port = free_port()
-    env = {**stack.env, "GUNICORN_CMD_ARGS": f"--bind=127.0.0.1:{port} --workers=1"}
+    command, extra_env = edge_command(how, port)
     with (tmp_path / "gunicorn.log").open("wb") as log:
         process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api.app:create_app()"],
-            env=env,
+            command,
+            env={**stack.env, **extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -78,5 +91,36 @@ def test_gunicorn_with_the_config_module_serves_the_edge(stack: Stack, tmp_path:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
     lines = (tmp_path / "gunicorn.log").read_text().splitlines()
-    # Every line gunicorn and the app wrote is JSON, as under `assistant-ingest api`.
+    # Every line gunicorn and the app wrote is JSON; and gevent patched `ssl`
+    # before anything imported it (else it warns, and TLS to the store or the
+    # broker would block the event loop).
     assert lines and all(line.startswith("{") for line in lines), lines[:5]
+    assert not [line for line in lines if "MonkeyPatchWarning" in line], lines
+
+
+def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # Keep-alive far above the bound below: the stop must not wait for it.
+    port = free_port()
+    command, extra_env = edge_command("gunicorn", port)
+    extra_env["GUNICORN_CMD_ARGS"] += " --keep-alive=60"
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            env={**stack.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, timeout=60)
+        client = requests.Session()
+        assert client.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        # Stopped well before the kept-alive connection's 60 s (or the 30 s grace).
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
