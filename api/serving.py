@@ -6,6 +6,11 @@ On top of gevent's worker: a cap on open connections per client address (a
 a read timeout on every connection, so a client that stops sending (or stops
 reading a response) is dropped. A request's headers must arrive within
 `keepalive` seconds, which gunicorn's gevent worker already enforces.
+
+On a graceful stop (SIGTERM) the connections kept alive between requests are
+closed at once: gunicorn's worker waits until every connection's greenlet ends,
+and an idle one would otherwise end only when its keep-alive ran out, so every
+stop took that long. Requests in progress finish, and their connections close.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         self.per_address_cap = settings.max_connections_per_client
         self.read_timeout = settings.read_timeout_seconds
         self.open_by_address: collections.Counter[str] = collections.Counter()
+        # Connections waiting for their next request; closed when the worker stops.
+        self.idle: set[Any] = set()
         super().init_process()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -54,12 +61,30 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
             return
         self.open_by_address[address] += 1
         client.settimeout(self.read_timeout)
+        self.idle.add(client)
         try:
             super().handle(listener, client, addr)
         finally:
+            self.idle.discard(client)
             self.open_by_address[address] -= 1
             if not self.open_by_address[address]:
                 del self.open_by_address[address]
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        self.idle.discard(sock)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if self.alive:
+                self.idle.add(sock)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # A shutdown, not a close: the greenlet reading the socket sees the end of
+        # the stream and ends; the socket is closed by its own handler.
+        for client in list(self.idle):
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, client, addr, exc)
