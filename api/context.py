@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
-from flask import current_app, g
+import os
+import threading
 
-from worker.runtime import Runtime, for_process
+from flask import Flask, current_app, g
+
+from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.store.connection import Store
 
 
 def settings() -> Settings:
-    value: Settings = current_app.extensions["assistant_ingest.settings"]
-    return value
+    return settings_of(current_app)
+
+
+_RUNTIME = "assistant_ingest.runtime"
+_building = threading.Lock()
 
 
 def runtime() -> Runtime:
-    # Made on first use in each process, after gunicorn forked it.
-    return for_process(settings())
+    return runtime_of(current_app)
+
+
+def runtime_of(app: Flask) -> Runtime:
+    """The app's runtime (store, Redis, sender), built on first use in the process
+    that serves: pymongo's and redis-py's clients must not cross a fork, and
+    gunicorn may fork after the app is made."""
+    held: tuple[int, Runtime] | None = app.extensions.get(_RUNTIME)
+    if held is None or held[0] != os.getpid():
+        with _building:
+            held = app.extensions.get(_RUNTIME)
+            if held is None or held[0] != os.getpid():
+                held = (os.getpid(), Runtime.build(settings_of(app)))
+                app.extensions[_RUNTIME] = held
+    return held[1]
+
+
+def settings_of(app: Flask) -> Settings:
+    value: Settings = app.extensions["assistant_ingest.settings"]
+    return value
 
 
 def store() -> Store:

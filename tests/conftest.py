@@ -13,7 +13,19 @@ from pathlib import Path
 import pytest
 
 from cli.embedded import start_mongo, start_valkey
+from tests import processes
 from tests.stack import Servers, Stack, Tenant, running_stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.mark_this_run()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    left = processes.end_the_rest()
+    if left:
+        # Each is a test's leak (a fixture's stop should have ended it): say so.
+        print(f"\nended {len(left)} processes the tests left running: {sorted(left)}")
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start_api(self) -> None:
+    def start_api(self, wait: bool = True) -> None:
         process = self.spawn(
             "api",
             "api",
@@ -110,7 +110,8 @@ class Stack:
             "--workers",
             "2",
         )
-        wait_for_port(self.port, process, timeout=60)
+        if wait:
+            wait_for_port(self.port, process, timeout=60)
 
     def start_worker(
         self,
@@ -119,6 +120,7 @@ class Stack:
         beat: bool = True,
         concurrency: int = 2,
         pool: str | None = None,
+        wait: bool = True,
     ) -> subprocess.Popen[bytes]:
         args = [
             "worker",
@@ -134,8 +136,25 @@ class Stack:
         if beat:
             args.append("--beat")
         process = self.spawn(name, *args)
-        self.wait_worker_ready(name)
+        if wait:
+            self.wait_worker_ready(name)
         return process
+
+    def start(self, *workers: dict[str, Any]) -> None:
+        """The edge and the given workers (the default one if none), started side by
+        side: a deployment is ready in the time of its slowest process."""
+        self.start_api(wait=False)
+        for worker in workers or ({},):
+            self.start_worker(**worker, wait=False)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Every process started with `wait=False` serving: they start side by side."""
+        for name, process in self.processes.items():
+            if name == "api":
+                wait_for_port(self.port, process, timeout=60)
+            else:
+                self.wait_worker_ready(name)
 
     def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
         log = self.logs / f"{self.name}-{name}.log"
@@ -163,9 +182,22 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def stop(self) -> None:
-        for name in list(self.processes):
-            self.kill(name, signal.SIGTERM)
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM to every process group at once, then SIGKILL to what is left
+        after `grace` seconds (the stores keep what they were told)."""
+        running = list(self.processes.values())
+        self.processes.clear()
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            # The group: what the process left behind (pool children) goes too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def new_tenant(self, name: str | None = None, webhook_url: str | None = None) -> Tenant:
         store = self.store()
@@ -211,8 +243,7 @@ class Tenant:
 def running_stack(servers: Servers, logs: Path, **overrides: str) -> Iterator[Stack]:
     stack = Stack(servers, logs, overrides)
     try:
-        stack.start_api()
-        stack.start_worker()
+        stack.start()
         yield stack
     finally:
         stack.stop()

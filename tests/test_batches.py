@@ -344,8 +344,7 @@ def no_bulk_worker(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     }
     stack = Stack(servers, logs_dir, limits)
     try:
-        stack.start_api()
-        stack.start_worker(queues="single,webhooks,maintenance")
+        stack.start({"queues": "single,webhooks,maintenance"})
         yield stack
     finally:
         stack.stop()

@@ -69,7 +69,15 @@ def start(tmp_path: Path, data: Path, style: str) -> Dev:
     if style == "terminal":
         with log.open("wb") as out:
             process = subprocess.Popen(
-                args, cwd=ROOT, env=dev_env(), stdout=out, stderr=out, start_new_session=True
+                args,
+                cwd=ROOT,
+                env=dev_env(),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                # A terminal's shell runs its foreground job with SIGHUP at its
+                # default, even when the suite itself runs under `nohup`.
+                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
             )
         dev = Dev(process.pid, port, data, log, process)
     else:
@@ -141,9 +149,9 @@ def stop(dev: Dev, sig: int) -> None:
     ]
     everyone = family(dev.pid)
     os.kill(dev.pid, sig)
-    if dev.process is not None:
-        dev.process.wait(90)
     try:
+        if dev.process is not None:
+            dev.process.wait(90)
         wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=90)
     finally:
         for pid in everyone:  # only on failure is any left to clean up

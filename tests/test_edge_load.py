@@ -29,12 +29,11 @@ def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     # No bulk worker: the batches the waiters wait on stay queued all along.
     stack = Stack(servers, logs_dir)
     try:
-        stack.start_api()
-        # As `dev` runs it: a threads pool, whose running messages are processed together.
-        stack.start_worker(
-            "single", queues="single,maintenance", beat=True, pool="threads", concurrency=8
+        stack.start(
+            # As `dev` runs it: a threads pool, whose running messages are processed together.
+            {"name": "single", "queues": "single,maintenance", "pool": "threads", "concurrency": 8},
+            {"name": "hooks", "queues": "webhooks", "beat": False},
         )
-        stack.start_worker("hooks", queues="webhooks", beat=False)
         yield stack
     finally:
         stack.stop()

@@ -335,9 +335,8 @@ def test_redis_restarted_mid_batch_every_request_finishes_once(
 def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, logs_dir: Path) -> None:
     stack = Stack(servers, logs_dir)
     try:
-        stack.start_api()
         # A worker that runs the reconciler but takes no creates: they stay queued.
-        stack.start_worker(queues="webhooks,maintenance")
+        stack.start({"queues": "webhooks,maintenance"})
         tenant = stack.new_tenant()
         clients = Clients(tenant, 5)
         clients.start(rounds=20)

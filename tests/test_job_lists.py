@@ -24,8 +24,7 @@ JSONL = {"Content-Type": "application/x-ndjson"}
 def no_bulk(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     stack = Stack(servers, logs_dir, {"CHUNK_SIZE": "3"})
     try:
-        stack.start_api()
-        stack.start_worker(queues="single,webhooks,maintenance")
+        stack.start({"queues": "single,webhooks,maintenance"})
         yield stack
     finally:
         stack.stop()

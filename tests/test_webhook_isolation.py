@@ -36,9 +36,10 @@ def isolated(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
         },
     )
     try:
-        stack.start_api()
-        stack.start_worker("creates", queues="single,bulk,maintenance")
-        stack.start_worker("webhooks", queues="webhooks", beat=False, concurrency=8)
+        stack.start(
+            {"name": "creates", "queues": "single,bulk,maintenance"},
+            {"name": "webhooks", "queues": "webhooks", "beat": False, "concurrency": 8},
+        )
         yield stack
     finally:
         stack.stop()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -19,12 +21,18 @@ from worker.queueing.sender import Sender
 from worker.settings import Settings
 from worker.store.connection import Store
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     store: Store
     redis: redis.Redis
+    # What services keep for as long as this runtime lives (a group commit), so
+    # nothing of the kind is a global of the process.
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _shared_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -35,6 +43,14 @@ class Runtime:
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2
             ),
         )
+
+    def shared(self, name: str, make: Callable[[], T]) -> T:
+        """The one object named `name` for this runtime, made by `make` on first use."""
+        with self._shared_lock:
+            if name not in self._shared:
+                self._shared[name] = make()
+            value: T = self._shared[name]
+            return value
 
     @cached_property
     def sender(self) -> Sender:
@@ -67,7 +83,8 @@ _per_process: dict[int, Runtime] = {}
 
 
 def for_process(settings: Settings) -> Runtime:
-    """This process's runtime, made on first use after any fork."""
+    """This process's runtime, made on first use after any fork: for Celery's
+    tasks, which have no application object to hold one."""
     pid = os.getpid()
     runtime = _per_process.get(pid)
     if runtime is None:

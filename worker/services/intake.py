@@ -136,16 +136,10 @@ class Pending:
     alone: bool
 
 
-# One group commit per process runtime: creates that arrive while a group is
-# being stored share the next write and the next message.
-_committers: dict[int, GroupCommit[Pending]] = {}
-
-
 def _committer(rt: Runtime) -> GroupCommit[Pending]:
-    committer = _committers.get(id(rt))
-    if committer is None:
-        committer = _committers[id(rt)] = GroupCommit(lambda group: _store_and_send(rt, group))
-    return committer
+    """The runtime's group commit: creates that arrive while a group is being
+    stored share the next write and the next message."""
+    return rt.shared("intake.group_commit", lambda: GroupCommit(lambda g: _store_and_send(rt, g)))
 
 
 def _documents(group: list[Pending]) -> tuple[list[Unit], list[int]]:
