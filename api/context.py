@@ -38,6 +38,17 @@ def runtime_of(app: Flask) -> Runtime:
     return held[1]
 
 
+def close(app: Flask) -> None:
+    """Let go of what the app opened in this process: the finished-job listener,
+    the store, Redis and the sender."""
+    listener = app.extensions.pop("assistant_ingest.listener", None)
+    if listener is not None:
+        listener.close()
+    held: tuple[int, Runtime] | None = app.extensions.pop(_RUNTIME, None)
+    if held is not None and held[0] == os.getpid():
+        held[1].close()
+
+
 def settings_of(app: Flask) -> Settings:
     value: Settings = app.extensions["assistant_ingest.settings"]
     return value

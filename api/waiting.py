@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
@@ -29,10 +29,12 @@ Read = Callable[[], Job | None]
 
 
 class _Messages(Protocol):
-    """What the listener uses of redis-py's `PubSub`, whose `listen` has no annotations."""
+    """What the listener uses of redis-py's `PubSub`, whose `get_message` has no annotations."""
 
     def subscribe(self, *channels: str) -> Any: ...
-    def listen(self) -> Iterator[dict[str, Any]]: ...
+    def get_message(
+        self, ignore_subscribe_messages: bool = ..., timeout: float = ...
+    ) -> dict[str, Any] | None: ...
     def close(self) -> None: ...
 
 
@@ -104,6 +106,7 @@ class FinishedListener:
         self._lock = threading.Lock()
         self._waiters: dict[str, set[_Waiter]] = {}
         self._subscribed = threading.Event()
+        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _start(self) -> None:
@@ -116,14 +119,16 @@ class FinishedListener:
         self._subscribed.wait(timeout=2)
 
     def _run(self) -> None:
-        while True:
+        while not self._closed.is_set():
             pubsub: _Messages = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 self._wake_all()  # anything published while we were away
-                for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while not self._closed.is_set():
+                    # A bounded wait, so that close() is seen within a second.
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
                         self._wake(decode(message["data"]))
             except Exception:
                 log.warning("finished-job listener lost Redis; reconnecting", exc_info=True)
@@ -132,7 +137,14 @@ class FinishedListener:
                 self._wake_all()
                 with contextlib.suppress(Exception):
                     pubsub.close()
-            time.sleep(0.5)
+            self._closed.wait(0.5)
+
+    def close(self) -> None:
+        """Stop listening (waiters still waiting read the store once more)."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._client.close()
 
     def _wake(self, jobs: dict[str, Job | None]) -> None:
         with self._lock:

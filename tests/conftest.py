@@ -14,11 +14,23 @@ import pytest
 
 from cli.embedded import start_mongo, start_valkey
 from tests import processes
+from tests.local import Local, LocalTenant, running_local
 from tests.stack import Servers, Stack, Tenant, running_stack
+from worker.store.connection import Store
+
+# A test that uses one of these runs real gunicorn or Celery processes (or the
+# `dev` command): the end-to-end tier. Every other test runs in process.
+PROCESS_FIXTURES = {"deployment", "logs_dir"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     processes.mark_this_run()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -46,9 +58,37 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 
 
 @pytest.fixture(scope="session")
-def stack(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    with running_stack(servers, logs_dir) as deployment:
+def deployment(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """The shared deployment of real processes: the edge under gunicorn, a Celery
+    worker with beat. Tests that need what a process gives (HTTP as sent, signals,
+    faults) take it by this name; a module of the in-process tier overrides
+    `stack` but not this."""
+    with running_stack(servers, logs_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(deployment: Stack) -> Stack:
+    return deployment
+
+
+@pytest.fixture(scope="session")
+def local(servers: Servers) -> Iterator[Local]:
+    """The in-process tier's deployment: the edge through Flask's test client, the
+    worker's services on a thread of this process, the session's real servers."""
+    with running_local(servers.settings()) as deployment:
         yield deployment
+
+
+@pytest.fixture
+def local_tenant(local: Local) -> LocalTenant:
+    return local.new_tenant()
+
+
+@pytest.fixture
+def db(stack: Stack) -> Store:
+    """The shared deployment's store, for reading and arranging what a test checks."""
+    return stack.db
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ class Servers:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.valkey.port}/0"
 
+    def settings(self, **overrides: str) -> Settings:
+        """Settings for a deployment on these servers, with the tests' short timings."""
+        env = {**FAST, **overrides}
+        fields = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+        uri = f"{self.mongo_base}/assistant_ingest"
+        return Settings(**{**fields, "mongodb_uri": uri, "redis_url": self.redis_url})
+
 
 @dataclass
 class Stack:
@@ -85,7 +93,13 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def store(self) -> Store:
+        """A connection of its own (closed by the caller)."""
         return Store.connect(self.settings, timeout_ms=5000)
+
+    @cached_property
+    def db(self) -> Store:
+        """The deployment's store, for tests to read and arrange; closed at stop."""
+        return self.store()
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{self.name}-{name}.log").open("ab") as log:
@@ -198,32 +212,22 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        if "db" in self.__dict__:
+            self.__dict__.pop("db").close()
 
     def new_tenant(self, name: str | None = None, webhook_url: str | None = None) -> Tenant:
-        store = self.store()
-        try:
-            created = tenants.create_key(
-                store, name or "tenant-" + uuid.uuid4().hex[:8], webhook_url
-            )
-        finally:
-            store.close()
+        store = self.db
+        created = tenants.create_key(store, name or "tenant-" + uuid.uuid4().hex[:8], webhook_url)
         return Tenant(self, created.tenant, created.api_key, created.webhook_secret)
 
 
-@dataclass
-class Tenant:
-    stack: Stack
-    name: str
-    api_key: str
-    webhook_secret: str
-    session: requests.Session = field(default_factory=requests.Session)
+class Calls:
+    """What a test does as a tenant, over its `request` (HTTP, or Flask's test client)."""
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
-        kwargs.setdefault("timeout", 90)
-        return self.session.request(method, self.stack.url + path, headers=headers, **kwargs)
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        raise NotImplementedError
 
-    def create(self, body: Any, **headers: str) -> requests.Response:
+    def create(self, body: Any, **headers: str) -> Any:
         return self.request("POST", "/v1/assistants", json=body, headers=headers)
 
     def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -237,6 +241,20 @@ class Tenant:
                 return job
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@dataclass
+class Tenant(Calls):
+    stack: Stack
+    name: str
+    api_key: str
+    webhook_secret: str
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 90)
+        return self.session.request(method, self.stack.url + path, headers=headers, **kwargs)
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
-from tests.test_batches import finished_batch, jsonl, results, submit
 
 NDJSON = "application/x-ndjson"
 
@@ -57,11 +57,8 @@ def counts(batch: dict[str, Any]) -> dict[str, int]:
 
 
 def stored(stack: Stack, tenant: Tenant) -> list[dict[str, Any]]:
-    store = stack.store()
-    try:
-        return list(store.assistants.find({"tenant": tenant.name}))
-    finally:
-        store.close()
+    store = stack.db
+    return list(store.assistants.find({"tenant": tenant.name}))
 
 
 def test_apply_creates_then_reapplying_is_all_unchanged(stack: Stack, tenant: Tenant) -> None:
@@ -176,13 +173,8 @@ def test_dry_run_of_each_case_creates_nothing(stack: Stack, tenant: Tenant) -> N
     create_mode = dry_run(tenant, [{"body": {"model": "gpt-4"}}], "")
     assert create_mode[0]["action"] == "create"
     assert len(stored(stack, tenant)) == 9
-    store = stack.store()
-    try:
-        assert (
-            store.jobs.count_documents({"tenant": tenant.name, "batch_id": {"$exists": False}}) == 0
-        )
-    finally:
-        store.close()
+    store = stack.db
+    assert store.jobs.count_documents({"tenant": tenant.name, "batch_id": {"$exists": False}}) == 0
 
 
 def test_dry_run_structural_errors_answer_as_without_it(tenant: Tenant) -> None:
@@ -281,14 +273,11 @@ def test_worker_killed_mid_apply_applies_every_key_once(own: Stack) -> None:
     assert response.status_code == 202
 
     def mid_work() -> bool:
-        store = own.store()
-        try:
-            query = {"tenant": tenant.name, "batch_id": response.json()["id"]}
-            done = store.jobs.count_documents({**query, "status": "done"})
-            claimed = store.jobs.count_documents({**query, "status": "in_progress"})
-            return bool(done and claimed)
-        finally:
-            store.close()
+        store = own.db
+        query = {"tenant": tenant.name, "batch_id": response.json()["id"]}
+        done = store.jobs.count_documents({**query, "status": "done"})
+        claimed = store.jobs.count_documents({**query, "status": "in_progress"})
+        return bool(done and claimed)
 
     wait_until(mid_work, interval=0.02)
     own.kill("worker")

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,6 +27,9 @@ from tests.stack import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = "Press Ctrl-C to stop"
+
+# `dev` starts servers, the edge and workers as processes of its own.
+pytestmark = pytest.mark.e2e
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.attackers import Crowd, crowds, request_head, timed_get
+from tests.in_process.test_batches import jsonl, submit
 from tests.receiver import Hang, Receiver
 from tests.stack import Servers, Stack, Tenant, wait_until
-from tests.test_batches import jsonl, submit
 
 WAITERS = 1000
 # Waiters come from several addresses and keys, as many clients would: one

@@ -24,9 +24,9 @@ import redis
 import requests
 
 from cli.embedded import start_mongo, start_valkey
+from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.outcomes import Outcome, assert_each_accepted_job_done_once, outcome
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
-from tests.test_batches import finished_batch, jsonl, results, submit
 from worker.domain.batches import new_batch
 from worker.domain.ids import new_id
 from worker.store import idempotency
@@ -87,19 +87,13 @@ def batch_lines(count: int) -> list[dict[str, Any]]:
 
 
 def open_units(stack: Stack, tenant: Tenant, status: str) -> int:
-    store = stack.store()
-    try:
-        return store.jobs.count_documents({"tenant": tenant.name, "status": status})
-    finally:
-        store.close()
+    store = stack.db
+    return store.jobs.count_documents({"tenant": tenant.name, "status": status})
 
 
 def counted(stack: Stack, tenant: Tenant) -> Outcome:
-    store = stack.store()
-    try:
-        return outcome(store, tenant.name)
-    finally:
-        store.close()
+    store = stack.db
+    return outcome(store, tenant.name)
 
 
 @dataclass
@@ -148,14 +142,9 @@ def finished_as_accepted(tenant: Tenant, batch_id: str, count: int) -> Accepted:
 
 def each_done_once(stack: Stack, tenant: Tenant, accepted: Accepted) -> Outcome:
     """Once nothing is open: every accepted job finished once, and nothing else exists."""
-    store = stack.store()
-    try:
-        wait_until(lambda: outcome(store, tenant.name).open_units == 0, timeout=180)
-        found = assert_each_accepted_job_done_once(
-            store, tenant.name, accepted.jobs, accepted.valid
-        )
-    finally:
-        store.close()
+    store = stack.db
+    wait_until(lambda: outcome(store, tenant.name).open_units == 0, timeout=180)
+    found = assert_each_accepted_job_done_once(store, tenant.name, accepted.jobs, accepted.valid)
     assert found.job_ids == accepted.jobs
     assert found.assistants == len(accepted.valid)
     for job, assistant in accepted.assistants.items():
@@ -414,12 +403,9 @@ def test_key_held_by_a_request_that_died_before_storing_its_job_is_taken_over(
     tenant = stack.new_tenant()
     body = b'{"model": "gpt-4", "name": "orphaned"}'
     claimed = new_id("job_")
-    store = stack.store()
-    try:
-        scope = idempotency.scope_id(tenant.name, "POST", "/v1/assistants", "orphaned")
-        idempotency.claim(store, scope, idempotency.fingerprint(body, None), claimed, 3600)
-    finally:
-        store.close()
+    store = stack.db
+    scope = idempotency.scope_id(tenant.name, "POST", "/v1/assistants", "orphaned")
+    idempotency.claim(store, scope, idempotency.fingerprint(body, None), claimed, 3600)
 
     def send(data: bytes) -> requests.Response:
         headers = {"Content-Type": "application/json", "Idempotency-Key": "orphaned"}
@@ -434,12 +420,9 @@ def test_key_held_by_a_request_that_died_before_storing_its_job_is_taken_over(
     assert again.json()["id"] == claimed
     assert again.headers["Idempotent-Replayed"] == "true"
     assert send(b'{"model": "other"}').status_code == 409
-    store = stack.store()
-    try:
-        assert store.jobs.count_documents({"tenant": tenant.name}) == 1
-        assert store.assistants.count_documents({"tenant": tenant.name}) == 1
-    finally:
-        store.close()
+    store = stack.db
+    assert store.jobs.count_documents({"tenant": tenant.name}) == 1
+    assert store.assistants.count_documents({"tenant": tenant.name}) == 1
 
 
 def test_batch_key_held_by_a_request_that_died_is_taken_over(stack: Stack) -> None:
@@ -450,24 +433,21 @@ def test_batch_key_held_by_a_request_that_died_is_taken_over(stack: Stack) -> No
     data = jsonl([{"custom_id": "a", "body": {"model": "gpt-4"}}])
     fingerprint = hashlib.sha256(data).hexdigest() + idempotency.fingerprint(b"", None)
     gone, half_stored = new_id("batch_"), new_id("batch_")
-    store = stack.store()
-    try:
-        for key, target in (("gone", gone), ("half-stored", half_stored)):
-            scope = idempotency.scope_id(tenant.name, "POST", "/v1/batches", key)
-            idempotency.claim(store, scope, fingerprint, target, 3600)
-        left = new_batch(
-            batch_id=half_stored,
-            tenant=tenant.name,
-            total=0,
-            now=int(time.time()) - 3600,
-            callback_url=None,
-            metadata={},
-            job_events=False,
-            request_id=None,
-        )
-        store.batches.insert_one(left)
-    finally:
-        store.close()
+    store = stack.db
+    for key, target in (("gone", gone), ("half-stored", half_stored)):
+        scope = idempotency.scope_id(tenant.name, "POST", "/v1/batches", key)
+        idempotency.claim(store, scope, fingerprint, target, 3600)
+    left = new_batch(
+        batch_id=half_stored,
+        tenant=tenant.name,
+        total=0,
+        now=int(time.time()) - 3600,
+        callback_url=None,
+        metadata={},
+        job_events=False,
+        request_id=None,
+    )
+    store.batches.insert_one(left)
 
     for key in ("gone", "half-stored"):
         retried = wait_until(

@@ -58,11 +58,8 @@ def send_burst(tenant: Tenant, hook: str | None, round_no: int) -> list[dict[str
 
 
 def units_of(stack: Stack, tenant: Tenant) -> list[dict[str, Any]]:
-    store = stack.store()
-    try:
-        return list(store.jobs.find({"tenant": tenant.name}))
-    finally:
-        store.close()
+    store = stack.db
+    return list(store.jobs.find({"tenant": tenant.name}))
 
 
 def bursts_until_shared(
@@ -131,11 +128,8 @@ def test_creates_accepted_together_share_units_and_each_stays_its_own_job(
     # Each job listed once; each valid request made exactly one assistant.
     listed = [job["id"] for job in all_jobs(tenant)]
     assert sorted(listed) == sorted(by_job)
-    store = stack.store()
-    try:
-        names = [doc["name"] for doc in store.assistants.find({"tenant": tenant.name})]
-    finally:
-        store.close()
+    store = stack.db
+    names = [doc["name"] for doc in store.assistants.find({"tenant": tenant.name})]
     assert sorted(names) == sorted(r["name"] for r in sent if r["valid"])
 
     # One webhook per job, carrying that job.

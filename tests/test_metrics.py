@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics
 from cli.embedded import free_port
+from tests.in_process.test_batches import submit
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
-from tests.test_batches import submit
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from api.limits import RateLimit
+from tests.in_process.test_batches import submit
 from tests.stack import Servers, Stack, Tenant, running_stack
-from tests.test_batches import submit
 
 LIMIT = 3
 

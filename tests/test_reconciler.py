@@ -21,11 +21,8 @@ def store_unsent_job(stack: Stack, tenant: Tenant, body: str, **fields: object) 
         resend_after=0,
     )
     unit.update(fields)
-    store = stack.store()
-    try:
-        insert_unit(store, unit)
-    finally:
-        store.close()
+    store = stack.db
+    insert_unit(store, unit)
     return job_id
 
 
@@ -68,45 +65,39 @@ def test_a_job_that_keeps_killing_workers_fails_with_500(stack: Stack, tenant: T
     assert job["status"] == "failed"
     assert job["result"]["status_code"] == 500
     assert job["attempts"] == max_attempts + 1
-    store = stack.store()
-    try:
-        assert store.assistants.count_documents({"job_id": job_id}) == 0
-    finally:
-        store.close()
+    store = stack.db
+    assert store.assistants.count_documents({"job_id": job_id}) == 0
 
 
 def test_a_half_stored_batch_is_removed(stack: Stack, tenant: Tenant) -> None:
     batch_id = new_id("batch_")
     old = int(time.time()) - 3600
-    store = stack.store()
-    try:
-        store.batches.insert_one(
-            {
-                "_id": batch_id,
-                "tenant": tenant.name,
-                "status": "validating",
-                "created_at": old,
-                "request_counts": {"total": 0, "completed": 0, "failed": 0, "cancelled": 0},
-            }
-        )
-        unit = new_unit(
-            unit_id=f"{batch_id}.000000",
-            tenant=tenant.name,
-            items=[{"id": new_id("job_"), "custom_id": "0", "body": "{}"}],
-            now=old,
-            batch_id=batch_id,
-        )
-        unit["status"] = "staged"
-        del unit["due_at"]
-        store.jobs.insert_one(unit)
+    store = stack.db
+    store.batches.insert_one(
+        {
+            "_id": batch_id,
+            "tenant": tenant.name,
+            "status": "validating",
+            "created_at": old,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0, "cancelled": 0},
+        }
+    )
+    unit = new_unit(
+        unit_id=f"{batch_id}.000000",
+        tenant=tenant.name,
+        items=[{"id": new_id("job_"), "custom_id": "0", "body": "{}"}],
+        now=old,
+        batch_id=batch_id,
+    )
+    unit["status"] = "staged"
+    del unit["due_at"]
+    store.jobs.insert_one(unit)
 
-        def removed() -> bool:
-            return (
-                store.batches.count_documents({"_id": batch_id}) == 0
-                and store.jobs.count_documents({"batch_id": batch_id}) == 0
-            )
+    def removed() -> bool:
+        return (
+            store.batches.count_documents({"_id": batch_id}) == 0
+            and store.jobs.count_documents({"batch_id": batch_id}) == 0
+        )
 
-        wait_until(removed, timeout=60)
-    finally:
-        store.close()
+    wait_until(removed, timeout=60)
     assert tenant.request("GET", f"/v1/batches/{batch_id}").status_code == 404

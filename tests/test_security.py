@@ -99,14 +99,11 @@ def test_keys_are_stored_only_as_hashes(stack: Stack) -> None:
     assert batch.status_code == 202
     assert client.request("GET", "/v1/assistants?limit=0").status_code == 422
 
-    store = stack.store()
-    try:
-        (doc,) = store.api_keys.find({"tenant": created["tenant"]})
-        assert doc["_id"] == hashlib.sha256(key.encode()).hexdigest()
-        assert set(doc) == {"_id", "tenant", "created_at", "revoked_at"}
-        dump = everything_stored(store, stack.servers.redis_url, stack.name)
-    finally:
-        store.close()
+    store = stack.db
+    (doc,) = store.api_keys.find({"tenant": created["tenant"]})
+    assert doc["_id"] == hashlib.sha256(key.encode()).hexdigest()
+    assert set(doc) == {"_id", "tenant", "created_at", "revoked_at"}
+    dump = everything_stored(store, stack.servers.redis_url, stack.name)
     secret = key.removeprefix("aik_").encode()
     assert secret not in dump
     assert secret[:16] not in dump and secret[-16:] not in dump
@@ -141,13 +138,10 @@ def test_a_key_revoked_with_the_cli_is_401_and_stays_stored_as_a_hash(stack: Sta
     assert cli(stack, "revoke", key) == {"revoked": True}
     # Edges trust a checked key for AUTH_CACHE_SECONDS (1 s here).
     wait_until(lambda: bearer(stack, f"Bearer {key}") == 401, timeout=5)
-    store = stack.store()
-    try:
-        (doc,) = store.api_keys.find({"tenant": created["tenant"]})
-        assert doc["revoked_at"] is not None
-        assert doc["_id"] == hashlib.sha256(key.encode()).hexdigest()
-    finally:
-        store.close()
+    store = stack.db
+    (doc,) = store.api_keys.find({"tenant": created["tenant"]})
+    assert doc["revoked_at"] is not None
+    assert doc["_id"] == hashlib.sha256(key.encode()).hexdigest()
 
 
 # -- tenant isolation on every route ---------------------------------------------
@@ -205,13 +199,10 @@ def state(owned: Owned) -> dict[str, Any]:
     }
     batch = tenant.request("GET", f"/v1/batches/{ids['batch_id']}").json()
     seen["batch"] = (batch["id"], batch["cancelling_at"], batch["cancelled_at"])  # not cancelled
-    store = tenant.stack.store()
-    try:
-        doc = store.tenants.find_one({"_id": tenant.name})
-        assert doc is not None
-        seen["secrets"] = doc["secrets"]
-    finally:
-        store.close()
+    store = tenant.stack.db
+    doc = store.tenants.find_one({"_id": tenant.name})
+    assert doc is not None
+    seen["secrets"] = doc["secrets"]
     return seen
 
 
@@ -353,11 +344,8 @@ def test_operators_in_a_webhook_endpoint_body_are_422(
 
 def test_a_body_cannot_choose_its_tenant_or_ids(stack: Stack, owned: Owned) -> None:
     other = stack.new_tenant()
-    store = stack.store()
-    try:
-        owners = store.assistants.count_documents({"tenant": owned.tenant.name})
-    finally:
-        store.close()
+    store = stack.db
+    owners = store.assistants.count_documents({"tenant": owned.tenant.name})
     body = {
         "model": "m",
         "tenant": owned.tenant.name,
@@ -379,12 +367,9 @@ def test_a_body_cannot_choose_its_tenant_or_ids(stack: Stack, owned: Owned) -> N
         "string_type",
         "extra_forbidden",
     ]
-    store = stack.store()
-    try:
-        assert store.assistants.count_documents({"tenant": other.name}) == 0
-        assert store.assistants.count_documents({"tenant": owned.tenant.name}) == owners
-    finally:
-        store.close()
+    store = stack.db
+    assert store.assistants.count_documents({"tenant": other.name}) == 0
+    assert store.assistants.count_documents({"tenant": owned.tenant.name}) == owners
 
 
 def test_operator_shaped_idempotency_keys_are_only_keys(stack: Stack) -> None:

@@ -23,11 +23,8 @@ def created(tenant: Tenant, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored(stack: Stack, assistant_id: str) -> dict[str, Any]:
-    store = stack.store()
-    try:
-        doc = store.assistants.find_one({"id": assistant_id})
-    finally:
-        store.close()
+    store = stack.db
+    doc = store.assistants.find_one({"id": assistant_id})
     assert doc is not None
     return doc
 
@@ -67,12 +64,9 @@ def test_tools_are_an_array_and_metadata_an_object_in_the_store(
 def test_metadata_can_be_queried_as_a_document(stack: Stack, tenant: Tenant) -> None:
     sales = created(tenant, {"model": "m", "metadata": {"team": "sales"}})
     created(tenant, {"model": "m", "metadata": {"team": "support"}})
-    store = stack.store()
-    try:
-        found = store.assistants.find({"tenant": tenant.name, "metadata.team": "sales"})
-        assert [doc["id"] for doc in found] == [sales["id"]]
-    finally:
-        store.close()
+    store = stack.db
+    found = store.assistants.find({"tenant": tenant.name, "metadata.team": "sales"})
+    assert [doc["id"] for doc in found] == [sales["id"]]
 
 
 def test_a_tree_bson_cannot_hold_is_kept_as_json_text_and_read_back_exactly(
@@ -121,33 +115,30 @@ def test_documents_of_the_earlier_shape_are_read_and_migrated(stack: Stack, tena
         }
         for i in range(3)
     ]
-    store = stack.store()
-    try:
-        store.assistants.insert_many(legacy)
-        before = [tenant.request("GET", f"/v1/assistants/{doc['id']}").json() for doc in legacy]
-        assert [a["tools"] for a in before] == [tools] * 3
-        assert [a["metadata"] for a in before] == [
-            {f"k{NUL}": "v"},
-            {"$where": "1"},
-            {"$where": "1"},
-        ]
+    store = stack.db
+    store.assistants.insert_many(legacy)
+    before = [tenant.request("GET", f"/v1/assistants/{doc['id']}").json() for doc in legacy]
+    assert [a["tools"] for a in before] == [tools] * 3
+    assert [a["metadata"] for a in before] == [
+        {f"k{NUL}": "v"},
+        {"$where": "1"},
+        {"$where": "1"},
+    ]
 
-        env = stack.env
-        run = [sys.executable, "-m", "cli.main", "migrate", "--batch-size", "2"]
-        first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
-        assert first.returncode == 0, first.stderr
-        assert json.loads(first.stdout)["rewritten"] >= 3
-        docs = {doc["id"]: doc for doc in store.assistants.find({"tenant": tenant.name})}
-        for doc in docs.values():
-            assert "tools_json" not in doc and "metadata_json" not in doc
-            assert doc["tools"] == tools
-        assert docs[legacy[1]["id"]]["metadata"] == {"$where": "1"}
-        assert json.loads(docs[legacy[0]["id"]]["metadata"]) == {f"k{NUL}": "v"}
-        after = [tenant.request("GET", f"/v1/assistants/{doc['id']}").json() for doc in legacy]
-        assert after == before
+    env = stack.env
+    run = [sys.executable, "-m", "cli.main", "migrate", "--batch-size", "2"]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["rewritten"] >= 3
+    docs = {doc["id"]: doc for doc in store.assistants.find({"tenant": tenant.name})}
+    for doc in docs.values():
+        assert "tools_json" not in doc and "metadata_json" not in doc
+        assert doc["tools"] == tools
+    assert docs[legacy[1]["id"]]["metadata"] == {"$where": "1"}
+    assert json.loads(docs[legacy[0]["id"]]["metadata"]) == {f"k{NUL}": "v"}
+    after = [tenant.request("GET", f"/v1/assistants/{doc['id']}").json() for doc in legacy]
+    assert after == before
 
-        again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0, again.stderr
-        assert json.loads(again.stdout) == {"rewritten": 0}
-    finally:
-        store.close()
+    again = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"rewritten": 0}

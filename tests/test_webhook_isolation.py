@@ -187,14 +187,11 @@ def test_put_enables_a_disabled_endpoint(isolated: Stack) -> None:
     tenant = isolated.new_tenant()
     with Receiver() as hook:
         assert tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url()}).ok
-        store = isolated.store()
-        try:
-            store.tenants.update_one(
-                {"_id": tenant.name},
-                {"$set": {"endpoint_failing_since": 1.0, "endpoint_disabled_at": 2.0}},
-            )
-        finally:
-            store.close()
+        store = isolated.db
+        store.tenants.update_one(
+            {"_id": tenant.name},
+            {"$set": {"endpoint_failing_since": 1.0, "endpoint_disabled_at": 2.0}},
+        )
         assert endpoint(tenant)["status"] == "disabled"
         again = tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url()})
         assert again.json()["status"] == "enabled"

@@ -330,11 +330,8 @@ def test_tenant_endpoint_is_used_when_there_is_no_callback_url(
 
 def assert_events_flushed(stack: Stack, job_id: str) -> None:
     """Wait until the worker has turned the job's owed events into deliveries."""
-    store = stack.store()
-    try:
-        wait_until(lambda: "events_pending" not in (store.jobs.find_one({"_id": job_id}) or {}))
-    finally:
-        store.close()
+    store = stack.db
+    wait_until(lambda: "events_pending" not in (store.jobs.find_one({"_id": job_id}) or {}))
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.local import NO_BULK, Local, running_local
 from tests.stack import Servers, Stack, Tenant, wait_until
 from worker.store.connection import Store
 
@@ -133,12 +133,9 @@ def test_bad_lines_reject_the_whole_batch_and_create_nothing(stack: Stack, tenan
         (["body", 7], "duplicate_custom_id"),
     ]
     assert tenant.request("GET", "/v1/batches").json()["data"] == []
-    store = stack.store()
-    try:
-        assert store.jobs.count_documents({"tenant": tenant.name}) == 0
-        assert store.batches.count_documents({"tenant": tenant.name}) == 0
-    finally:
-        store.close()
+    store = stack.db
+    assert store.jobs.count_documents({"tenant": tenant.name}) == 0
+    assert store.batches.count_documents({"tenant": tenant.name}) == 0
 
 
 def test_line_errors_are_the_line_models_own(tenant: Tenant) -> None:
@@ -334,7 +331,7 @@ def test_another_tenants_batch_is_404(tenant: Tenant, other_tenant: Tenant) -> N
 
 
 @pytest.fixture(scope="module")
-def no_bulk_worker(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+def no_bulk_worker(servers: Servers) -> Iterator[Local]:
     """A deployment whose workers do not take batch chunks, and small limits."""
     limits = {
         "MAX_BATCH_REQUESTS": "5",
@@ -342,15 +339,11 @@ def no_bulk_worker(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
         "CHUNK_SIZE": "2",
         "MAX_WAIT_SECONDS": str(REPEAT_WAIT),
     }
-    stack = Stack(servers, logs_dir, limits)
-    try:
-        stack.start({"queues": "single,webhooks,maintenance"})
-        yield stack
-    finally:
-        stack.stop()
+    with running_local(servers.settings(**limits), NO_BULK) as deployment:
+        yield deployment
 
 
-def test_cancel_before_start_cancels_every_request(no_bulk_worker: Stack) -> None:
+def test_cancel_before_start_cancels_every_request(no_bulk_worker: Local) -> None:
     tenant = no_bulk_worker.new_tenant()
     batch = submit(tenant, jsonl([{"body": {"model": "m"}}] * 5)).json()
     cancelled = tenant.request("POST", f"/v1/batches/{batch['id']}/cancel")
@@ -380,7 +373,7 @@ def test_cancel_before_start_cancels_every_request(no_bulk_worker: Stack) -> Non
     assert again.json() == done
 
 
-def test_over_the_request_limit_is_422_too_long(no_bulk_worker: Stack) -> None:
+def test_over_the_request_limit_is_422_too_long(no_bulk_worker: Local) -> None:
     tenant = no_bulk_worker.new_tenant()
     response = submit(tenant, jsonl([{"body": {}}] * 6))
     assert response.status_code == 422
@@ -388,7 +381,7 @@ def test_over_the_request_limit_is_422_too_long(no_bulk_worker: Stack) -> None:
     assert response.json()["detail"][0]["loc"] == ["body"]
 
 
-def test_over_the_byte_limit_is_413(no_bulk_worker: Stack) -> None:
+def test_over_the_byte_limit_is_413(no_bulk_worker: Local) -> None:
     tenant = no_bulk_worker.new_tenant()
     big = jsonl([{"body": {"model": "m", "name": "x" * 1000}}] * 5)
     assert len(big) > 4000
@@ -448,27 +441,24 @@ def long_lines() -> list[dict[str, Any]]:
 
 
 def test_a_repeated_upload_waits_for_the_first_is_never_stored_and_is_replayed(
-    no_bulk_worker: Stack,
+    no_bulk_worker: Local,
 ) -> None:
     tenant = no_bulk_worker.new_tenant()
     lines = long_lines()
     data = jsonl(lines)
-    store = no_bulk_worker.store()
-    try:
-        with ThreadPoolExecutor(3) as pool:
-            first = Trickle(tenant, data, "k", pool)
-            wait_until(lambda: holds_its_key(store, tenant))
-            same = pool.submit(submit, tenant, data, **{"Idempotency-Key": "k"})
-            other = pool.submit(submit, tenant, jsonl(lines[:1]), **{"Idempotency-Key": "k"})
-            time.sleep(1)  # read whole by now, and waiting for the first
-            assert not same.done() and not other.done()
-            # Neither was stored, not even in part: one batch, every chunk its own.
-            (batch,) = store.batches.find({"tenant": tenant.name})
-            assert set(store.jobs.distinct("batch_id", {"tenant": tenant.name})) <= {batch["_id"]}
-            first.go.set()
-            accepted, repeated, different = first.answer.result(), same.result(), other.result()
-    finally:
-        store.close()
+    store = no_bulk_worker.db
+    with ThreadPoolExecutor(3) as pool:
+        first = Trickle(tenant, data, "k", pool)
+        wait_until(lambda: holds_its_key(store, tenant))
+        same = pool.submit(submit, tenant, data, **{"Idempotency-Key": "k"})
+        other = pool.submit(submit, tenant, jsonl(lines[:1]), **{"Idempotency-Key": "k"})
+        time.sleep(1)  # read whole by now, and waiting for the first
+        assert not same.done() and not other.done()
+        # Neither was stored, not even in part: one batch, every chunk its own.
+        (batch,) = store.batches.find({"tenant": tenant.name})
+        assert set(store.jobs.distinct("batch_id", {"tenant": tenant.name})) <= {batch["_id"]}
+        first.go.set()
+        accepted, repeated, different = first.answer.result(), same.result(), other.result()
     assert accepted.status_code == 202, accepted.text
     assert "Idempotent-Replayed" not in accepted.headers
     assert repeated.status_code == 202, repeated.text
@@ -478,11 +468,11 @@ def test_a_repeated_upload_waits_for_the_first_is_never_stored_and_is_replayed(
 
 
 def test_a_repeated_upload_is_409_while_the_first_is_still_in_flight(
-    no_bulk_worker: Stack,
+    no_bulk_worker: Local,
 ) -> None:
     tenant = no_bulk_worker.new_tenant()
     data = jsonl(long_lines())
-    store = no_bulk_worker.store()
+    store = no_bulk_worker.db
     with ThreadPoolExecutor(1) as pool:
         first = Trickle(tenant, data, "slow", pool)
         try:
@@ -492,7 +482,6 @@ def test_a_repeated_upload_is_409_while_the_first_is_still_in_flight(
             assert time.monotonic() - started >= REPEAT_WAIT
         finally:
             first.go.set()
-            store.close()
         accepted = first.answer.result()
     assert waited.status_code == 409, waited.text
     assert waited.headers["Retry-After"] == "1"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
-from tests.stack import Servers, Stack, Tenant, running_stack
+from tests.local import Local, running_local
+from tests.stack import Servers, Stack, Tenant
 
 
 def create_assistants(tenant: Tenant, count: int) -> list[dict[str, Any]]:
@@ -245,11 +245,8 @@ def test_another_tenants_assistants_are_neither_listed_nor_cursors(
 
 
 def test_the_list_is_backed_by_an_index(stack: Stack) -> None:
-    store = stack.store()
-    try:
-        keys = [list(index["key"]) for index in store.assistants.index_information().values()]
-    finally:
-        store.close()
+    store = stack.db
+    keys = [list(index["key"]) for index in store.assistants.index_information().values()]
     assert [("tenant", 1), ("created_at", 1), ("_id", 1)] in keys
 
 
@@ -295,12 +292,12 @@ def test_without_a_model_list_models_is_empty_and_any_model_is_accepted(tenant: 
 
 
 @pytest.fixture(scope="module")
-def models_stack(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    with running_stack(servers, logs_dir, MODELS="gpt-4o, gpt-4o-mini") as deployment:
+def models_stack(servers: Servers) -> Iterator[Local]:
+    with running_local(servers.settings(MODELS="gpt-4o, gpt-4o-mini")) as deployment:
         yield deployment
 
 
-def test_models_lists_the_configured_models(models_stack: Stack) -> None:
+def test_models_lists_the_configured_models(models_stack: Local) -> None:
     tenant = models_stack.new_tenant()
     response = tenant.request("GET", "/v1/models")
     assert response.status_code == 200
@@ -313,7 +310,7 @@ def test_models_lists_the_configured_models(models_stack: Stack) -> None:
     }
 
 
-def test_with_a_model_list_another_model_fails_with_literal_error(models_stack: Stack) -> None:
+def test_with_a_model_list_another_model_fails_with_literal_error(models_stack: Local) -> None:
     tenant = models_stack.new_tenant()
     accepted = tenant.create({"model": "gpt-4"})
     assert accepted.status_code == 202  # the edge does not judge fields
@@ -338,10 +335,8 @@ def test_with_a_model_list_another_model_fails_with_literal_error(models_stack: 
     assert named.json()["model"] == "gpt-4o-mini"
 
 
-def test_the_openapi_document_names_the_configured_models(models_stack: Stack) -> None:
-    import requests
-
-    document = requests.get(models_stack.url + "/openapi.json", timeout=30).json()
+def test_the_openapi_document_names_the_configured_models(models_stack: Local) -> None:
+    document = models_stack.client().get("/openapi.json").get_json()
     model = document["components"]["schemas"]["AssistantCreate"]["properties"]["model"]
     assert model["enum"] == ["gpt-4o", "gpt-4o-mini"]
 

@@ -10,24 +10,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.stack import Servers, Stack, Tenant, wait_until
+from tests.local import NO_BULK, Local, running_local
+from tests.stack import Servers, Tenant, wait_until
 
 JSONL = {"Content-Type": "application/x-ndjson"}
 
 
 @pytest.fixture(scope="module")
-def no_bulk(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    stack = Stack(servers, logs_dir, {"CHUNK_SIZE": "3"})
-    try:
-        stack.start({"queues": "single,webhooks,maintenance"})
-        yield stack
-    finally:
-        stack.stop()
+def no_bulk(servers: Servers) -> Iterator[Local]:
+    """Chunks of 3, and no worker of the bulk queue: a batch's chunks stay queued."""
+    with running_local(servers.settings(CHUNK_SIZE="3"), NO_BULK) as deployment:
+        yield deployment
 
 
 def jobs(tenant: Tenant, **params: Any) -> dict[str, Any]:
@@ -56,7 +53,7 @@ def batch(tenant: Tenant, bodies: list[Any]) -> dict[str, Any]:
     return created
 
 
-def test_status_filter_is_exact_per_job_and_pages(no_bulk: Stack) -> None:
+def test_status_filter_is_exact_per_job_and_pages(no_bulk: Local) -> None:
     tenant = no_bulk.new_tenant()
     good = [tenant.create({"model": "m"}, Prefer="wait=30").headers["Location"] for _ in range(3)]
     bad = [tenant.create({"name": 5}, Prefer="wait=30").headers["Location"] for _ in range(2)]
@@ -89,7 +86,7 @@ def test_status_filter_is_exact_per_job_and_pages(no_bulk: Stack) -> None:
     assert [job["custom_id"] for job in gone] == ["0", "1", "2", "3"]
 
 
-def test_a_cursor_whose_job_changed_status_still_pages(no_bulk: Stack) -> None:
+def test_a_cursor_whose_job_changed_status_still_pages(no_bulk: Local) -> None:
     tenant = no_bulk.new_tenant()
     queued = batch(tenant, [{"model": "m"}] * 6)
     first = jobs(tenant, status="queued", limit=2)
@@ -100,20 +97,15 @@ def test_a_cursor_whose_job_changed_status_still_pages(no_bulk: Stack) -> None:
     assert [job["custom_id"] for job in rest] == ["2", "3", "4", "5"]
 
 
-def test_a_status_page_reads_only_units_holding_that_status(no_bulk: Stack) -> None:
+def test_a_status_page_reads_only_units_holding_that_status(no_bulk: Local) -> None:
     tenant = no_bulk.new_tenant()
     for _ in range(30):
         tenant.create({"model": "m"})
     last = tenant.create({"name": 5}, Prefer="wait=30").json()
-    store = no_bulk.store()
-    try:
-        wait_until(
-            lambda: store.jobs.count_documents({"tenant": tenant.name, "status": "done"}) == 31
-        )
-        query = {"tenant": tenant.name, "job_statuses": "failed"}
-        plan = store.jobs.find(query).sort([("created_at", 1), ("_id", 1)]).limit(2).explain()
-    finally:
-        store.close()
+    store = no_bulk.db
+    wait_until(lambda: store.jobs.count_documents({"tenant": tenant.name, "status": "done"}) == 31)
+    query = {"tenant": tenant.name, "job_statuses": "failed"}
+    plan = store.jobs.find(query).sort([("created_at", 1), ("_id", 1)]).limit(2).explain()
     assert "tenant_1_job_statuses_1_created_at_1__id_1" in json.dumps(plan, default=str)
     stats = plan.get("executionStats", {})
     if "totalDocsExamined" in stats:
@@ -124,7 +116,7 @@ def test_a_status_page_reads_only_units_holding_that_status(no_bulk: Stack) -> N
     assert last["detail"][0]["loc"] == ["body", "model"]
 
 
-def test_chunks_of_a_batch_still_streaming_in_are_not_listed(no_bulk: Stack) -> None:
+def test_chunks_of_a_batch_still_streaming_in_are_not_listed(no_bulk: Local) -> None:
     tenant = no_bulk.new_tenant()
     release = threading.Event()
 
@@ -144,7 +136,7 @@ def test_chunks_of_a_batch_still_streaming_in_are_not_listed(no_bulk: Stack) -> 
         )
     )
     sender.start()
-    store = no_bulk.store()
+    store = no_bulk.db
     try:
         wait_until(
             lambda: store.jobs.count_documents({"tenant": tenant.name, "status": "staged"}) >= 2
@@ -154,7 +146,6 @@ def test_chunks_of_a_batch_still_streaming_in_are_not_listed(no_bulk: Stack) -> 
     finally:
         release.set()
         sender.join()
-        store.close()
     assert listed["data"] == [] and queued["data"] == []
     assert answer[0].status_code == 202, answer[0].text
     assert len(every(tenant, 100, status="queued")) == 16

@@ -7,6 +7,7 @@ import threading
 
 from bson import ObjectId
 
+from tests.local import Local
 from tests.stack import Stack, Tenant
 
 
@@ -90,25 +91,20 @@ def test_get_job_long_polls_until_finished(tenant: Tenant) -> None:
     assert "Retry-After" not in response.headers
 
 
-def test_missing_or_unknown_key_is_401_with_challenge(stack: Stack) -> None:
-    import requests
-
+def test_missing_or_unknown_key_is_401_with_challenge(local: Local) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
-        response = requests.post(f"{stack.url}/v1/assistants", json={"model": "m"}, headers=headers)
+        response = local.client().post("/v1/assistants", json={"model": "m"}, headers=headers)
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"] == "Bearer"
-        assert isinstance(response.json()["detail"], str)
+        assert isinstance(response.get_json()["detail"], str)
 
 
 def test_revoked_key_is_401(stack: Stack) -> None:
     from worker.store import tenants
 
     owner = stack.new_tenant()
-    store = stack.store()
-    try:
-        assert tenants.revoke_key(store, owner.api_key)
-    finally:
-        store.close()
+    store = stack.db
+    assert tenants.revoke_key(store, owner.api_key)
     assert owner.create({"model": "m"}).status_code == 401
 
 
@@ -164,11 +160,8 @@ def test_invalid_json_is_422_json_invalid_and_nothing_is_stored(
         assert entry["loc"] == ["body", offset], body[:40]
         assert entry["msg"] == "JSON decode error"
         assert "error" in entry["ctx"]
-    store = stack.store()
-    try:
-        assert store.jobs.count_documents({"tenant": tenant.name}) == 0
-    finally:
-        store.close()
+    store = stack.db
+    assert store.jobs.count_documents({"tenant": tenant.name}) == 0
 
 
 def test_empty_body_is_422_missing(tenant: Tenant) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.receiver import Receiver
 from tests.stack import Stack, Tenant
-from tests.test_batches import finished_batch, jsonl, results, submit
 
 FULL = {
     "model": "gpt-4",
@@ -88,11 +88,8 @@ def test_the_stored_document_keeps_the_origins_shape_after_a_modify(
     metadata = {"$where": "1", "a.b": "2", "": "3"}
     response = modify(tenant, before["id"], {"metadata": metadata}, Prefer="wait=30")
     assert response.status_code == 200, response.text
-    store = stack.store()
-    try:
-        doc = store.assistants.find_one({"id": before["id"]})
-    finally:
-        store.close()
+    store = stack.db
+    doc = store.assistants.find_one({"id": before["id"]})
     assert doc is not None
     assert doc["metadata"] == metadata and doc["tools"] == FULL["tools"]
     nul = {"k\u0000": "v"}
@@ -140,11 +137,8 @@ def test_a_missing_or_another_tenants_assistant_is_404_at_the_edge(
         response = modify(who, assistant_id, {"name": "x"}, **{"Idempotency-Key": "k"})
         assert response.status_code == 404, response.text
         assert response.json() == {"detail": "No assistant found"}
-    store = stack.store()
-    try:
-        assert store.jobs.count_documents({"tenant": other_tenant.name}) == 0
-    finally:
-        store.close()
+    store = stack.db
+    assert store.jobs.count_documents({"tenant": other_tenant.name}) == 0
     assert read(tenant, mine["id"]) == mine
     # The key was not recorded: once the assistant exists, the same key is accepted.
     assert modify(tenant, mine["id"], {"name": "x"}, **{"Idempotency-Key": "k"}).status_code == 202
@@ -180,9 +174,11 @@ def test_idempotency_key_replays_the_modify_and_refuses_another_body(tenant: Ten
     assert read(tenant, before["id"])["name"] == "A"
 
 
-def test_modifies_of_one_assistant_apply_in_acceptance_order(tenant: Tenant) -> None:
+def test_modifies_of_one_assistant_apply_in_acceptance_order(deployment: Stack) -> None:
     """Many modifies sent without waiting: each job's result is the assistant as
-    that modify left it, in the order they were accepted, and the last one stays."""
+    that modify left it, in the order they were accepted, and the last one stays.
+    Through the real deployment, whose worker processes take jobs side by side."""
+    tenant = deployment.new_tenant()
     before = make(tenant)
     jobs = []
     for index in range(30):
@@ -203,7 +199,10 @@ def test_modifies_of_one_assistant_apply_in_acceptance_order(tenant: Tenant) -> 
     assert read(tenant, before["id"]) == {**before, "name": name, "metadata": metadata}
 
 
-def test_modifies_racing_a_delete_finish_as_404_and_never_bring_it_back(tenant: Tenant) -> None:
+def test_modifies_racing_a_delete_finish_as_404_and_never_bring_it_back(
+    deployment: Stack,
+) -> None:
+    tenant = deployment.new_tenant()
     assistants = [make(tenant, {"model": "m", "name": f"r{i}"}) for i in range(4)]
 
     def race(assistant: dict[str, Any]) -> list[dict[str, Any]]:

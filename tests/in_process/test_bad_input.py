@@ -27,24 +27,16 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.in_process.test_batches import finished_batch, results
+from tests.local import Local
 from tests.receiver import Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
-from tests.test_batches import finished_batch, results
 from tests.test_openapi import CHECKS, schemathesis
 from worker.store.connection import Store
 
 JSON = "application/json"
 JSONL = "application/x-ndjson"
 LIMIT = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def db(stack: Stack) -> Iterator[Store]:
-    store = stack.store()
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def assert_nothing_stored(db: Store, tenant: Tenant) -> None:
@@ -237,15 +229,16 @@ def one_byte_over(limit: int) -> bytes:
 )
 @pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
 def test_body_of_the_limit_plus_one_byte_is_413(
-    stack: Stack, db: Store, method: str, path: str, streamed: bool
+    deployment: Stack, method: str, path: str, streamed: bool
 ) -> None:
-    tenant = stack.new_tenant()
+    # Through gunicorn: a chunked body is read as the server reads it.
+    tenant = deployment.new_tenant()
     body = one_byte_over(LIMIT)
     assert len(body) == LIMIT + 1
     data: Any = iter([body[: LIMIT // 2], body[LIMIT // 2 :]]) if streamed else body
     response = send(tenant, method, path, data, JSON)
     assert response.status_code == 413, response.text
-    assert_nothing_stored(db, tenant)
+    assert_nothing_stored(deployment.db, tenant)
 
 
 # -- content types ---------------------------------------------------------------
@@ -320,17 +313,17 @@ def raw_request(
     ids=["16k-header-value", "16k-idempotency-key", "200-headers", "16k-url", "16k-callback"],
 )
 def test_oversized_header_or_request_line_is_a_4xx(
-    stack: Stack, db: Store, target: str, headers: dict[str, str]
+    deployment: Stack, target: str, headers: dict[str, str]
 ) -> None:
-    tenant = stack.new_tenant()
-    status = raw_request(stack, tenant, "POST", target, headers)
+    tenant = deployment.new_tenant()
+    status = raw_request(deployment, tenant, "POST", target, headers)
     assert 400 <= status < 500, status
-    assert_nothing_stored(db, tenant)
+    assert_nothing_stored(deployment.db, tenant)
 
 
-def test_oversized_authorization_is_a_4xx(stack: Stack) -> None:
+def test_oversized_authorization_is_a_4xx(deployment: Stack) -> None:
     response = requests.post(
-        stack.url + "/v1/assistants",
+        deployment.url + "/v1/assistants",
         json={"model": "m"},
         headers={"Authorization": "Bearer " + "k" * 16384},
         timeout=30,
@@ -532,9 +525,9 @@ ODD_IDS = [
 
 
 @pytest.fixture(scope="module")
-def owner(stack: Stack) -> tuple[Tenant, str]:
+def owner(deployment: Stack) -> tuple[Tenant, str]:
     """A tenant with one assistant, which no odd id may reach."""
-    tenant = stack.new_tenant()
+    tenant = deployment.new_tenant()
     response = tenant.create({"model": "m"}, Prefer="wait=30")
     assert response.status_code == 200
     return tenant, response.json()["id"]
@@ -542,11 +535,11 @@ def owner(stack: Stack) -> tuple[Tenant, str]:
 
 @pytest.mark.parametrize(("method", "route"), ID_ROUTES)
 def test_odd_ids_in_the_path_are_404(
-    stack: Stack, owner: tuple[Tenant, str], method: str, route: str
+    deployment: Stack, owner: tuple[Tenant, str], method: str, route: str
 ) -> None:
     tenant, assistant = owner
     for odd in ODD_IDS:
-        status = raw_request(stack, tenant, method, route.format(odd), {})
+        status = raw_request(deployment, tenant, method, route.format(odd), {})
         assert status == 404, (route, odd, status)
     assert tenant.request("GET", f"/v1/assistants/{assistant}").status_code == 200
 
@@ -600,7 +593,16 @@ def test_a_redirecting_callback_is_not_followed(tenant: Tenant, status: int) -> 
 
 
 @pytest.fixture(scope="module")
-def guarded(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+def guarded(servers: Servers) -> Iterator[Local]:
+    own = Local(servers.settings(WEBHOOK_ALLOW_PRIVATE="false"))
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+@pytest.fixture(scope="module")
+def guarded_served(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     with running_stack(servers, logs_dir, WEBHOOK_ALLOW_PRIVATE="false") as own:
         yield own
 
@@ -610,7 +612,7 @@ def guarded(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
     ["http://169.254.169.254/latest/meta-data/", "http://[::1]/hook", "http://[fd00::1]:8080/"],
 )
 def test_private_callback_urls_are_422_on_batches_and_the_endpoint(
-    guarded: Stack, url: str
+    guarded: Local, url: str
 ) -> None:
     tenant = guarded.new_tenant()
     batch = send(tenant, "POST", "/v1/batches", b'{"body": {}}\n', JSONL, **{"Callback-URL": url})
@@ -619,11 +621,8 @@ def test_private_callback_urls_are_422_on_batches_and_the_endpoint(
     endpoint = tenant.request("PUT", "/v1/webhook_endpoint", json={"url": url})
     assert endpoint.status_code == 422, endpoint.text
     assert endpoint.json()["detail"][0]["type"] == "callback_url_forbidden"
-    store = guarded.store()
-    try:
-        assert_nothing_stored(store, tenant)
-    finally:
-        store.close()
+    store = guarded.db
+    assert_nothing_stored(store, tenant)
 
 
 # -- fuzzing: random bytes and mangled JSON never make a 5xx -----------------------
@@ -715,14 +714,14 @@ def test_random_ids_in_the_path_are_never_a_5xx(
     assert response.status_code in (404, 405), (response.status_code, ident)
 
 
-def test_sequences_of_calls_keep_to_the_document(guarded: Stack, tmp_path: Path) -> None:
+def test_sequences_of_calls_keep_to_the_document(guarded_served: Stack, tmp_path: Path) -> None:
     """Schemathesis's stateful phase: calls chained by the links it infers from
     Location headers (create then read, delete then read again): no 5xx, every
     answer as documented, a deleted assistant gone. The deployment refuses
     private callback URLs, so generated ones cost it little."""
-    tenant = guarded.new_tenant()
+    tenant = guarded_served.new_tenant()
     run = schemathesis(
-        guarded,
+        guarded_served,
         tenant,
         tmp_path,
         (*CHECKS, "use_after_free", "ensure_resource_availability"),

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.in_process.test_validation_reference import encode, reference_answer
 from tests.stack import Stack, Tenant
-from tests.test_validation_reference import encode, reference_answer
 from worker.domain.schema import validate_create
 
 MAX_BODY_BYTES = 1024 * 1024
