@@ -3,31 +3,41 @@ checked after authentication and before everything else."""
 
 from __future__ import annotations
 
-import http.client
+import io
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
-import requests
 
 from api.limits import RateLimit
 from tests.in_process.test_batches import submit
-from tests.stack import Servers, Stack, Tenant, running_stack
+from tests.local import Local, LocalTenant, running_local
+from tests.stack import Servers, Tenant
 
 LIMIT = 3
 
 
 @pytest.fixture(scope="module")
-def limited(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+def limited(servers: Servers) -> Iterator[Local]:
     # A window of an hour: counting starts at a key's first request, so no
     # window ends inside a test.
-    with running_stack(servers, logs_dir, RATE_LIMIT=f"{LIMIT}/hour") as deployment:
+    with running_local(servers.settings(RATE_LIMIT=f"{LIMIT}/hour")) as deployment:
         yield deployment
 
 
 @pytest.fixture
-def client(limited: Stack) -> Tenant:
+def client(limited: Local) -> LocalTenant:
     return limited.new_tenant()
+
+
+class Unread(io.RawIOBase):
+    """A body that must not be read."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise AssertionError("the body was read")
 
 
 def use_up(client: Tenant) -> None:
@@ -60,42 +70,35 @@ def test_over_the_limit_is_429_with_retry_after(client: Tenant) -> None:
     assert response.headers["RateLimit-Limit"] == str(LIMIT)
 
 
-def test_limits_are_per_api_key(limited: Stack, client: Tenant) -> None:
+def test_limits_are_per_api_key(limited: Local, client: Tenant) -> None:
     use_up(client)
     assert client.request("GET", "/v1/models").status_code == 429
     other = limited.new_tenant()
     assert other.request("GET", "/v1/models").status_code == 200
 
 
-def test_401_comes_before_429_and_costs_nothing(limited: Stack, client: Tenant) -> None:
+def test_401_comes_before_429_and_costs_nothing(limited: Local, client: Tenant) -> None:
     for _ in range(LIMIT + 1):
-        response = requests.get(
-            limited.url + "/v1/models", headers={"Authorization": "Bearer aik_wrong"}, timeout=30
-        )
+        response = limited.client().get("/v1/models", headers={"Authorization": "Bearer aik_wrong"})
         assert response.status_code == 401
         assert "RateLimit-Limit" not in response.headers
     assert client.request("GET", "/v1/models").headers["RateLimit-Remaining"] == "2"
 
 
-def test_429_comes_before_415_413_and_422(limited: Stack, client: Tenant) -> None:
+def test_429_comes_before_415_413_and_422(limited: Local, client: Tenant) -> None:
     use_up(client)
     wrong_type = client.request(
         "POST", "/v1/assistants", data=b"x", headers={"Content-Type": "text/plain"}
     )
     assert wrong_type.status_code == 429
     assert client.request("GET", "/v1/assistants", params={"limit": "0"}).status_code == 429
-    # A body over the limit: the answer comes before the body is read, so only
-    # the headers are sent.
-    connection = http.client.HTTPConnection("127.0.0.1", limited.port, timeout=30)
-    try:
-        connection.putrequest("POST", "/v1/assistants")
-        connection.putheader("Authorization", f"Bearer {client.api_key}")
-        connection.putheader("Content-Type", "application/json")
-        connection.putheader("Content-Length", str(2 << 20))
-        connection.endheaders()
-        assert connection.getresponse().status == 429
-    finally:
-        connection.close()
+    # A body over the limit: the answer comes before the body is read.
+    response = limited.client().post(
+        "/v1/assistants",
+        headers={"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json"},
+        environ_overrides={"CONTENT_LENGTH": str(2 << 20), "wsgi.input": Unread()},
+    )
+    assert response.status_code == 429
 
 
 def test_a_batch_costs_one_request(client: Tenant) -> None:
@@ -105,9 +108,9 @@ def test_a_batch_costs_one_request(client: Tenant) -> None:
     assert response.headers["RateLimit-Remaining"] == str(LIMIT - 1)
 
 
-def test_health_metrics_and_the_document_are_not_limited(limited: Stack) -> None:
+def test_health_metrics_and_the_document_are_not_limited(limited: Local) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
-        response = requests.get(limited.url + path, timeout=30)
+        response = limited.client().get(path)
         assert response.status_code == 200
         assert "RateLimit-Limit" not in response.headers
 
