@@ -34,6 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["assistant_ingest.settings"] = settings
+    # An id with an encoded slash (`/v1/assistants/%2F0`) names nothing: a 404,
+    # not a redirect to the path with the slashes merged (another id).
+    app.url_map.merge_slashes = False
 
     @app.before_request
     def assign_request_id() -> None:

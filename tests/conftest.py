@@ -85,6 +85,22 @@ def local_tenant(local: Local) -> LocalTenant:
     return local.new_tenant()
 
 
+@pytest.fixture(scope="session")
+def guarded(servers: Servers) -> Iterator[Local]:
+    """In process, without the allow-private setting: callback URLs and deliveries
+    to private addresses are refused, as in production."""
+    with running_local(servers.settings(WEBHOOK_ALLOW_PRIVATE="false")) as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="session")
+def guarded_deployment(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """Real processes without the allow-private setting: fuzzed callback URLs are
+    refused at the edge rather than tried, so the fuzzing tests share it."""
+    with running_stack(servers, logs_dir, WEBHOOK_ALLOW_PRIVATE="false") as running:
+        yield running
+
+
 @pytest.fixture
 def db(stack: Stack) -> Store:
     """The shared deployment's store, for reading and arranging what a test checks."""

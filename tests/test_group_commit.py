@@ -13,9 +13,9 @@ from typing import Any
 
 import requests
 
+from tests.in_process.test_webhooks import verify
 from tests.receiver import Receiver
 from tests.stack import Stack, Tenant, wait_until
-from tests.test_webhooks import verify
 
 BURST = 24
 

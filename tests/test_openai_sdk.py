@@ -1,4 +1,4 @@
-"""The OpenAI Python SDK as a client of the real stack: `client.beta.assistants`
+"""The OpenAI Python SDK as a client, of the real stack and in process: `client.beta.assistants`
 create, retrieve, update, list (auto-pagination) and delete, and `models.list`.
 
 The SDK sends `OpenAI-Beta: assistants=v2` on every assistants call; the service
@@ -9,24 +9,33 @@ each call), which is the SDK's notice, not this service's.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
-from tests.stack import Servers, Stack, Tenant, running_stack
+from tests.local import Local, LocalTenant, running_local
+from tests.stack import Servers, Tenant
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 
 
-def client(tenant: Tenant, **default_headers: str) -> openai.OpenAI:
+def client(tenant: Tenant | LocalTenant, **default_headers: str) -> openai.OpenAI:
+    """The SDK as users make it; for an in-process deployment, its httpx client
+    calls the WSGI app itself instead of the network."""
+    if isinstance(tenant, LocalTenant):
+        transport = httpx.WSGITransport(app=tenant.local.app)
+        base_url, http_client = "http://edge/v1", httpx.Client(transport=transport)
+    else:
+        base_url, http_client = tenant.stack.url + "/v1", None
     return openai.OpenAI(
         api_key=tenant.api_key,
-        base_url=tenant.stack.url + "/v1",
+        base_url=base_url,
         default_headers=default_headers,
         max_retries=0,
         timeout=90,
+        http_client=http_client,
     )
 
 
@@ -79,14 +88,13 @@ def test_without_prefer_the_sdk_gets_a_job_unless_a_default_wait_is_set(tenant: 
 
 
 @pytest.fixture(scope="module")
-def sync_stack(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    with running_stack(
-        servers, logs_dir, DEFAULT_WAIT_SECONDS="30", MODELS="gpt-4o,gpt-4o-mini"
-    ) as deployment:
+def sync_stack(servers: Servers) -> Iterator[Local]:
+    settings = servers.settings(DEFAULT_WAIT_SECONDS="30", MODELS="gpt-4o,gpt-4o-mini")
+    with running_local(settings) as deployment:
         yield deployment
 
 
-def test_an_unmodified_sdk_works_with_default_wait_seconds(sync_stack: Stack) -> None:
+def test_an_unmodified_sdk_works_with_default_wait_seconds(sync_stack: Local) -> None:
     sdk = client(sync_stack.new_tenant())
     made = sdk.beta.assistants.create(model="gpt-4o-mini", name="plain")
     assert made.id.startswith("asst_") and made.model == "gpt-4o-mini"
@@ -112,7 +120,7 @@ def test_an_unmodified_sdk_works_with_default_wait_seconds(sync_stack: Stack) ->
     ],
 )
 def test_assistants_v2_only_fields_are_422_as_the_v1_schema_says(
-    sync_stack: Stack, fields: dict[str, Any], loc: list[Any], type_: str
+    sync_stack: Local, fields: dict[str, Any], loc: list[Any], type_: str
 ) -> None:
     sdk = client(sync_stack.new_tenant())
     arguments: dict[str, Any] = {"model": "gpt-4o", **fields}

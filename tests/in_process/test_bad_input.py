@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from tests.in_process.test_batches import finished_batch, results
 from tests.local import Local
 from tests.receiver import Receiver, Reply
-from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.stack import Stack, Tenant, wait_until
 from tests.test_openapi import CHECKS, schemathesis
 from worker.store.connection import Store
 
@@ -518,6 +518,7 @@ ODD_IDS = [
     "%00",
     "%ff",
     "%c0%af",
+    "%2F0",  # a slash: never merged away into a redirect to another id
     quote("ü"),
     "null",
     "x" * 3000,
@@ -590,21 +591,6 @@ def test_a_redirecting_callback_is_not_followed(tenant: Tenant, status: int) -> 
 
 
 # -- a deployment that refuses private addresses ---------------------------------
-
-
-@pytest.fixture(scope="module")
-def guarded(servers: Servers) -> Iterator[Local]:
-    own = Local(servers.settings(WEBHOOK_ALLOW_PRIVATE="false"))
-    try:
-        yield own
-    finally:
-        own.close()
-
-
-@pytest.fixture(scope="module")
-def guarded_served(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    with running_stack(servers, logs_dir, WEBHOOK_ALLOW_PRIVATE="false") as own:
-        yield own
 
 
 @pytest.mark.parametrize(
@@ -714,14 +700,14 @@ def test_random_ids_in_the_path_are_never_a_5xx(
     assert response.status_code in (404, 405), (response.status_code, ident)
 
 
-def test_sequences_of_calls_keep_to_the_document(guarded_served: Stack, tmp_path: Path) -> None:
+def test_sequences_of_calls_keep_to_the_document(guarded_deployment: Stack, tmp_path: Path) -> None:
     """Schemathesis's stateful phase: calls chained by the links it infers from
     Location headers (create then read, delete then read again): no 5xx, every
     answer as documented, a deleted assistant gone. The deployment refuses
     private callback URLs, so generated ones cost it little."""
-    tenant = guarded_served.new_tenant()
+    tenant = guarded_deployment.new_tenant()
     run = schemathesis(
-        guarded_served,
+        guarded_deployment,
         tenant,
         tmp_path,
         (*CHECKS, "use_after_free", "ensure_resource_availability"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.in_process.test_batches import finished_batch, jsonl, results, submit
+from tests.local import Local
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 
 NDJSON = "application/x-ndjson"
@@ -294,12 +294,23 @@ def test_worker_killed_mid_apply_applies_every_key_once(own: Stack) -> None:
     assert names["k700"] == "n700"
 
 
-def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(own: Stack) -> None:
-    tenant = own.new_tenant()
+@pytest.fixture
+def paused(servers: Servers) -> Iterator[Local]:
+    """In process; its worker serves only within `paused.worker.running()`."""
+    own = Local(servers.settings())
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(paused: Local) -> None:
+    tenant = paused.new_tenant()
     lines = manifest(1200)  # three chunks
-    first = apply(tenant, lines)
+    with paused.worker.running():
+        first = apply(tenant, lines)
     target = results(tenant, first["id"])[700]["body"]["id"]
-    own.kill("worker", signal.SIGTERM)  # from here on, nothing processes jobs
+    # From here on, nothing processes jobs.
 
     # Every line unchanged: the edge answers the batch itself.
     again = apply(tenant, lines)
@@ -323,12 +334,12 @@ def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(own: Sta
     waiting = tenant.request("GET", f"/v1/batches/{response.json()['id']}").json()
     assert waiting["status"] == "in_progress"
     assert counts(waiting)["unchanged"] == 700  # the two other chunks
-    own.start_worker("worker2")
-    batch = finished_batch(tenant, response.json()["id"])
-    assert counts(batch)["unchanged"] == 1199
-    assert counts(batch)["updated"] == 1
-    assert results(tenant, batch["id"])[700]["action"] == "updated"
-    assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
+    with paused.worker.running():
+        batch = finished_batch(tenant, response.json()["id"])
+        assert counts(batch)["unchanged"] == 1199
+        assert counts(batch)["updated"] == 1
+        assert results(tenant, batch["id"])[700]["action"] == "updated"
+        assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
     assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n700"
 
 

@@ -17,6 +17,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from cli.embedded import free_port
+from tests.local import Local
 from tests.receiver import Drip, Endless, Hang, Received, Receiver, Reply
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
 from worker.store.tenants import new_webhook_secret
@@ -501,12 +502,6 @@ def test_worker_killed_between_attempts_still_delivers(servers: Servers, logs_di
 # -- a deployment without the allow-private setting: the SSRF guard ---------
 
 
-@pytest.fixture(scope="module")
-def guarded(servers: Servers, logs_dir: Path) -> Any:
-    with running_stack(servers, logs_dir, WEBHOOK_ALLOW_PRIVATE="false") as own:
-        yield own
-
-
 @pytest.mark.parametrize(
     "url",
     [
@@ -522,7 +517,7 @@ def guarded(servers: Servers, logs_dir: Path) -> Any:
         "https://224.0.0.1/hook",
     ],
 )
-def test_callback_url_to_a_private_address_is_refused(guarded: Stack, url: str) -> None:
+def test_callback_url_to_a_private_address_is_refused(guarded: Local, url: str) -> None:
     tenant = guarded.new_tenant()
     response = tenant.create({"model": "m"}, **callback(url))
     assert response.status_code == 422, response.text
@@ -532,7 +527,7 @@ def test_callback_url_to_a_private_address_is_refused(guarded: Stack, url: str) 
     assert entry["input"] == url
 
 
-def test_callback_url_that_does_not_resolve_is_accepted(guarded: Stack) -> None:
+def test_callback_url_that_does_not_resolve_is_accepted(guarded: Local) -> None:
     tenant = guarded.new_tenant()
     response = tenant.create({"model": "m"}, **callback("http://nothing.invalid/hook"))
     assert response.status_code == 202
@@ -543,7 +538,7 @@ def test_callback_url_that_does_not_resolve_is_accepted(guarded: Stack) -> None:
     assert found["attempts"][0]["error"].startswith("network")
 
 
-def test_webhook_endpoint_to_a_private_address_is_refused(guarded: Stack) -> None:
+def test_webhook_endpoint_to_a_private_address_is_refused(guarded: Local) -> None:
     tenant = guarded.new_tenant()
     response = tenant.request(
         "PUT", "/v1/webhook_endpoint", json={"url": "http://169.254.169.254/"}
@@ -553,7 +548,7 @@ def test_webhook_endpoint_to_a_private_address_is_refused(guarded: Stack) -> Non
     assert (entry["loc"], entry["type"]) == (["body", "url"], "callback_url_forbidden")
 
 
-def test_private_address_is_refused_again_at_delivery(guarded: Stack) -> None:
+def test_private_address_is_refused_again_at_delivery(guarded: Local) -> None:
     with Receiver() as hook:
         # Stored without the edge's check, as a name that later resolves
         # somewhere private would be.

@@ -94,9 +94,11 @@ def test_a_tree_bson_cannot_hold_is_kept_as_json_text_and_read_back_exactly(
     assert listed == [first, second]
 
 
-def test_documents_of_the_earlier_shape_are_read_and_migrated(stack: Stack, tenant: Tenant) -> None:
+def test_documents_of_the_earlier_shape_are_read_and_migrated(deployment: Stack) -> None:
     """Documents stored as `tools_json` / `metadata_json` text read the same, and
     `assistant-ingest migrate` rewrites them once: running it again changes nothing."""
+    stack = deployment
+    tenant = stack.new_tenant()
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"a.b": 1}}}]
     legacy = [
         {
