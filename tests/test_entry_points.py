@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,9 @@ def test_celery_report_shows_the_configured_app(stack: Stack) -> None:
 
 
 def test_celery_inspect_lists_the_tasks_of_the_running_workers(stack: Stack) -> None:
-    done = celery(stack, "inspect", "registered", "--timeout", "10")
+    # Named, the worker's answer ends the wait; unnamed, inspect waits out its timeout.
+    worker = f"worker-{stack.name}@{socket.gethostname()}"
+    done = celery(stack, "inspect", "registered", "--timeout", "10", "--destination", worker)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in (
         "assistants.process_single",
