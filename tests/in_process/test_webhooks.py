@@ -8,6 +8,9 @@ settings (schedule 0,1,1,2: four attempts; a 2 s timeout).
 
 from __future__ import annotations
 
+import base64
+import hmac
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -97,6 +100,35 @@ def test_job_succeeded_event_carries_the_200_object_and_is_signed(tenant: Tenant
     (attempt,) = found["attempts"]
     assert attempt["status_code"] == 200 and attempt["error"] is None
     assert isinstance(attempt["duration_ms"], int) and attempt["duration_ms"] >= 0
+
+
+def readme_verify() -> Any:
+    """The README's verification snippet, run as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (snippet,) = [block for block in blocks if "def verify(" in block]
+    scope: dict[str, Any] = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    return scope["verify"]
+
+
+def test_the_readmes_verification_snippet_accepts_a_delivery_and_nothing_else(
+    tenant: Tenant,
+) -> None:
+    verify_as_readme = readme_verify()
+    with Receiver() as hook:
+        tenant.create({"model": "m"}, **callback(hook.url()))
+        (request,) = hook.wait_for(1)
+    assert verify_as_readme(tenant.webhook_secret, request.headers, request.body)
+    assert not verify_as_readme(tenant.webhook_secret, request.headers, request.body + b" ")
+    # The whsec_ text used as the key, the mistake the README warns of, does not verify.
+    signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}."
+    raw = hmac.new(tenant.webhook_secret.encode(), signed.encode() + request.body, "sha256")
+    wrong = {
+        **request.headers,
+        "webhook-signature": "v1," + base64.b64encode(raw.digest()).decode(),
+    }
+    assert not verify_as_readme(tenant.webhook_secret, wrong, request.body)
 
 
 def test_job_failed_event_carries_the_422_detail(tenant: Tenant) -> None:
