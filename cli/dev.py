@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -121,7 +122,7 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  metrics:        {url}/metrics (the edge's and every worker's)")
         print(f"  data and logs:  {data}")
         print("Other commands reach this stack's servers through --data-dir or these:")
-        print(f"  assistant-ingest keys create --tenant NAME --data-dir {args.data_dir}")
+        print(f"  {own_command()} keys create --tenant NAME --data-dir {args.data_dir}")
         print(f"  export MONGODB_URI={env['MONGODB_URI']} REDIS_URL={env['REDIS_URL']}")
         print("Press Ctrl-C to stop (or send SIGTERM or SIGHUP).", flush=True)
         while all(child.poll() is None for child in children):
@@ -140,6 +141,18 @@ def run_dev(args: argparse.Namespace) -> int:
             server.stop()
         remove_env_file(data)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def own_command() -> str:
+    """This command as it runs from here: `assistant-ingest` when that is on PATH,
+    else its path (`.venv/bin/assistant-ingest` when run through bin/dev)."""
+    script = Path(sys.executable).parent / "assistant-ingest"
+    if not script.exists() or shutil.which("assistant-ingest") == str(script):
+        return "assistant-ingest"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:  # not below the working directory
+        return shlex.quote(str(script))
 
 
 def handle_stop_signals() -> None:
@@ -231,6 +244,8 @@ def write_env_file(data: Path, env: dict[str, str]) -> None:
         f"{PID_VARIABLE}={os.getpid()}",
         f"MONGODB_URI={env['MONGODB_URI']}",
         f"REDIS_URL={env['REDIS_URL']}",
+        # What a command pointed at this stack must judge as the stack does.
+        f"WEBHOOK_ALLOW_PRIVATE={env['WEBHOOK_ALLOW_PRIVATE']}",
     ]
     (data / ENV_FILE).write_text("\n".join(lines) + "\n")
 

@@ -74,8 +74,11 @@ def use_dev_stack(data_dir: Path) -> str | None:
         return f"no dev stack runs on {data_dir}: {ENV_FILE} is not there (start bin/dev)"
     if not pid_alive(int(found.get(PID_VARIABLE, "0") or 0)):
         return f"the dev stack that wrote {data_dir}/{ENV_FILE} is not running"
-    os.environ["MONGODB_URI"] = found["MONGODB_URI"]
-    os.environ["REDIS_URL"] = found["REDIS_URL"]
+    # The stack's settings, so this command judges as the stack does (a loopback
+    # --webhook-url is as acceptable here as at the stack's PUT /v1/webhook_endpoint).
+    for name, value in found.items():
+        if name != PID_VARIABLE:
+            os.environ[name] = value
     return None
 
 

@@ -195,9 +195,17 @@ def test_dev_in_the_background_serves_its_key_keys_and_metrics_and_stops_on_sigi
         key = dev.printed("API key")
         assert stat.S_IMODE((data / KEY_FILE).stat().st_mode) == 0o600
 
-        made = cli("keys", "create", "--tenant", "another", "--data-dir", str(data))
-        assert made.returncode == 0, made.stderr
-        assert dev.get("/v1/models", json.loads(made.stdout)["api_key"]).status_code == 200
+        # The banner's command, run as shown (from where dev runs), with a loopback
+        # endpoint, as the dev stack allows: the command judges as the stack does.
+        (shown,) = [line for line in dev.log.read_text().splitlines() if "keys create" in line]
+        hook = "http://127.0.0.1:8765/t"
+        args = [*shlex.split(shown.replace("NAME", "another")), "--webhook-url", hook]
+        env = {**dev_env(), "PATH": "/usr/bin:/bin"}  # the venv not activated
+        made = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, (shown, made.stderr)
+        another = json.loads(made.stdout)["api_key"]
+        assert dev.get("/v1/models", another).status_code == 200
+        assert dev.get("/v1/webhook_endpoint", another).json()["url"] == hook
 
         headers = {"Authorization": f"Bearer {key}", "Prefer": "wait=30"}
         created = requests.post(
