@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 
 from flask import Blueprint, Response, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
@@ -87,7 +86,8 @@ def create_assistant() -> Response:
     raw, key, callback = _read_submission()
     if dry_run:  # validated now by the workers' own code; nothing is stored or sent
         line = planning.plan_create(runtime(), decode_text(raw))
-        return Response(json.dumps(line, ensure_ascii=False) + "\n", 200, mimetype=NDJSON)
+        # Encoded as a batch's plan lines are, so the two read the same.
+        return Response(ndjson.encode(line) + b"\n", 200, mimetype=NDJSON)
     wait, preferred = _wait()
     job_id = new_id("job_")
     with contextlib.ExitStack() as cleanup:

@@ -57,6 +57,17 @@ def add_api_options(parser: Any) -> None:
     parser.add_argument("--api-key", default=os.environ.get("ASSISTANT_INGEST_API_KEY"))
 
 
+def api_base(url: str) -> str:
+    """The service's address, given with or without the `/v1` that the OpenAI SDK's
+    base URL needs (the paths this CLI asks for carry it)."""
+    base = url.rstrip("/")
+    return base.removesuffix("/v1")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 # Exit codes: 0 done, 1 the API refused the request, 2 it could not be made (a
 # usage error, a file that cannot be read, a server that cannot be reached),
 # 3 a batch finished with failed requests.
@@ -66,7 +77,7 @@ REFUSED, UNUSABLE = 1, 2
 def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         return fail(args, UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
-    client = Client(args.url.rstrip("/"), args.api_key)
+    client = Client(api_base(args.url), args.api_key)
     return guarded(args, client, submit if args.bulk_command == "submit" else results)
 
 
@@ -109,18 +120,18 @@ def refused(args: argparse.Namespace, exc: ApiFailure) -> int:
         return fail(args, REFUSED, f"HTTP {exc.status}: {detail}", status=exc.status)
     custom_ids = _custom_ids(getattr(args, "file", None), _lines_named(detail))
     entries = [_entry(item, custom_ids) for item in detail if isinstance(item, dict)]
+    uploading = getattr(args, "bulk_command", "submit") == "submit"
+    what = "the batch was refused, nothing was created" if uploading else "the request was refused"
     if args.json:
         return fail(
             args,
             REFUSED,
-            f"HTTP {exc.status}: the request was refused",
+            f"HTTP {exc.status}: {what}",
             status=exc.status,
             errors=entries,
             detail=detail,
         )
-    uploading = getattr(args, "bulk_command", "submit") == "submit"
-    what = "the batch was refused, nothing was created" if uploading else ""
-    print(f"error: HTTP {exc.status}: {what or 'the request was refused'}:", file=sys.stderr)
+    print(f"error: HTTP {exc.status}: {what}:", file=sys.stderr)
     for entry in entries:
         where = f"line {entry['line']}" if entry["line"] is not None else entry["where"]
         if entry.get("custom_id") is not None:

@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         return bulk.fail(args, bulk.UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
-    client = bulk.Client(args.url.rstrip("/"), args.api_key)
+    client = bulk.Client(bulk.api_base(args.url), args.api_key)
     return bulk.guarded(args, client, apply if args.command == "apply" else export)
 
 
@@ -61,7 +61,8 @@ def apply(client: bulk.Client, args: argparse.Namespace) -> int:
         if args.dry_run:
             return _plan(response, args.file)
         batch = json.load(response)
-    print(f"batch {batch['id']}: {batch['request_counts']['total']:,} lines", file=sys.stderr)
+    total = batch["request_counts"]["total"]
+    print(f"batch {batch['id']}: {bulk.plural(total, 'line')}", file=sys.stderr)
     if not args.wait:
         print(json.dumps(batch))
         return 0

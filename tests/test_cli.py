@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -185,6 +186,25 @@ def test_apply_dry_run_then_apply_then_export_round_trip(
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["request_counts"]["unchanged"] == 7
     assert "  unchanged  7" in again.stderr
+
+
+def test_the_url_may_end_in_v1_as_the_sdks_does(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text('{"custom_id": "k", "body": {"model": "m"}}\n')
+    env = {"ASSISTANT_INGEST_URL": stack.url + "/v1/", "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    applied = cli(stack, "apply", str(manifest), "--wait", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert re.search(r"^batch batch_\S+: 1 line$", applied.stderr, re.M), applied.stderr
+    refused = tmp_path / "refused.jsonl"
+    refused.write_text('{"custom_id": "b"}\n')
+    done = cli(stack, "bulk", "submit", str(refused), "--json", env=env)
+    assert done.returncode == 1
+    # The same words as without --json.
+    assert json.loads(one_line_error(done))["error"] == (
+        "HTTP 422: the batch was refused, nothing was created"
+    )
 
 
 def test_apply_and_export_with_a_missing_file_or_a_server_that_is_down_say_so_in_one_line(

@@ -166,6 +166,9 @@ def test_dry_run_of_each_case_creates_nothing(stack: Stack, tenant: Tenant) -> N
     single = tenant.request("POST", "/v1/assistants?dry_run=true", json={"model": "gpt-4"})
     assert single.status_code == 200
     assert json.loads(single.text)["action"] == "create"
+    # Written as a batch's plan lines are: compact, UTF-8.
+    compact = json.dumps(json.loads(single.text), separators=(",", ":"), ensure_ascii=False)
+    assert single.text == compact + "\n"
     bad = tenant.request("POST", "/v1/assistants?dry_run=true", json={"name": 5}).json()
     assert bad["action"] == "invalid"
     assert [entry["type"] for entry in bad["body"]["detail"]] == ["missing", "string_type"]
