@@ -43,7 +43,13 @@ _METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 def on_starting(server: Any) -> None:
     from worker.telemetry import logs
 
-    logs.configure(Settings().log_level)
+    settings = Settings()
+    logs.configure(settings.log_level)
+    if settings.metrics_port:
+        # /metrics on a port of its own, kept off the API's public one (api/metrics.py).
+        metrics_bind = f"0.0.0.0:{settings.metrics_port}"
+        if metrics_bind not in server.cfg.bind:
+            server.cfg.set("bind", [*server.cfg.bind, metrics_bind])
     if not os.environ.get(_METRICS_DIR):
         # prometheus_client reads this when first imported: in each worker, after fork.
         os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")

@@ -2,6 +2,10 @@
 
 Under gunicorn the `api` command sets PROMETHEUS_MULTIPROC_DIR, so each worker
 process writes its samples to a file and a scrape of any one of them reads all.
+
+With METRICS_PORT set, gunicorn also listens there (api/gunicorn_conf.py) and
+`/metrics` is served on that port only, beside `/healthz` and `/readyz`, so the
+API's public port never shows it; without it, `/metrics` is on the API's port.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from api.context import runtime, settings
+from api.errors import not_found
 from worker.telemetry import exposition
 
 bp = Blueprint("metrics", __name__)
@@ -52,10 +57,29 @@ def route() -> str:
     return _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else "unmatched"
 
 
+# What the metrics port serves; everything else is the API port's.
+ON_METRICS_PORT = frozenset(("/metrics", "/healthz", "/readyz"))
+
+
+def on_metrics_port() -> bool:
+    port = settings().metrics_port
+    return bool(port) and request.environ.get("SERVER_PORT") == str(port)
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def start_clock() -> None:
         g.started = time.perf_counter()
+
+    @app.before_request
+    def keep_ports_apart() -> None:
+        # Before auth: the metrics port answers no API route, and the API port no
+        # /metrics, whoever asks.
+        port = settings().metrics_port
+        if port and (request.path in ON_METRICS_PORT - {"/metrics"}):
+            return
+        if port and (request.path == "/metrics") != on_metrics_port():
+            raise not_found()
 
     @app.after_request
     def count(response: Response) -> Response:

@@ -346,15 +346,33 @@ def test_prometheus_scrapes_the_edge_and_every_worker() -> None:
             for target in static["targets"]:
                 host, port = target.rsplit(":", 1)
                 scraped.add((host, int(port), path))
-    wanted = {("api", 8000, "/metrics")}
+    wanted = set()
     for name, service in services.items():
         command = service.get("command")
-        if isinstance(command, list) and command[:2] == ["assistant-ingest", "worker"]:
+        if name == "api" or (
+            isinstance(command, list) and command[:2] == ["assistant-ingest", "worker"]
+        ):
             port = environment(service).get("METRICS_PORT", "0")
             assert port != "0", f"{name} serves no metrics"
             wanted.add((name, int(port), "/metrics"))
     assert len(wanted) > 3
     assert wanted <= scraped
+
+
+def test_the_edge_publishes_its_api_port_and_not_its_metrics_port() -> None:
+    api = compose_services()["api"]
+    metrics_port = environment(api).get("METRICS_PORT", "0")
+    assert metrics_port != "0", "the edge would serve /metrics on its public API port"
+    published = [str(port).rsplit(":", 1)[-1] for port in api.get("ports", [])]
+    assert published == ["8000"]
+    assert metrics_port not in published
+
+
+def test_flower_is_opt_in_and_does_not_restart_for_ever() -> None:
+    flower = compose_services()["flower"]
+    assert flower.get("profiles") == ["flower"]
+    assert flower["restart"].startswith("on-failure:")
+    assert "FLOWER_BASIC_AUTH:?" in " ".join(flower["command"])
 
 
 def test_monitoring_ports_are_published_on_loopback_only() -> None:

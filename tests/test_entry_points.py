@@ -127,3 +127,35 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
+
+
+def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_port(
+    stack: Stack, tmp_path: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    command, extra_env = edge_command("gunicorn", port)
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            env={**stack.env, **extra_env, "METRICS_PORT": str(metrics_port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, timeout=60)
+        wait_for_port(metrics_port, process, timeout=60)
+        api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+        tenant = stack.new_tenant()
+        key = {"Authorization": f"Bearer {tenant.api_key}"}
+        assert requests.get(api + "/v1/models", headers=key, timeout=10).status_code == 200
+        assert requests.get(api + "/metrics", timeout=10).status_code == 404
+        scraped = requests.get(metrics + "/metrics", timeout=10)
+        assert scraped.status_code == 200
+        assert "assistant_ingest_http_requests_total" in scraped.text
+        assert requests.get(metrics + "/readyz", timeout=10).status_code == 200
+        # The metrics port answers no API route, with a key or without.
+        assert requests.get(metrics + "/v1/models", headers=key, timeout=10).status_code == 404
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
