@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--hostname", default=None)
 
     beat = sub.add_parser("beat", help="run the periodic scheduler (reconciler, webhook sweep)")
-    beat.add_argument("--schedule", default="celerybeat-schedule")
+    beat.add_argument(
+        "--schedule", default=None, help="beat's state file (default: in the temporary folder)"
+    )
 
     keys_parser = sub.add_parser("keys", help="manage API keys")
     store = argparse.ArgumentParser(add_help=False)

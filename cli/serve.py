@@ -140,5 +140,6 @@ def run_beat(args: argparse.Namespace) -> int:
 
     configure_logs()
     setup_logging.connect(configure_logs, weak=False)
-    app.start(["beat", "--schedule", args.schedule, "--loglevel", settings.log_level])
+    schedule = ["--schedule", args.schedule] if args.schedule else []
+    app.start(["beat", *schedule, "--loglevel", settings.log_level])
     return 0

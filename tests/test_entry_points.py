@@ -8,15 +8,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from cli.embedded import free_port, wait_for_port
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def celery(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -159,3 +162,33 @@ def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_po
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["assistant-ingest", "beat"], ["celery", "-A", "worker.celery_app", "beat"]],
+    ids=["assistant-ingest", "celery"],
+)
+def test_beat_keeps_its_schedule_file_out_of_the_folder_it_was_started_from(
+    stack: Stack, tmp_path: Path, command: list[str]
+) -> None:
+    prefix = f"beat-{uuid.uuid4().hex[:8]}"
+    env = {**stack.env, "REDIS_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+    state = Path(tempfile.gettempdir()) / f"assistant-ingest-beat-{prefix}"
+    process = subprocess.Popen(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        # beat writes its state file as it starts.
+        wait_until(lambda: list(state.parent.glob(state.name + "*")), timeout=60)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+        for path in state.parent.glob(state.name + "*"):
+            path.unlink()
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,8 @@ Flower and every process that only sends."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from worker.queueing.routes import QUEUE_OF, RECONCILE, SINGLE_QUEUE, SWEEP_WEBHOOKS
@@ -30,6 +32,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
+        # Beat's record of when it last ran each entry: scratch (every entry is a
+        # short fixed interval), so in the temporary folder, never in whatever
+        # folder beat was started from. `dev` keeps it under its data folder.
+        "beat_schedule_filename": str(
+            Path(tempfile.gettempdir()) / f"assistant-ingest-beat-{settings.redis_prefix}"
+        ),
         "beat_schedule": {
             "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds},
             "sweep-webhooks": {
