@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,10 @@ import pytest
 from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.local import Local
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from worker.domain.schema import validate_create
+from worker.domain.units import new_unit
+from worker.services import applying
+from worker.store import assistants
 
 NDJSON = "application/x-ndjson"
 
@@ -357,3 +362,32 @@ def test_a_line_after_another_naming_its_assistant_applies_after_it(tenant: Tena
     rows = results(tenant, batch["id"])
     assert (rows[0]["action"], rows[550]["action"]) == ("updated", "updated")
     assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n550"
+
+
+def test_a_line_whose_assistant_is_deleted_between_the_workers_reads_is_404(
+    local: Local,
+) -> None:
+    """The race a concurrent DELETE makes: the chunk read the assistant (projected,
+    to compare by content hash), then it was deleted before the whole document was
+    read. The line answers 404 and the chunk goes on; it does not crash."""
+    tenant = local.new_tenant()
+    made = tenant.create({"model": "gpt-4", "name": "plain"}, Prefer="wait=30").json()
+    store = local.db
+    projected = store.assistants.find_one({"id": made["id"]}, assistants.APPLY_VIEW)
+    assert projected is not None and "model" not in projected
+    assert tenant.request("DELETE", f"/v1/assistants/{made['id']}").status_code == 200
+    body = {"model": "gpt-4", "name": "renamed"}
+    unit = new_unit(
+        unit_id="unit_race",
+        tenant=tenant.name,
+        items=[{"id": "job_race", "custom_id": made["id"], "body": json.dumps(body)}],
+        now=int(time.time()),
+    )
+    request = validate_create(body)
+    assert not isinstance(request, list)
+    outcomes: applying.Outcomes = {"unit_race": [(0, None)]}
+    actions: applying.Actions = {}
+    applying._update(local.rt, [((unit, 0, request), projected)], outcomes, actions)
+    assert outcomes["unit_race"] == [(404, {"detail": "No assistant found"})]
+    assert actions["unit_race"] == [None]
+    assert store.assistants.count_documents({"id": made["id"]}) == 0

@@ -129,8 +129,12 @@ def _update(
         if stored:
             differs = stored != wanted
         else:
+            current = whole.get(doc["id"])
+            if current is None:  # deleted since it was read: as a line naming a deleted one
+                _set(outcomes, actions, line, 404, NOT_FOUND, None)
+                continue
             body = json.loads(unit["items"][index]["body"])
-            differs = bool(assistant_docs.differences(whole.get(doc["id"], doc), body))
+            differs = bool(assistant_docs.differences(current, body))
         if differs:
             fields = {
                 **assistant_docs.content(request),
