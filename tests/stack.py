@@ -101,11 +101,15 @@ class Stack:
         """The deployment's store, for tests to read and arrange; closed at stop."""
         return self.store()
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A process of the deployment; `env` adds what this process alone is given
+        (as each service of a compose file has its own environment)."""
         with (self.logs / f"{self.name}-{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, to kill pool children too
@@ -113,7 +117,7 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start_api(self, wait: bool = True) -> None:
+    def start_api(self, wait: bool = True, env: dict[str, str] | None = None) -> None:
         process = self.spawn(
             "api",
             "api",
@@ -123,6 +127,7 @@ class Stack:
             str(self.port),
             "--workers",
             "2",
+            env=env,
         )
         if wait:
             wait_for_port(self.port, process, timeout=60)
@@ -135,6 +140,7 @@ class Stack:
         concurrency: int = 2,
         pool: str | None = None,
         wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         args = [
             "worker",
@@ -149,15 +155,15 @@ class Stack:
             args += ["--pool", pool]
         if beat:
             args.append("--beat")
-        process = self.spawn(name, *args)
+        process = self.spawn(name, *args, env=env)
         if wait:
             self.wait_worker_ready(name)
         return process
 
-    def start(self, *workers: dict[str, Any]) -> None:
+    def start(self, *workers: dict[str, Any], api_env: dict[str, str] | None = None) -> None:
         """The edge and the given workers (the default one if none), started side by
         side: a deployment is ready in the time of its slowest process."""
-        self.start_api(wait=False)
+        self.start_api(wait=False, env=api_env)
         for worker in workers or ({},):
             self.start_worker(**worker, wait=False)
         self.wait_ready()

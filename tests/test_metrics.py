@@ -37,14 +37,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 class Observed:
-    """Metrics of one deployment, its edge's and its worker's."""
+    """Metrics of one deployment, its edge's and its worker's, each on its own
+    METRICS_PORT as docker-compose lays them out."""
 
-    def __init__(self, stack: Stack, worker_port: int) -> None:
+    def __init__(self, stack: Stack, edge_port: int, worker_port: int) -> None:
         self.stack = stack
+        self.edge_port = edge_port
         self.worker_port = worker_port
 
     def edge(self) -> Samples:
-        return scrape(self.stack.url + "/metrics")
+        return scrape(f"http://127.0.0.1:{self.edge_port}/metrics")
 
     def worker(self) -> Samples:
         return scrape(f"http://127.0.0.1:{self.worker_port}/metrics")
@@ -52,9 +54,16 @@ class Observed:
 
 @pytest.fixture(scope="module")
 def observed(servers: Servers, logs_dir: Path) -> Iterator[Observed]:
-    port = free_port()
-    with running_stack(servers, logs_dir, METRICS_PORT=str(port)) as deployment:
-        yield Observed(deployment, port)
+    edge_port, worker_port = free_port(), free_port()
+    stack = Stack(servers, logs_dir)
+    try:
+        stack.start(
+            {"env": {"METRICS_PORT": str(worker_port)}},
+            api_env={"METRICS_PORT": str(edge_port)},
+        )
+        yield Observed(stack, edge_port, worker_port)
+    finally:
+        stack.stop()
 
 
 @pytest.fixture
@@ -180,7 +189,7 @@ def test_queue_depth_is_read_from_redis(observed: Observed, client: Tenant) -> N
         for queue in ("bulk", "webhooks", "maintenance"):
             assert ("assistant_ingest_queue_depth", frozenset({("queue", queue)})) in depth
     finally:
-        stack.start_worker()
+        stack.start_worker(env={"METRICS_PORT": str(observed.worker_port)})
     wait_until(lambda: value(observed.edge(), "assistant_ingest_queue_depth", queue="single") == 0)
 
 
