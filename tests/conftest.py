@@ -27,10 +27,26 @@ def pytest_configure(config: pytest.Config) -> None:
     processes.mark_this_run()
 
 
+# Modules whose tests take the longest (faults, `dev`, hanging receivers): run
+# first, so the two test processes end together rather than one of them
+# finishing a long module alone while the other waits.
+LONGEST = ("test_faults.py", "test_dev.py", "test_webhook_isolation.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    # Longest modules first, then those with end-to-end tests, then the rest; a
+    # module's tests keep their order (the sort is stable).
+    with_e2e = {item.path for item in items if item.get_closest_marker("e2e")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST:
+            return LONGEST.index(item.path.name)
+        return len(LONGEST) + (0 if item.path in with_e2e else 1)
+
+    items.sort(key=rank)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
