@@ -77,6 +77,11 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         finally:
             if self.alive:
                 self.idle.add(sock)
+            else:
+                # The stop came while this request ran: its answer is sent, and no
+                # other request is to be read on this connection.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)

@@ -14,7 +14,7 @@ from api.app import create_app
 from api.context import close
 from cli.embedded import Server, free_port, start_mongo
 from tests.local import Local
-from tests.stack import Servers
+from tests.stack import Servers, wait_until
 
 
 def test_readyz_is_ready_while_both_servers_answer(local: Local) -> None:
@@ -22,6 +22,11 @@ def test_readyz_is_ready_while_both_servers_answer(local: Local) -> None:
     assert response.status_code == 200
     assert response.get_json() == {"status": "ready", "checks": {"mongodb": "ok", "redis": "ok"}}
     assert local.client().get("/healthz").get_json() == {"status": "ok"}
+
+
+def stopped(pid: int) -> bool:
+    """The process is stopped by a signal (its state in /proc is T)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
 
 
 @pytest.fixture
@@ -45,6 +50,7 @@ def test_readyz_with_a_hung_store_answers_503_within_the_store_timeout_in_words(
         client = deployment.client()
         assert client.get("/readyz").status_code == 200  # connected, then hung
         os.kill(hung_store.process.pid, signal.SIGSTOP)
+        wait_until(lambda: stopped(hung_store.process.pid), timeout=10, interval=0.01)
         started = time.monotonic()
         response = client.get("/readyz")
         took = time.monotonic() - started
