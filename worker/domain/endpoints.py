@@ -18,11 +18,11 @@ fail at once, until the tenant enables it again (`PUT` or `POST
 from __future__ import annotations
 
 import hashlib
-import random
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from worker.domain.documents import Doc
+from worker.domain.retries import jitter
 
 # Fields of the tenant's document that hold its endpoint's health.
 FAILING_SINCE = "endpoint_failing_since"
@@ -58,7 +58,7 @@ def spacing(schedule: tuple[float, ...], failures: int) -> float:
     """Seconds before the endpoint is tried again after `failures` failures in a row."""
     if not schedule:
         return 0.0
-    return schedule[min(failures, len(schedule) - 1)] * random.uniform(0.9, 1.1)
+    return schedule[min(failures, len(schedule) - 1)] * jitter(0.9, 1.1)
 
 
 def disabled_error(tenant: Doc) -> str:

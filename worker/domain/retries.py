@@ -12,6 +12,15 @@ RETRYABLE_STATUS = {408, 429}
 # writes. A worker that dies mid-attempt holds the delivery this long.
 LEASE_MARGIN_SECONDS = 30
 
+# Jitter from a generator of the service's own: the global `random` module's
+# state is the embedding program's (a test framework may seed or watch it).
+_JITTER = random.Random()
+
+
+def jitter(low: float, high: float) -> float:
+    """A random number in [low, high], to spread retries and waits apart."""
+    return _JITTER.uniform(low, high)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -67,7 +76,7 @@ class RetryPolicy:
         if outcome.delivered or not outcome.retryable or made >= len(self.schedule):
             return None
         # Jitter spreads retries of many deliveries to one receiver apart.
-        delay = self.schedule[made] * random.uniform(0.9, 1.1)
+        delay = self.schedule[made] * jitter(0.9, 1.1)
         if outcome.retry_after is not None:
             # The receiver's Retry-After is a floor, capped so it cannot park a
             # delivery for days.

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import http.client
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -29,7 +28,7 @@ from email.utils import parsedate_to_datetime
 from worker.domain import endpoints as endpoint_rules
 from worker.domain.documents import Delivery
 from worker.domain.retention import expire_at
-from worker.domain.retries import Outcome, RetryPolicy
+from worker.domain.retries import Outcome, RetryPolicy, jitter
 from worker.domain.statuses import DeliveryStatus
 from worker.runtime import Runtime
 from worker.services import slots, urlguard
@@ -73,7 +72,7 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
         policy.lease_seconds,
     )
     if slot is None:
-        defer(rt, doc, token, time.time() + random.uniform(*SLOT_WAIT_SECONDS), "slots")
+        defer(rt, doc, token, time.time() + jitter(*SLOT_WAIT_SECONDS), "slots")
         return
     try:
         if to_endpoint:
@@ -109,7 +108,7 @@ def breaker_wait(rt: Runtime, policy: RetryPolicy, tenant: str, url: str) -> flo
     ):
         return None
     # Spread the deliveries that waited, so they do not all come due at once.
-    return max(retry_at, now) + random.uniform(*SLOT_WAIT_SECONDS)
+    return max(retry_at, now) + jitter(*SLOT_WAIT_SECONDS)
 
 
 def endpoint_health(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Outcome) -> None:
