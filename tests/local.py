@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ from worker.settings import Settings
 from worker.store import tenants
 from worker.store.connection import Store
 from worker.store.indexes import ensure_indexes
+
+log = logging.getLogger(__name__)
 
 # What each task does, as worker/tasks.py has it.
 SERVICES: dict[str, Callable[[Runtime, Any], None]] = {
@@ -86,11 +89,6 @@ class Worker:
             done += 1
         return done
 
-    def sweep(self) -> None:
-        """Beat's periodic work, once: webhook deliveries that are due, then the reconciler."""
-        reconciler.sweep_webhooks(self.rt)
-        reconciler.reconcile(self.rt)
-
     @contextmanager
     def running(self, threads: int = 2) -> Iterator[None]:
         """Serve the queues from threads, as a worker's pool would (two, as the
@@ -100,7 +98,10 @@ class Worker:
 
         def serve() -> None:
             while not stop.is_set():
-                self.run_one(block=0.1)
+                try:
+                    self.run_one(block=0.1)
+                except Exception:  # as a worker does: log it, take the next message
+                    log.exception("an in-process task failed")
 
         def beat() -> None:
             settings, reconciled = self.rt.settings, time.monotonic()

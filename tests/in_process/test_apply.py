@@ -342,12 +342,13 @@ def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(paused: 
     waiting = tenant.request("GET", f"/v1/batches/{response.json()['id']}").json()
     assert waiting["status"] == "in_progress"
     assert counts(waiting)["unchanged"] == 700  # the two other chunks
-    with paused.worker.running():
-        batch = finished_batch(tenant, response.json()["id"])
-        assert counts(batch)["unchanged"] == 1199
-        assert counts(batch)["updated"] == 1
-        assert results(tenant, batch["id"])[700]["action"] == "updated"
-        assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
+    # The modify, then the chunk that waited for it, and what they queued.
+    assert paused.worker.run_queued() >= 2
+    batch = finished_batch(tenant, response.json()["id"])
+    assert counts(batch)["unchanged"] == 1199
+    assert counts(batch)["updated"] == 1
+    assert results(tenant, batch["id"])[700]["action"] == "updated"
+    assert tenant.wait_job(modify.json()["id"])["result"]["body"]["name"] == "changed"
     assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "n700"
 
 
