@@ -1,8 +1,11 @@
-"""Session-wide real servers (Valkey, SecantusDB) and one running deployment.
+"""Session-wide real servers (Valkey, SecantusDB), an in-process deployment on
+them (tests/local.py) and one deployment of real processes (tests/stack.py).
 
-Tests share the deployment but each makes its own tenant, which isolates its
-data as it isolates customers; tests that change settings or kill processes
-start a deployment of their own (its own database and Redis prefix).
+Tests share a deployment but each makes its own tenant, which isolates its data
+as it isolates customers; tests that change settings or kill processes make a
+deployment of their own (its own database and Redis prefix): in process when
+the settings are the edge's or the worker's, of real processes when the process
+is what the test is about.
 """
 
 from __future__ import annotations
