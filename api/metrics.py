@@ -57,15 +57,6 @@ def route() -> str:
     return _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else "unmatched"
 
 
-# What the metrics port serves; everything else is the API port's.
-ON_METRICS_PORT = frozenset(("/metrics", "/healthz", "/readyz"))
-
-
-def on_metrics_port() -> bool:
-    port = settings().metrics_port
-    return bool(port) and request.environ.get("SERVER_PORT") == str(port)
-
-
 def register(app: Flask) -> None:
     @app.before_request
     def start_clock() -> None:
@@ -73,12 +64,13 @@ def register(app: Flask) -> None:
 
     @app.before_request
     def keep_ports_apart() -> None:
-        # Before auth: the metrics port answers no API route, and the API port no
-        # /metrics, whoever asks.
+        # Before auth: with a metrics port, it serves /metrics (and the health
+        # checks) and no API route, and the API port no /metrics, whoever asks.
         port = settings().metrics_port
-        if port and (request.path in ON_METRICS_PORT - {"/metrics"}):
+        if not port or request.path in ("/healthz", "/readyz"):
             return
-        if port and (request.path == "/metrics") != on_metrics_port():
+        on_metrics_port = request.environ.get("SERVER_PORT") == str(port)
+        if (request.path == "/metrics") != on_metrics_port:
             raise not_found()
 
     @app.after_request

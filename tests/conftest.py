@@ -17,7 +17,7 @@ import pytest
 
 from cli.embedded import start_mongo, start_valkey
 from tests import processes
-from tests.local import Local, LocalTenant, running_local
+from tests.local import Local, running_local
 from tests.stack import Servers, Stack, Tenant, running_stack
 from worker.store.connection import Store
 
@@ -97,11 +97,6 @@ def local(servers: Servers) -> Iterator[Local]:
     worker's services on a thread of this process, the session's real servers."""
     with running_local(servers.settings()) as deployment:
         yield deployment
-
-
-@pytest.fixture
-def local_tenant(local: Local) -> LocalTenant:
-    return local.new_tenant()
 
 
 @pytest.fixture(scope="session")

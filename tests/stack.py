@@ -222,8 +222,7 @@ class Stack:
             self.__dict__.pop("db").close()
 
     def new_tenant(self, name: str | None = None, webhook_url: str | None = None) -> Tenant:
-        store = self.db
-        created = tenants.create_key(store, name or "tenant-" + uuid.uuid4().hex[:8], webhook_url)
+        created = tenants.create_key(self.db, name or "tenant-" + uuid.uuid4().hex[:8], webhook_url)
         return Tenant(self, created.tenant, created.api_key, created.webhook_secret)
 
 

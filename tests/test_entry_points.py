@@ -56,13 +56,25 @@ def test_celery_inspect_lists_the_tasks_of_the_running_workers(stack: Stack) -> 
         assert name in done.stdout
 
 
-def edge_command(how: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The edge started as docker-compose.yml starts it, or as `bin/dev` does."""
+def start_edge(
+    stack: Stack, how: str, port: int, log: Path, gunicorn_args: str = "", **env: str
+) -> subprocess.Popen[bytes]:
+    """The edge started as docker-compose.yml starts it ("gunicorn"), or as `bin/dev`
+    does ("assistant-ingest api"), its output in `log`."""
     if how == "gunicorn":
         command = [str(BIN / "gunicorn"), "-c", "python:api.gunicorn_conf", "api.app:create_app()"]
-        return command, {"GUNICORN_CMD_ARGS": f"--bind=127.0.0.1:{port} --workers=1"}
-    command = [str(BIN / "assistant-ingest"), "api", "--host", "127.0.0.1", "--port", str(port)]
-    return [*command, "--workers", "1"], {}
+        env["GUNICORN_CMD_ARGS"] = f"--bind=127.0.0.1:{port} --workers=1 {gunicorn_args}"
+    else:
+        command = [str(BIN / "assistant-ingest"), "api", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--workers", "1"]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            env={**stack.env, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @pytest.mark.parametrize("how", ["gunicorn", "assistant-ingest api"])
@@ -70,15 +82,7 @@ def test_the_edge_serves_with_json_logs_and_gevent_patched_first(
     stack: Stack, tmp_path: Path, how: str
 ) -> None:
     port = free_port()
-    command, extra_env = edge_command(how, port)
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            env={**stack.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_edge(stack, how, port, tmp_path / "gunicorn.log")
     try:
         wait_for_port(port, process, timeout=60)
         assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
@@ -109,16 +113,8 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
 ) -> None:
     # Keep-alive far above the bound below: the stop must not wait for it.
     port = free_port()
-    command, extra_env = edge_command("gunicorn", port)
-    extra_env["GUNICORN_CMD_ARGS"] += " --keep-alive=60"
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            env={**stack.env, **extra_env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log = tmp_path / "gunicorn.log"
+    process = start_edge(stack, "gunicorn", port, log, gunicorn_args="--keep-alive=60")
     try:
         wait_for_port(port, process, timeout=60)
         client = requests.Session()
@@ -136,15 +132,8 @@ def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_po
     stack: Stack, tmp_path: Path
 ) -> None:
     port, metrics_port = free_port(), free_port()
-    command, extra_env = edge_command("gunicorn", port)
-    with (tmp_path / "gunicorn.log").open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            env={**stack.env, **extra_env, "METRICS_PORT": str(metrics_port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    log = tmp_path / "gunicorn.log"
+    process = start_edge(stack, "gunicorn", port, log, METRICS_PORT=str(metrics_port))
     try:
         wait_for_port(port, process, timeout=60)
         wait_for_port(metrics_port, process, timeout=60)

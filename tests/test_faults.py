@@ -87,13 +87,11 @@ def batch_lines(count: int) -> list[dict[str, Any]]:
 
 
 def open_units(stack: Stack, tenant: Tenant, status: str) -> int:
-    store = stack.db
-    return store.jobs.count_documents({"tenant": tenant.name, "status": status})
+    return stack.db.jobs.count_documents({"tenant": tenant.name, "status": status})
 
 
 def counted(stack: Stack, tenant: Tenant) -> Outcome:
-    store = stack.db
-    return outcome(store, tenant.name)
+    return outcome(stack.db, tenant.name)
 
 
 @dataclass

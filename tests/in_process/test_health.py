@@ -15,6 +15,7 @@ from api.context import close
 from cli.embedded import Server, free_port, start_mongo
 from tests.local import Local
 from tests.stack import Servers, wait_until
+from worker.settings import Settings
 
 
 def test_readyz_is_ready_while_both_servers_answer(local: Local) -> None:
@@ -27,6 +28,12 @@ def test_readyz_is_ready_while_both_servers_answer(local: Local) -> None:
 def stopped(pid: int) -> bool:
     """The process is stopped by a signal (its state in /proc is T)."""
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T"
+
+
+def store_at(servers: Servers, port: int) -> Settings:
+    """The tests' settings with the store at `port`, and a timeout of 1 s."""
+    settings = servers.settings(STORE_TIMEOUT_MS="1000")
+    return settings.model_copy(update={"mongodb_uri": f"mongodb://127.0.0.1:{port}/x"})
 
 
 @pytest.fixture
@@ -42,9 +49,7 @@ def hung_store(tmp_path: Path) -> Iterator[Server]:
 def test_readyz_with_a_hung_store_answers_503_within_the_store_timeout_in_words(
     servers: Servers, hung_store: Server
 ) -> None:
-    settings = servers.settings(STORE_TIMEOUT_MS="1000").model_copy(
-        update={"mongodb_uri": f"mongodb://127.0.0.1:{hung_store.port}/x"}
-    )
+    settings = store_at(servers, hung_store.port)
     deployment = Local(settings)
     try:
         client = deployment.client()
@@ -70,9 +75,7 @@ def test_readyz_with_a_hung_store_answers_503_within_the_store_timeout_in_words(
 def test_readyz_with_a_store_that_is_down_says_it_cannot_connect(
     servers: Servers, tmp_path: Path
 ) -> None:
-    settings = servers.settings(STORE_TIMEOUT_MS="1000").model_copy(
-        update={"mongodb_uri": f"mongodb://127.0.0.1:{free_port()}/x"}
-    )
+    settings = store_at(servers, free_port())
     app = create_app(settings)
     try:
         body = app.test_client().get("/readyz").get_json()
