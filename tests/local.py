@@ -45,6 +45,7 @@ SERVICES: dict[str, Callable[[Runtime, Any], None]] = {
         provisioning.process(rt, [ids] if isinstance(ids, str) else list(ids)) and None
     ),
     routes.PROCESS_CHUNK: lambda rt, unit_id: provisioning.process(rt, [unit_id]) and None,
+    routes.PROCESS_TURN: lambda rt, _: provisioning.take_turn(rt),
     routes.DELIVER: delivery.attempt,
     routes.RECONCILE: lambda rt, _: reconciler.reconcile(rt),
     routes.SWEEP_WEBHOOKS: lambda rt, _: reconciler.sweep_webhooks(rt),

@@ -49,6 +49,7 @@ def test_celery_inspect_lists_the_tasks_of_the_running_workers(stack: Stack) -> 
     for name in (
         "assistants.process_single",
         "assistants.process_chunk",
+        "assistants.process_turn",
         "webhooks.deliver",
         "maintenance.reconcile",
         "maintenance.sweep_webhooks",

@@ -49,6 +49,12 @@ def process_chunk(unit_id: str) -> None:
     provisioning.process(runtime(), [unit_id])
 
 
+@app.task(name=routes.PROCESS_TURN, **RETRY)
+def process_turn(tenant: str) -> None:
+    # `tenant` is whose chunk earned the turn, not whose chunk it runs.
+    provisioning.take_turn(runtime())
+
+
 @app.task(name=routes.DELIVER, **RETRY)
 def deliver(delivery_id: str) -> None:
     delivery.attempt(runtime(), delivery_id)

@@ -13,6 +13,9 @@ ALL_QUEUES = (SINGLE_QUEUE, BULK_QUEUE, WEBHOOK_QUEUE, MAINTENANCE_QUEUE)
 
 PROCESS_SINGLE = "assistants.process_single"
 PROCESS_CHUNK = "assistants.process_chunk"
+# A turn of the bulk workers: it runs whichever chunk is next across tenants
+# (worker/services/turns.py), so a message names no chunk.
+PROCESS_TURN = "assistants.process_turn"
 DELIVER = "webhooks.deliver"
 RECONCILE = "maintenance.reconcile"
 SWEEP_WEBHOOKS = "maintenance.sweep_webhooks"
@@ -20,6 +23,7 @@ SWEEP_WEBHOOKS = "maintenance.sweep_webhooks"
 QUEUE_OF = {
     PROCESS_SINGLE: SINGLE_QUEUE,
     PROCESS_CHUNK: BULK_QUEUE,
+    PROCESS_TURN: BULK_QUEUE,
     DELIVER: WEBHOOK_QUEUE,
     RECONCILE: MAINTENANCE_QUEUE,
     SWEEP_WEBHOOKS: MAINTENANCE_QUEUE,

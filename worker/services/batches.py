@@ -26,9 +26,8 @@ from worker.domain.retention import expire_at
 from worker.domain.schema import validate_create
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
 from worker.domain.units import item_action, new_unit, result_body
-from worker.queueing.routes import PROCESS_CHUNK
 from worker.runtime import Runtime
-from worker.services import outbox
+from worker.services import outbox, turns
 from worker.services.ahead import read_ahead
 from worker.store import assistants, batches, units
 from worker.store.connection import Store
@@ -66,6 +65,9 @@ class Stager:
         self.reading: Future[tuple[set[str], bool, dict[str, Doc]]] | None = None
         self.named: set[str] = set()
         self.settled: dict[int, Tally] = {}
+        # The chunks a worker must run, with when each was accepted: their
+        # order in the tenant's line.
+        self.waiting: list[tuple[str, float]] = []
         # Those chunks wait here until the commit, which stores them done: a
         # spool, moved to disk as it grows, so memory stays flat. Closed by
         # `commit` or `abort`, one of which ends every stager.
@@ -121,6 +123,7 @@ class Stager:
             self.answered.write(bson.encode(unit))
         else:
             units.insert_staged(self.rt.store, unit)
+            self.waiting.append((unit["_id"], accepted_at))
         self.seq += 1
         self.items, self.size = [], 0
 
@@ -189,7 +192,8 @@ class Stager:
         return answers
 
     def commit(self, total: int) -> Doc:
-        """Make the batch visible and send its chunks; returns the batch."""
+        """Make the batch visible and put its chunks in the tenant's line; returns
+        the batch."""
         self._flush()
         if self.batch.get("prune"):
             self._add_prune_chunk()
@@ -208,11 +212,9 @@ class Stager:
         # The edge answers 202 after this write: journaled, it holds the chunks too.
         doc = batches.commit(self.rt.store, batch_id, now=now, total=total, chunks=self.seq)
         try:
-            for seq in range(self.seq):
-                if seq not in self.settled:
-                    self.rt.sender.send(PROCESS_CHUNK, chunk_id(batch_id, seq))
-        except Exception:  # stored: the reconciler sends what did not go
-            log.warning("batch %s stored but not all sent; the reconciler will", batch_id)
+            turns.join(self.rt, self.batch["tenant"], self.waiting)
+        except Exception:  # stored: the reconciler puts in line what did not go
+            log.warning("batch %s stored but not all in line; the reconciler will", batch_id)
         if self.settled:
             return self._tell_settled(doc)
         return doc
@@ -253,6 +255,7 @@ class Stager:
         )
         unit["prune"] = True
         units.insert_staged(self.rt.store, unit)
+        self.waiting.append((unit["_id"], unit["accepted_at"]))
         self.seq += 1
 
     def abort(self) -> None:

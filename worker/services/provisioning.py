@@ -21,7 +21,7 @@ from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
 from worker.domain.units import accepted_at, job_public, results_fields
 from worker.runtime import Runtime
-from worker.services import applying, batches, changes, outbox
+from worker.services import applying, batches, changes, outbox, turns
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
 from worker.telemetry.stages import Stages
@@ -91,6 +91,16 @@ def process(rt: Runtime, unit_ids: list[str]) -> int:
     stages.lap("tell")
     metrics.units_finished(claimed, outcomes, finished, started=started, stages=stages.ms)
     return len(finished)
+
+
+def take_turn(rt: Runtime) -> None:
+    """A bulk worker's turn: the next chunk across every tenant with chunks in
+    line, chosen now. One that cannot be claimed (cancelled, or done by an
+    earlier turn) passes the turn to the next."""
+    for _ in range(turns.TRIES_PER_TURN):
+        chunk = turns.next_chunk(rt)
+        if chunk is None or process(rt, [chunk]):
+            return
 
 
 def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, Doc | None]:

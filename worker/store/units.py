@@ -435,10 +435,27 @@ def due(store: Store, now: int, limit: int) -> list[Doc]:
     return list(
         store.jobs.find(
             {"due_at": {"$lt": now}},
-            {"status": 1, "lease": 1, "due_at": 1, "batch_id": 1},
+            {
+                "status": 1,
+                "lease": 1,
+                "due_at": 1,
+                "batch_id": 1,
+                "tenant": 1,
+                "accepted_at": 1,
+                "created_at": 1,
+            },
             limit=limit,
         )
     )
+
+
+def postpone(store: Store, unit_ids: list[str], next_due: int) -> None:
+    """Queued units known to be on their way: due again at `next_due`."""
+    if unit_ids:
+        store.jobs.update_many(
+            {"_id": {"$in": unit_ids}, "status": UnitStatus.QUEUED},
+            {"$set": {"due_at": next_due}},
+        )
 
 
 def claim_resend(store: Store, unit_id: str, now: int, next_due: int) -> bool:

@@ -1,0 +1,150 @@
+"""Batch chunks are served across tenants in turn (worker/services/turns.py).
+
+The worker here runs one queued message at a time, so the order in which
+chunks run is exactly what the tests read: no timing is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.local import Local, LocalTenant
+from tests.stack import Servers
+from worker.queueing.routes import BULK_QUEUE
+from worker.services import reconciler
+
+CHUNK = 10
+
+
+@pytest.fixture
+def paused(servers: Servers) -> Iterator[Local]:
+    """In process, with chunks of ten lines; nothing runs unless a test runs it."""
+    own = Local(servers.settings(CHUNK_SIZE=str(CHUNK)))
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def submit(tenant: LocalTenant, lines: int, tag: str = "") -> str:
+    body = "".join(
+        json.dumps({"custom_id": f"{tag}{i}", "body": {"model": "gpt-4", "name": f"{tag}{i}"}})
+        + "\n"
+        for i in range(lines)
+    )
+    response = tenant.request(
+        "POST", "/v1/batches", data=body, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert response.status_code == 202, response.text
+    batch_id: str = response.json()["id"]
+    return batch_id
+
+
+def chunks_done(local: Local) -> list[str]:
+    """The chunks finished so far, in the order they finished."""
+    done = local.db.jobs.find(
+        {"batch_id": {"$exists": True}, "status": "done"}, {"_id": 1, "completed_at": 1}
+    )
+    return [doc["_id"] for doc in done]
+
+
+def run_in_order(local: Local) -> list[str]:
+    """Run the queued messages one by one; the chunks in the order they ran."""
+    order: list[str] = []
+    while local.worker.run_one():
+        order += [unit for unit in chunks_done(local) if unit not in order]
+    return order
+
+
+def status(tenant: LocalTenant, batch_id: str) -> Any:
+    return tenant.request("GET", f"/v1/batches/{batch_id}").json()["status"]
+
+
+def test_a_small_batch_runs_next_beside_a_big_one(paused: Local) -> None:
+    big, small = paused.new_tenant(), paused.new_tenant()
+    big_batch = submit(big, 30 * CHUNK, "big")
+    small_batch = submit(small, CHUNK // 2, "small")
+    paused.worker.run_one()
+    paused.worker.run_one()
+    # Its one chunk ran within the first two turns, while the big batch's 30
+    # chunks, queued first, had at most one of theirs.
+    assert status(small, small_batch) == "completed"
+    assert sum(unit.startswith(big_batch) for unit in chunks_done(paused)) <= 1
+    paused.worker.run_queued()
+    assert status(big, big_batch) == "completed"
+
+
+def test_tenants_alternate_and_each_keeps_its_batches_in_order(paused: Local) -> None:
+    first, second = paused.new_tenant(), paused.new_tenant()
+    a1 = submit(first, 4 * CHUNK, "a1-")
+    a2 = submit(first, 3 * CHUNK, "a2-")
+    b1 = submit(second, 3 * CHUNK, "b1-")
+    order = run_in_order(paused)
+    assert len(order) == 10
+    mine = [unit for unit in order if unit.startswith((a1, a2))]
+    # The first tenant's chunks in submission order: its first batch, then its second.
+    assert mine == [f"{a1}.{seq:06d}" for seq in range(4)] + [f"{a2}.{seq:06d}" for seq in range(3)]
+    assert [unit for unit in order if unit.startswith(b1)] == [f"{b1}.{s:06d}" for s in range(3)]
+    # Turns alternate while both have chunks waiting: the second tenant's three
+    # chunks are among the first seven run, never two of one tenant's in a row
+    # before the second tenant's line is empty.
+    last_b = max(order.index(unit) for unit in order if unit.startswith(b1))
+    assert last_b <= 6
+    firsts = [unit.startswith(b1) for unit in order[: last_b + 1]]
+    assert all(x != y for x, y in zip(firsts, firsts[1:], strict=False))
+
+
+def lose_redis_state(local: Local, *, lines: bool) -> None:
+    """What a Redis restart without persistence loses: the queued turns, and the lines."""
+    prefix = local.settings.redis_prefix
+    local.rt.redis.delete(f"{prefix}:celery:{BULK_QUEUE}")
+    if lines:
+        for key in local.rt.redis.scan_iter(f"{prefix}:turns:*"):
+            local.rt.redis.delete(key)
+
+
+@pytest.mark.parametrize("lines", [True, False], ids=["lines-lost", "turns-lost"])
+def test_the_reconciler_brings_back_chunks_redis_lost(paused: Local, lines: bool) -> None:
+    tenant = paused.new_tenant()
+    batch_id = submit(tenant, 3 * CHUNK)
+    lose_redis_state(paused, lines=lines)
+    assert not paused.worker.run_queued()
+    # Not yet due: nothing is sent twice while its turn may still come.
+    reconciler.reconcile(paused.rt)
+    assert not paused.worker.run_queued()
+    time.sleep(paused.settings.resend_after_seconds + 1)
+    reconciler.reconcile(paused.rt)
+    paused.worker.run_queued()
+    assert status(tenant, batch_id) == "completed"
+
+
+def test_a_chunk_in_line_with_its_turn_queued_is_not_sent_again(paused: Local) -> None:
+    tenant = paused.new_tenant()
+    batch_id = submit(tenant, 2 * CHUNK)
+    depth = paused.rt.queue_depth(BULK_QUEUE)
+    assert depth == 2
+    time.sleep(paused.settings.resend_after_seconds + 1)
+    reconciler.reconcile(paused.rt)
+    # Both turns are still queued: the due chunks were only postponed.
+    assert paused.rt.queue_depth(BULK_QUEUE) == depth
+    due = paused.db.jobs.find({"batch_id": batch_id}, {"due_at": 1})
+    assert all(doc["due_at"] > time.time() for doc in due)
+    paused.worker.run_queued()
+    assert status(tenant, batch_id) == "completed"
+
+
+def test_a_cancelled_chunk_passes_its_turn_on(paused: Local) -> None:
+    first, second = paused.new_tenant(), paused.new_tenant()
+    kept = submit(second, CHUNK)
+    # Joining later, the first tenant is served first: its cancelled chunk is
+    # taken, cannot be claimed, and the same turn goes on to the next chunk.
+    doomed = submit(first, 2 * CHUNK)
+    assert first.request("POST", f"/v1/batches/{doomed}/cancel").status_code == 200
+    assert paused.worker.run_one()
+    assert status(second, kept) == "completed"
+    assert status(first, doomed) == "cancelled"
