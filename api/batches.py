@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from api import inputs, ndjson, queries
 from api.batch_input import Reader, Request, Spool, TooLarge
@@ -18,7 +19,8 @@ from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from worker.domain.batches import new_batch, public
 from worker.domain.ids import new_id
-from worker.services import batches, intake, planning
+from worker.runtime import Runtime
+from worker.services import batches, intake, planning, turns
 from worker.store import batches as batch_store
 from worker.store import idempotency
 
@@ -57,6 +59,7 @@ def create_batch() -> Response:
     )
     if dry_run:
         return _dry_run(reader, requests, prune)
+    _refuse_over_quota(rt)
     batch_id = new_id("batch_")
     scope = intake.batch_key_scope(tenant(), key) if key is not None else None
     stager = None
@@ -88,6 +91,31 @@ def create_batch() -> Response:
         _abort_quietly(stager)
         return _replay(reader, requests, scope, callback)
     return _answer(_store(stager, reader, requests, scope, callback), replayed=False)
+
+
+# What a tenant over its quota of queued lines is told to wait: about the
+# time bulk workers take to work through a few thousand lines.
+QUOTA_RETRY_AFTER = 10
+
+
+def _refuse_over_quota(rt: Runtime) -> None:
+    """429 while the tenant's batches still waiting for a bulk worker hold
+    `MAX_QUEUED_LINES_PER_TENANT` lines: open work is bounded per tenant, so no
+    tenant can bury the service's bulk capacity under a backlog of its own."""
+    quota = rt.settings.max_queued_lines_per_tenant
+    if quota <= 0:
+        return
+    try:
+        queued = turns.queued_lines(rt, tenant())
+    except RedisError:  # no line to read; the batch is stored all the same
+        return
+    if queued >= quota:
+        raise ApiError(
+            429,
+            f"This key's batches already hold {queued} lines waiting for a worker "
+            f"(the quota is {quota}); submit more once they have run",
+            {"Retry-After": str(QUOTA_RETRY_AFTER)},
+        )
 
 
 def _store(

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # bodies pass chunk_max_bytes, which keeps every chunk far below BSON's 16 MiB.
     chunk_size: int = 500
     chunk_max_bytes: int = 2 * 1024 * 1024
+    # Open batch work a tenant may hold: a new batch is refused (429) while the
+    # tenant's chunks waiting for a bulk worker hold this many lines or more
+    # (each chunk counted as chunk_size lines). 0: no quota.
+    max_queued_lines_per_tenant: int = 1_000_000
 
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # What `GET /v1/models` tells of each model: its owner and creation time.

@@ -6,6 +6,7 @@ chunks run is exactly what the tests read: no timing is involved.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ def test_tenants_alternate_and_each_keeps_its_batches_in_order(paused: Local) ->
     last_b = max(order.index(unit) for unit in order if unit.startswith(b1))
     assert last_b <= 6
     firsts = [unit.startswith(b1) for unit in order[: last_b + 1]]
-    assert all(x != y for x, y in zip(firsts, firsts[1:], strict=False))
+    assert all(x != y for x, y in itertools.pairwise(firsts))
 
 
 def lose_redis_state(local: Local, *, lines: bool) -> None:
@@ -148,3 +149,25 @@ def test_a_cancelled_chunk_passes_its_turn_on(paused: Local) -> None:
     assert paused.worker.run_one()
     assert status(second, kept) == "completed"
     assert status(first, doomed) == "cancelled"
+
+
+def test_a_tenant_over_its_quota_of_queued_lines_gets_429(servers: Servers) -> None:
+    own = Local(servers.settings(CHUNK_SIZE=str(CHUNK), MAX_QUEUED_LINES_PER_TENANT="25"))
+    try:
+        busy, other = own.new_tenant(), own.new_tenant()
+        submit(busy, 2 * CHUNK)
+        submit(busy, 1)  # 20 lines queued: under the quota
+        refused = busy.request(
+            "POST", "/v1/batches", data=b'{"body": {"model": "m"}}\n',
+            headers={"Content-Type": "application/x-ndjson"},
+        )  # fmt: skip
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) > 0
+        assert "quota" in refused.json()["detail"]
+        # Its batches stored nothing more, and another tenant is not held back.
+        assert own.db.batches.count_documents({"tenant": busy.name}) == 2
+        submit(other, 2 * CHUNK)
+        own.worker.run_queued()
+        submit(busy, 1)
+    finally:
+        own.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from worker.queueing.routes import PROCESS_TURN
 from worker.runtime import Runtime
@@ -110,6 +111,14 @@ def next_chunk(rt: Runtime) -> str | None:
     if found is None:
         return None
     return found.decode() if isinstance(found, bytes) else str(found)
+
+
+def queued_lines(rt: Runtime, tenant: str) -> int:
+    """The lines of a tenant's chunks waiting in line, each chunk counted as
+    full: one read of Redis, whatever the tenant holds."""
+    # redis-py's types join its sync and async clients (and differ by version).
+    chunks: Any = rt.redis.zcard(_lines(rt) + tenant)
+    return int(chunks) * rt.settings.chunk_size
 
 
 def in_line(rt: Runtime, chunks: Sequence[tuple[str, str]]) -> list[bool]:
