@@ -292,6 +292,9 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 "says which. With `prune=true` the tenant's keyed assistants the manifest "
                 "does not name are deleted too, as result lines after the input's "
                 "(`job_id` null). `?dry_run=true` (either mode) answers the plan at once."
+                "\n\nBatches are served across tenants in turn. 429 with `Retry-After` also "
+                "when the tenant's batches already hold `MAX_QUEUED_LINES_PER_TENANT` "
+                "lines not yet started (nothing stored)."
             ),
             query=s.BatchCreateQuery,
             headers=(s.SubmitHeaders, s.TraceHeaders),
