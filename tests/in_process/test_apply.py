@@ -392,3 +392,26 @@ def test_a_line_whose_assistant_is_deleted_between_the_workers_reads_is_404(
     assert outcomes["unit_race"] == [(404, {"detail": "No assistant found"})]
     assert actions["unit_race"] == [None]
     assert store.assistants.count_documents({"id": made["id"]}) == 0
+
+
+def test_a_line_naming_an_id_no_assistant_has_is_404_and_creates_nothing(
+    stack: Stack, tenant: Tenant
+) -> None:
+    kept = apply(tenant, manifest(2))
+    gone_id = results(tenant, kept["id"])[1]["body"]["id"]
+    assert tenant.request("DELETE", f"/v1/assistants/{gone_id}").status_code == 200
+    never = "asst_" + "Z" * 24
+    lines = [
+        {"custom_id": gone_id, "body": {"model": "gpt-4"}},
+        {"custom_id": never, "body": {"model": "gpt-4"}},
+        {"custom_id": "k0", "body": {"model": "gpt-4", "name": "n0", "metadata": {"team": "a"}}},
+    ]
+    plan = dry_run(tenant, lines)
+    assert [(line["action"], line["status_code"]) for line in plan[:2]] == [("invalid", 404)] * 2
+    batch = apply(tenant, lines)
+    rows = results(tenant, batch["id"])
+    assert [row["status_code"] for row in rows] == [404, 404, 200]
+    assert rows[2]["action"] == "unchanged"
+    # No assistant is keyed with an id string.
+    keys = {doc.get("provisioning_key") for doc in stored(stack, tenant)}
+    assert keys == {"k0"}

@@ -1,7 +1,8 @@
 """Apply lines: bring an assistant to the state a manifest line describes.
 
 A line names its assistant by provisioning key, or else by id. It creates
-the assistant (carrying the key) when none is named, sets it to exactly the
+the assistant (carrying the key) when none is named (a name of the form
+`asst_...` that names no assistant is a 404: it is never made a key), sets it to exactly the
 body when it differs, and writes nothing when it is equal. In bulk: one read
 of the named assistants per chunk, one `insert_many`, one `bulk_write`.
 
@@ -59,8 +60,12 @@ def _apply_tenant(
         doc = found.get(target) if target is not None else None
         if doc is not None:
             existing.append((line, doc))
-        elif target is not None and target == _name(line):
-            _set(outcomes, actions, line, 404, NOT_FOUND, None)  # named by id, and gone
+        elif (target is not None and target == _name(line)) or (
+            target is None and assistants.may_be_id(_name(line))
+        ):
+            # Named by id, and gone (or never there): a name that reads as an
+            # assistant id is never made a new provisioning key.
+            _set(outcomes, actions, line, 404, NOT_FOUND, None)
         else:
             unit, index, request = line
             new.append(

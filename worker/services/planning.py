@@ -140,6 +140,9 @@ def _plan_line(line: Line, request: Checked, named: dict[str, Doc], body: Any) -
         assert doc is not None
         return _change(line, doc, {**doc, **assistant_docs.changes(fields_sent(request))})
     assert isinstance(request, AssistantCreate)
+    if doc is None and line.op == "apply" and assistants.may_be_id(name or ""):
+        # Named by an id no assistant has: never a new key that reads as an id.
+        return _answer(line, "invalid", 404, NOT_FOUND)
     if doc is None:
         return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
     return _change(line, doc, {**doc, **assistant_docs.content(request)})
