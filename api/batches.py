@@ -138,7 +138,10 @@ def _store(
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
             batch_store.set_metadata_json(
-                rt.store, stager.batch["_id"], json.dumps(reader.metadata, ensure_ascii=False)
+                rt.store,
+                stager.batch["tenant"],
+                stager.batch["_id"],
+                json.dumps(reader.metadata, ensure_ascii=False),
             )
         if scope is not None:
             intake.settle_batch_key(rt, scope, stager.batch["_id"], _fingerprint(reader, callback))
@@ -321,4 +324,4 @@ def batch_results(batch_id: str) -> Response:
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
 
-    return ndjson.stream(batches.iter_results(db, batch_id, status))
+    return ndjson.stream(batches.iter_results(db, tenant(), batch_id, status))

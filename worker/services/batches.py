@@ -208,11 +208,14 @@ class Stager:
             owing=self.batch["job_events"],
         )
         self.answered.close()
-        units.queue_staged(self.rt.store, batch_id, now + self.rt.settings.resend_after_seconds)
+        tenant = self.batch["tenant"]
+        units.queue_staged(
+            self.rt.store, tenant, batch_id, now + self.rt.settings.resend_after_seconds
+        )
         # The edge answers 202 after this write: journaled, it holds the chunks too.
-        doc = batches.commit(self.rt.store, batch_id, now=now, total=total, chunks=self.seq)
+        doc = batches.commit(self.rt.store, tenant, batch_id, now=now, total=total, chunks=self.seq)
         try:
-            turns.join(self.rt, self.batch["tenant"], self.waiting)
+            turns.join(self.rt, tenant, self.waiting)
         except Exception:  # stored: the reconciler puts in line what did not go
             log.warning("batch %s stored but not all in line; the reconciler will", batch_id)
         if self.settled:
@@ -224,12 +227,12 @@ class Stager:
         it) and flush their job events, as a worker does for the chunks it
         finishes; returns the batch as it is now. If this fails, the stored
         batch is accepted all the same: the reconciler tallies and flushes."""
-        batch_id = self.batch["_id"]
+        batch_id, tenant = self.batch["_id"], self.batch["tenant"]
         try:
             if self.batch["job_events"]:
                 outbox.flush_unit_events(self.rt, [chunk_id(batch_id, s) for s in self.settled])
-            refresh(self.rt, batch_id, self.settled)
-            return batches.get(self.rt.store, self.batch["tenant"], batch_id) or doc
+            refresh(self.rt, tenant, batch_id, self.settled)
+            return batches.get(self.rt.store, tenant, batch_id) or doc
         except Exception:
             log.warning(
                 "batch %s: chunks answered at the edge left to the reconciler",
@@ -260,17 +263,17 @@ class Stager:
 
     def abort(self) -> None:
         self.answered.close()
-        units.delete_batch_units(self.rt.store, self.batch["_id"])
-        batches.delete(self.rt.store, self.batch["_id"])
+        units.delete_batch_units(self.rt.store, self.batch["tenant"], self.batch["_id"])
+        batches.delete(self.rt.store, self.batch["tenant"], self.batch["_id"])
 
 
-def refresh(rt: Runtime, batch_id: str, tallies: dict[int, Tally]) -> None:
+def refresh(rt: Runtime, tenant: str, batch_id: str, tallies: dict[int, Tally]) -> None:
     """Record what chunks of a batch finished with, and finish the batch after its last.
 
     Each chunk's tally goes under its own key, so recording it again (a
     redelivered chunk, a reconciler pass) changes nothing.
     """
-    doc = batches.add_tallies(rt.store, batch_id, tallies)
+    doc = batches.add_tallies(rt.store, tenant, batch_id, tallies)
     if doc is None or len(doc.get("tally") or {}) < doc.get("chunks", 0):
         return
     now = int(time.time())
@@ -280,6 +283,7 @@ def refresh(rt: Runtime, batch_id: str, tallies: dict[int, Tally]) -> None:
     ):
         if batches.finish(
             rt.store,
+            tenant,
             batch_id,
             current=current,
             final=final,
@@ -288,17 +292,17 @@ def refresh(rt: Runtime, batch_id: str, tallies: dict[int, Tally]) -> None:
             now=now,
             expire_at=expire_at(rt.settings, now),
         ):
-            outbox.flush_batch_event(rt, batch_id)
+            outbox.flush_batch_event(rt, tenant, batch_id)
             return
 
 
-def settle(rt: Runtime, batch_id: str) -> None:
+def settle(rt: Runtime, tenant: str, batch_id: str) -> None:
     """Tally chunks that finished without being counted (a crash in between)."""
-    known = batches.tallied_seqs(rt.store, batch_id)
+    known = batches.tallied_seqs(rt.store, tenant, batch_id)
     if known is None:
         return
-    missing = units.closed_chunks(rt.store, batch_id, known)
-    refresh(rt, batch_id, {unit["seq"]: tally(unit) for unit in missing})
+    missing = units.closed_chunks(rt.store, tenant, batch_id, known)
+    refresh(rt, tenant, batch_id, {unit["seq"]: tally(unit) for unit in missing})
 
 
 def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
@@ -309,15 +313,15 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
     if doc is None:
         return None
     if doc["status"] == BatchStatus.CANCELLING:
-        units.cancel_queued(rt.store, batch_id, now, expire_at(rt.settings, now))
-        settle(rt, batch_id)
+        units.cancel_queued(rt.store, tenant, batch_id, now, expire_at(rt.settings, now))
+        settle(rt, tenant, batch_id)
         doc = batches.get(rt.store, tenant, batch_id)
     return doc
 
 
-def iter_results(store: Store, batch_id: str, status: str | None) -> Iterator[Doc]:
+def iter_results(store: Store, tenant: str, batch_id: str, status: str | None) -> Iterator[Doc]:
     """Finished requests in input order, one chunk in memory at a time."""
-    for unit in units.iter_chunks(store, batch_id):
+    for unit in units.iter_chunks(store, tenant, batch_id):
         for index, item in enumerate(unit["items"]):
             code = unit["codes"][index]
             if code is None:

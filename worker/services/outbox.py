@@ -68,8 +68,8 @@ def flush_unit_events(rt: Runtime, unit_ids: list[str]) -> None:
     send(rt, created)
 
 
-def flush_batch_event(rt: Runtime, batch_id: str) -> None:
-    doc = batches.owing_event(rt.store, batch_id)
+def flush_batch_event(rt: Runtime, tenant: str, batch_id: str) -> None:
+    doc = batches.owing_event(rt.store, tenant, batch_id)
     if doc is None:
         return
     url = events.destination(doc.get("callback_url"), tenants.webhook_url(rt.store, doc["tenant"]))
@@ -89,7 +89,7 @@ def flush_batch_event(rt: Runtime, batch_id: str) -> None:
                 )
             ],
         )
-    batches.event_flushed(rt.store, batch_id)
+    batches.event_flushed(rt.store, tenant, batch_id)
     send(rt, created)
 
 
@@ -125,5 +125,5 @@ def sweep(rt: Runtime) -> None:
 def flush_stale(rt: Runtime, older_than: float, limit: int) -> None:
     """Flush events owed by units and batches a crash left unflushed."""
     flush_unit_events(rt, units.stale_outbox(rt.store, older_than, limit))
-    for batch_id in batches.stale_outbox(rt.store, limit):
-        flush_batch_event(rt, batch_id)
+    for tenant, batch_id in batches.stale_outbox(rt.store, limit):
+        flush_batch_event(rt, tenant, batch_id)

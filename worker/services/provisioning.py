@@ -155,7 +155,7 @@ def tally_batches(
     rt: Runtime, done: list[Unit], outcomes: Outcomes, actions: applying.Actions
 ) -> None:
     """Tell each batch what its finished chunks came to."""
-    tallies: dict[str, dict[int, Tally]] = {}
+    tallies: dict[tuple[str, str], dict[int, Tally]] = {}
     for unit in done:
         if "batch_id" in unit:
             finished = {
@@ -164,9 +164,11 @@ def tally_batches(
                 "codes": [code for code, _ in outcomes[unit["_id"]]],
                 "actions": actions.get(unit["_id"]),
             }
-            tallies.setdefault(unit["batch_id"], {})[unit["seq"]] = tally(finished)
-    for batch_id, by_seq in tallies.items():
-        batches.refresh(rt, batch_id, by_seq)
+            tallies.setdefault((unit["tenant"], unit["batch_id"]), {})[unit["seq"]] = tally(
+                finished
+            )
+    for (tenant, batch_id), by_seq in tallies.items():
+        batches.refresh(rt, tenant, batch_id, by_seq)
 
 
 def persist(rt: Runtime, docs: list[Doc]) -> dict[str, Any]:

@@ -98,11 +98,11 @@ def _back_in_line(rt: Runtime, chunks: list[Doc], now: int, next_due: int) -> in
 
 
 def settle_batches(rt: Runtime) -> None:
-    for batch_id in batches.abandoned(rt.store, int(time.time()) - ABANDONED_AFTER_SECONDS):
-        units.delete_batch_units(rt.store, batch_id)
-        batches.delete(rt.store, batch_id, only_validating=True)
-    for batch_id in batches.unfinished(rt.store, SWEEP_LIMIT):
-        batch_service.settle(rt, batch_id)
+    for tenant, batch_id in batches.abandoned(rt.store, int(time.time()) - ABANDONED_AFTER_SECONDS):
+        units.delete_batch_units(rt.store, tenant, batch_id)
+        batches.delete(rt.store, tenant, batch_id, only_validating=True)
+    for tenant, batch_id in batches.unfinished(rt.store, SWEEP_LIMIT):
+        batch_service.settle(rt, tenant, batch_id)
 
 
 def sweep_webhooks(rt: Runtime) -> None:

@@ -36,17 +36,19 @@ def exists(store: Store, batch_id: str) -> bool:
     return store.batches.find_one({"_id": batch_id}, {"_id": 1}) is not None
 
 
-def set_metadata_json(store: Store, batch_id: str, metadata_json: str) -> None:
-    store.batches.update_one({"_id": batch_id}, {"$set": {"metadata_json": metadata_json}})
+def set_metadata_json(store: Store, tenant: str, batch_id: str, metadata_json: str) -> None:
+    store.batches.update_one(
+        {"_id": batch_id, "tenant": tenant}, {"$set": {"metadata_json": metadata_json}}
+    )
 
 
-def commit(store: Store, batch_id: str, *, now: int, total: int, chunks: int) -> Doc:
+def commit(store: Store, tenant: str, batch_id: str, *, now: int, total: int, chunks: int) -> Doc:
     """Make a stored batch visible; journaled, it also holds the writes before it."""
     # Updates by _id, then reads (here and below): SecantusDB plans
     # find_one_and_update as a scan of the collection (see `units.claim`). No
     # chunk is sent before this returns, so nothing else changes it meanwhile.
     written = store.journaled("batches").update_one(
-        {"_id": batch_id, "status": BatchStatus.VALIDATING},
+        {"_id": batch_id, "tenant": tenant, "status": BatchStatus.VALIDATING},
         {
             "$set": {
                 "status": BatchStatus.IN_PROGRESS,
@@ -58,24 +60,22 @@ def commit(store: Store, batch_id: str, *, now: int, total: int, chunks: int) ->
         },
     )
     assert written.matched_count == 1
-    doc = store.batches.find_one({"_id": batch_id})
+    doc = store.batches.find_one({"_id": batch_id, "tenant": tenant})
     assert doc is not None
     return doc
 
 
-def delete(store: Store, batch_id: str, *, only_validating: bool = False) -> None:
-    query: Doc = {"_id": batch_id}
+def delete(store: Store, tenant: str, batch_id: str, *, only_validating: bool = False) -> None:
+    query: Doc = {"_id": batch_id, "tenant": tenant}
     if only_validating:
         query["status"] = BatchStatus.VALIDATING
     store.batches.delete_one(query)
 
 
 def get(store: Store, tenant: str, batch_id: str) -> Doc | None:
-    """The tenant's batch, once visible. Read by `_id` alone and checked here:
-    SecantusDB plans a filter of more fields by trying every index in turn,
-    which made each poll of a batch cost it several times the read."""
-    doc = store.batches.find_one({"_id": batch_id})
-    if doc is None or doc["tenant"] != tenant or doc["status"] == BatchStatus.VALIDATING:
+    """The tenant's batch, once visible."""
+    doc = store.batches.find_one({"_id": batch_id, "tenant": tenant})
+    if doc is None or doc["status"] == BatchStatus.VALIDATING:
         return None
     return doc
 
@@ -93,25 +93,26 @@ def list_page(
     return pages.read(store.batches, query, ascending=False, limit=limit)
 
 
-def add_tallies(store: Store, batch_id: str, tallies: dict[int, Tally]) -> Doc | None:
+def add_tallies(store: Store, tenant: str, batch_id: str, tallies: dict[int, Tally]) -> Doc | None:
     """Record chunks' tallies, each under its own key; returns what is known now."""
     projection = {"tally": 1, "chunks": 1, "status": 1}
+    query = {"_id": batch_id, "tenant": tenant}
     if not tallies:
-        return store.batches.find_one({"_id": batch_id}, projection)
+        return store.batches.find_one(query, projection)
     store.batches.update_one(
-        {"_id": batch_id},
-        {"$set": {f"tally.{seq}": list(tally) for seq, tally in tallies.items()}},
+        query, {"$set": {f"tally.{seq}": list(tally) for seq, tally in tallies.items()}}
     )
-    return store.batches.find_one({"_id": batch_id}, projection)
+    return store.batches.find_one(query, projection)
 
 
-def tallied_seqs(store: Store, batch_id: str) -> list[int] | None:
-    doc = store.batches.find_one({"_id": batch_id}, {"tally": 1})
+def tallied_seqs(store: Store, tenant: str, batch_id: str) -> list[int] | None:
+    doc = store.batches.find_one({"_id": batch_id, "tenant": tenant}, {"tally": 1})
     return None if doc is None else [int(seq) for seq in doc.get("tally") or {}]
 
 
 def finish(
     store: Store,
+    tenant: str,
     batch_id: str,
     *,
     current: BatchStatus,
@@ -123,7 +124,7 @@ def finish(
 ) -> bool:
     """Move the batch from `current` to `final`, owing `event` in the same write."""
     done = store.batches.update_one(
-        {"_id": batch_id, "status": current},
+        {"_id": batch_id, "tenant": tenant, "status": current},
         {
             "$set": {
                 "status": final,
@@ -144,31 +145,42 @@ def start_cancelling(store: Store, tenant: str, batch_id: str, now: int) -> None
     )
 
 
-def abandoned(store: Store, older_than: int) -> list[str]:
+# The reconciler's sweeps (see worker/services/reconciler.py): across tenants
+# by nature, each returns `(tenant, batch id)` so what follows names the tenant.
+
+
+def abandoned(store: Store, older_than: int) -> list[tuple[str, str]]:
     """Batches left `validating` this long: their edge died while storing them."""
     found = store.batches.find(
-        {"status": BatchStatus.VALIDATING, "created_at": {"$lt": older_than}}, {"_id": 1}
+        {"status": BatchStatus.VALIDATING, "created_at": {"$lt": older_than}},
+        {"_id": 1, "tenant": 1},
     )
-    return [doc["_id"] for doc in found]
+    return [(doc["tenant"], doc["_id"]) for doc in found]
 
 
-def unfinished(store: Store, limit: int) -> list[str]:
+def unfinished(store: Store, limit: int) -> list[tuple[str, str]]:
     found = store.batches.find(
         {"status": {"$in": [BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]}},
-        {"_id": 1},
+        {"_id": 1, "tenant": 1},
         limit=limit,
     )
-    return [doc["_id"] for doc in found]
+    return [(doc["tenant"], doc["_id"]) for doc in found]
 
 
-def owing_event(store: Store, batch_id: str) -> Doc | None:
-    return store.batches.find_one({"_id": batch_id, "events_pending": {"$type": "string"}})
+def stale_outbox(store: Store, limit: int) -> list[tuple[str, str]]:
+    found = store.batches.find(
+        {"events_pending": {"$type": "string"}}, {"_id": 1, "tenant": 1}, limit=limit
+    )
+    return [(doc["tenant"], doc["_id"]) for doc in found]
 
 
-def event_flushed(store: Store, batch_id: str) -> None:
-    store.batches.update_one({"_id": batch_id}, {"$unset": {"events_pending": ""}})
+def owing_event(store: Store, tenant: str, batch_id: str) -> Doc | None:
+    return store.batches.find_one(
+        {"_id": batch_id, "tenant": tenant, "events_pending": {"$type": "string"}}
+    )
 
 
-def stale_outbox(store: Store, limit: int) -> list[str]:
-    found = store.batches.find({"events_pending": {"$type": "string"}}, {"_id": 1}, limit=limit)
-    return [doc["_id"] for doc in found]
+def event_flushed(store: Store, tenant: str, batch_id: str) -> None:
+    store.batches.update_one(
+        {"_id": batch_id, "tenant": tenant}, {"$unset": {"events_pending": ""}}
+    )

@@ -77,15 +77,8 @@ def find_unit(
     store: Store, tenant: str, job_id: str, projection: dict[str, Any] | None = None
 ) -> Unit | None:
     """The tenant's unit holding a job, whichever kind of unit holds it."""
-    if projection is not None:
-        projection = {**projection, "tenant": 1}
-    # One field in the filter and the tenant checked here: SecantusDB plans a
-    # filter of one field by its index directly, a filter of more by trying
-    # every index of the collection in turn.
-    unit = store.jobs.find_one({"items.id": job_id}, projection)
-    if unit is None or unit["tenant"] != tenant:
-        return None
-    return cast(Unit, unit)
+    unit = store.jobs.find_one({"items.id": job_id, "tenant": tenant}, projection)
+    return None if unit is None else cast(Unit, unit)
 
 
 def get_job(store: Store, tenant: str, job_id: str) -> Doc | None:
@@ -334,9 +327,9 @@ def insert_settled(
 SETTLED_GROUP = 8
 
 
-def queue_staged(store: Store, batch_id: str, due_at: int) -> None:
+def queue_staged(store: Store, tenant: str, batch_id: str, due_at: int) -> None:
     store.jobs.update_many(
-        {"batch_id": batch_id, "status": UnitStatus.STAGED},
+        {"batch_id": batch_id, "tenant": tenant, "status": UnitStatus.STAGED},
         {
             "$set": {
                 "status": UnitStatus.QUEUED,
@@ -347,13 +340,13 @@ def queue_staged(store: Store, batch_id: str, due_at: int) -> None:
     )
 
 
-def delete_batch_units(store: Store, batch_id: str) -> None:
-    store.jobs.delete_many({"batch_id": batch_id})
+def delete_batch_units(store: Store, tenant: str, batch_id: str) -> None:
+    store.jobs.delete_many({"batch_id": batch_id, "tenant": tenant})
 
 
-def cancel_queued(store: Store, batch_id: str, now: int, expire_at: datetime) -> None:
+def cancel_queued(store: Store, tenant: str, batch_id: str, now: int, expire_at: datetime) -> None:
     store.jobs.update_many(
-        {"batch_id": batch_id, "status": UnitStatus.QUEUED},
+        {"batch_id": batch_id, "tenant": tenant, "status": UnitStatus.QUEUED},
         {
             "$set": {
                 "status": UnitStatus.CANCELLED,
@@ -366,12 +359,13 @@ def cancel_queued(store: Store, batch_id: str, now: int, expire_at: datetime) ->
     )
 
 
-def closed_chunks(store: Store, batch_id: str, except_seqs: list[int]) -> list[Doc]:
+def closed_chunks(store: Store, tenant: str, batch_id: str, except_seqs: list[int]) -> list[Doc]:
     """The batch's finished or cancelled chunks, but for those already tallied."""
     return list(
         store.jobs.find(
             {
                 "batch_id": batch_id,
+                "tenant": tenant,
                 "status": {"$in": list(CLOSED_UNIT)},
                 "seq": {"$nin": except_seqs},
             },
@@ -421,9 +415,10 @@ def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
     return list(written["items"])
 
 
-def iter_chunks(store: Store, batch_id: str) -> Iterator[Unit]:
+def iter_chunks(store: Store, tenant: str, batch_id: str) -> Iterator[Unit]:
     """A batch's chunks in input order, a couple in memory at a time."""
-    for unit in store.jobs.find({"batch_id": batch_id}, sort=[("seq", ASCENDING)], batch_size=2):
+    query = {"batch_id": batch_id, "tenant": tenant}
+    for unit in store.jobs.find(query, sort=[("seq", ASCENDING)], batch_size=2):
         yield cast(Unit, unit)
 
 
