@@ -16,11 +16,11 @@ from api.jobs import listener, wait_for_job
 from api.jsonbody import JsonInvalid, decode_text, parse
 from api.responses import accepted
 from api.waiting import parse_prefer
-from worker.domain.assistants import apply_line, public
+from worker.domain.assistants import apply_line, deleted, public
 from worker.domain.ids import new_id
 from worker.domain.units import is_finished
 from worker.services import planning
-from worker.services.change_intake import NoSuchAssistant, submit_modify
+from worker.services.change_intake import NoSuchAssistant, submit_delete, submit_modify
 from worker.services.intake import Accepted, submit_single
 from worker.store import assistants, units
 
@@ -154,9 +154,24 @@ def get_assistant(assistant_id: str) -> Response:
 
 @bp.delete("/assistants/<assistant_id:assistant_id>")
 def delete_assistant(assistant_id: str) -> Response:
-    if not assistants.delete(store(), tenant(), assistant_id):
-        raise not_found("No assistant found")
-    return jsonify({"id": assistant_id, "object": "assistant.deleted", "deleted": True})
+    """Deleted at once, unless changes of the assistant accepted earlier are still
+    open: then the delete is queued behind them, as a modify would be, and
+    answered when it is done (within MAX_WAIT_SECONDS; a 202 with its job if not),
+    so changes of one assistant apply in the order they were accepted."""
+    db, owner = store(), tenant()
+    if not units.changes_open(db, owner, assistant_id):
+        if not assistants.delete(db, owner, assistant_id):
+            raise not_found("No assistant found")
+        return jsonify(deleted(assistant_id))
+    try:
+        done = submit_delete(
+            runtime(), tenant=owner, assistant_id=assistant_id, request_id=request_id()
+        )
+    except NoSuchAssistant:
+        raise not_found("No assistant found") from None
+    wait = settings().max_wait_seconds
+    job = wait_for_job(done.job["id"], wait) or done.job
+    return accepted(job, replayed=False, waited=wait, preferred=False)
 
 
 @bp.get("/assistants")

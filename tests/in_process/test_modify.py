@@ -10,8 +10,9 @@ from typing import Any
 from standardwebhooks import Webhook
 
 from tests.in_process.test_batches import finished_batch, jsonl, results, submit
+from tests.local import Local
 from tests.receiver import Receiver
-from tests.stack import Stack, Tenant
+from tests.stack import Servers, Stack, Tenant
 
 FULL = {
     "model": "gpt-4",
@@ -330,3 +331,33 @@ def test_bad_method_or_url_lines_are_refused_at_the_edge(tenant: Tenant) -> None
     ]
     ok = [{"method": "DELETE", "url": "/v1/assistants/asst_1", "body": None}]
     assert submit(tenant, json.dumps(ok[0]).encode()).status_code == 202
+
+
+def test_a_delete_waits_for_the_changes_accepted_before_it(servers: Servers) -> None:
+    own = Local(servers.settings())
+    try:
+        tenant = own.new_tenant()
+        made = tenant.create({"model": "gpt-4", "name": "first"})
+        own.worker.run_queued()
+        assistant = tenant.request("GET", f"/v1/jobs/{made.json()['id']}").json()
+        assistant_id = assistant["result"]["body"]["id"]
+        # Accepted, not yet applied: nothing runs until the worker does below.
+        renamed = modify(tenant, assistant_id, {"name": "second"})
+        assert renamed.status_code == 202
+        with own.worker.running():
+            gone = tenant.request("DELETE", f"/v1/assistants/{assistant_id}")
+        assert gone.status_code == 200, gone.text
+        assert gone.json() == {"id": assistant_id, "object": "assistant.deleted", "deleted": True}
+        # The modify applied first (a delete ahead of it would have made it a 404).
+        job = tenant.request("GET", f"/v1/jobs/{renamed.json()['id']}").json()
+        assert (job["result"]["status_code"], job["result"]["body"]["name"]) == (200, "second")
+        assert tenant.request("GET", f"/v1/assistants/{assistant_id}").status_code == 404
+        # With nothing open, a delete is answered at once, and a second one is a 404.
+        other = tenant.create({"model": "gpt-4"})
+        own.worker.run_queued()
+        other_job = tenant.request("GET", f"/v1/jobs/{other.json()['id']}").json()
+        other_id = other_job["result"]["body"]["id"]
+        assert tenant.request("DELETE", f"/v1/assistants/{other_id}").status_code == 200
+        assert tenant.request("DELETE", f"/v1/assistants/{assistant_id}").status_code == 404
+    finally:
+        own.close()

@@ -18,6 +18,30 @@ class NoSuchAssistant(LookupError):
     """The assistant to change does not exist for this tenant."""
 
 
+def submit_delete(
+    rt: Runtime, *, tenant: str, assistant_id: str, request_id: str | None
+) -> Accepted:
+    """A delete queued behind the assistant's open changes, as a modify is, so it
+    applies after them in acceptance order (no body, no key, no callback)."""
+
+    def exists() -> None:
+        if not assistants.exists(rt.store, tenant, assistant_id):
+            raise NoSuchAssistant(assistant_id)
+
+    return submit_single(
+        rt,
+        tenant=tenant,
+        body_text="{}",
+        raw=b"{}",
+        callback_url=None,
+        idempotency_key=None,
+        request_id=request_id,
+        target=assistant_id,
+        op="delete",
+        precondition=exists,
+    )
+
+
 def submit_modify(
     rt: Runtime,
     *,

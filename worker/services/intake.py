@@ -51,10 +51,11 @@ def submit_single(
     job_id: str | None = None,
     stages: Stages | None = None,
     target: str | None = None,
+    op: str = "modify",
     precondition: Callable[[], None] | None = None,
 ) -> Accepted:
-    """Store a create, or with a `target` a modify of that assistant (with the
-    requests that arrive meanwhile), and send it.
+    """Store a create, or with a `target` a change of that assistant (`op`: a
+    modify, or a delete), with the requests that arrive meanwhile, and send it.
 
     `job_id` may be chosen by the caller, who can then listen for its finish
     before it is stored; a replayed Idempotency-Key answers another job. The
@@ -95,7 +96,7 @@ def submit_single(
         accepted_at = time.time()
         item: Item = {"id": job_id, "custom_id": None, "body": body_text}
         if target is not None:
-            item["op"], item["target"] = "modify", target
+            item["op"], item["target"] = op, target
         unit = new_unit(
             unit_id=job_id,
             tenant=tenant,

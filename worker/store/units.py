@@ -234,6 +234,14 @@ def open_changes(store: Store, targets: list[str], exclude: list[str]) -> list[D
     ]
 
 
+def changes_open(store: Store, tenant: str, target: str) -> bool:
+    """Whether the tenant has an accepted, unfinished change of `target`."""
+    found = store.jobs.find_one(
+        {"targets": target, "tenant": tenant, "status": {"$in": list(OPEN)}}, {"_id": 1}
+    )
+    return found is not None
+
+
 def open_changes_of(store: Store, tenant: str) -> tuple[set[str], bool]:
     """What the tenant's accepted, unfinished units change: the assistants they
     target, and whether one of them is a prune (which may delete any keyed one)."""
