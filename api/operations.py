@@ -215,7 +215,21 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/assistants/{assistant_id}",
             "Delete an assistant",
             "assistants",
-            {**_ok("Deleted", s.AssistantDeleted), **_errors(404)},
+            {
+                **_ok("Deleted", s.AssistantDeleted),
+                202: Answer(
+                    "Queued behind earlier changes of the assistant and not done within "
+                    "MAX_WAIT_SECONDS: the delete's job",
+                    s.Job,
+                    headers=("Location!", "Retry-After"),
+                ),
+                **_errors(404),
+            },
+            description=(
+                "Deleted at once, unless changes of the assistant accepted earlier are "
+                "still open: then it is queued behind them and answered when done, so "
+                "one assistant's changes apply in acceptance order."
+            ),
             headers=(s.TraceHeaders,),
         ),
         Operation(
