@@ -7,7 +7,10 @@
 - the same 20,000 lines applied again, all unchanged: how many times faster
   than the first apply (target: at least 3x), and that no assistant was written;
 - dry runs of 5,000 and 50,000 lines (20,000 of them existing): the answer's
-  time, and the edge's peak memory (flat in the line count).
+  time, and the edge's peak memory (flat in the line count);
+- a 10-line dry run of a new tenant on the empty store, and again once other
+  tenants keyed 40,000 assistants: what others' assistants cost it (target:
+  within 3x).
 
     PYTHONPATH=. .venv/bin/python -m bench.apply        # --items 20000 --dry 50000
 """
@@ -67,6 +70,14 @@ def dry_run(stack: Stack, tenant: Tenant, data: bytes) -> tuple[float, int, int]
     return elapsed, count, peak.kib
 
 
+def tiny_dry_run(stack: Stack, name: str) -> float:
+    """Median seconds of a 10-line dry run of a tenant with no assistants."""
+    tenant = stack.new_tenant(name)
+    data = lines(10, "t")
+    times = sorted(dry_run(stack, tenant, data)[0] for _ in range(9))
+    return times[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=20_000)
@@ -74,6 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.items
     with deployment() as (stack, tenant):
+        tiny_empty = tiny_dry_run(stack, "bench-empty")
         create_s, created = run_batch(tenant, lines(n, "c"), "")
         assert created["request_counts"]["completed"] == n, created
         apply_s, applied = run_batch(tenant, lines(n, "k"), "mode=apply")
@@ -92,6 +104,7 @@ def main() -> None:
         small_s, small_count, small_rss = dry_run(stack, tenant, lines(args.dry // 10, "k"))
         big_s, big_count, big_rss = dry_run(stack, tenant, lines(args.dry, "k"))
         assert (small_count, big_count) == (args.dry // 10, args.dry)
+        tiny_beside = tiny_dry_run(stack, "bench-beside")
 
     print(f"apply bench, {env_cpu_note()}, {n:,} lines of ~1 KB")
     print(f"  create batch:            {create_s:6.1f} s, then {create2_s:.1f} s")
@@ -114,6 +127,11 @@ def main() -> None:
     print(
         f"  dry run {args.dry:,} lines: {big_s:5.1f} s, edge peak RSS {big_rss / 1024:.0f} MiB"
         f"  -> memory {big_rss / small_rss:.2f}x for 10x the lines"
+    )
+    print(
+        f"  10-line dry run of a new tenant: {tiny_empty * 1000:.0f} ms on the empty store, "
+        f"{tiny_beside * 1000:.0f} ms beside {2 * n:,} keyed assistants of others"
+        f"  -> {tiny_beside / tiny_empty:.1f}x"
     )
 
 
