@@ -108,11 +108,23 @@ def guarded(servers: Servers) -> Iterator[Local]:
 
 
 @pytest.fixture(scope="session")
-def guarded_deployment(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    """Real processes without the allow-private setting: fuzzed callback URLs are
-    refused at the edge rather than tried, so the fuzzing tests share it."""
-    with running_stack(servers, logs_dir, WEBHOOK_ALLOW_PRIVATE="false") as running:
-        yield running
+def guarded_deployment(deployment: Stack) -> Iterator[Stack]:
+    """An edge of real processes without the allow-private setting, in front of the
+    shared deployment (its database, Redis prefix and worker): fuzzed callback
+    URLs are refused at this edge rather than tried, so the fuzzing tests share
+    it. A second edge costs a gunicorn start, a whole deployment its workers too."""
+    edge = Stack(
+        deployment.servers,
+        deployment.logs,
+        {"WEBHOOK_ALLOW_PRIVATE": "false"},
+        name=deployment.name,
+        logs_as=deployment.name + "-guarded",
+    )
+    try:
+        edge.start_api()
+        yield edge
+    finally:
+        edge.stop()
 
 
 @pytest.fixture
