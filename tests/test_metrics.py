@@ -171,10 +171,14 @@ def test_batch_throughput_is_counted(observed: Observed, client: Tenant) -> None
         return bool(batch["status"] == "completed")
 
     wait_until(completed)
-    after = observed.worker()
     jobs = "assistant_ingest_jobs_finished_total"
     labels = {"kind": "batch", "outcome": "succeeded"}
-    assert value(after, jobs, **labels) == value(before, jobs, **labels) + 3
+    expected = value(before, jobs, **labels) + 3
+    # The worker counts a chunk's jobs just after recording them, and recording
+    # the last one completes the batch: the count follows the status.
+    wait_until(lambda: value(observed.worker(), jobs, **labels) >= expected, timeout=30)
+    after = observed.worker()
+    assert value(after, jobs, **labels) == expected
     chunks = "assistant_ingest_batch_chunks_processed_total"
     assert value(after, chunks) > value(before, chunks)
 
