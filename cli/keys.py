@@ -7,14 +7,22 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pymongo.errors import PyMongoError
+# Imported where they are used: `assistant-ingest` builds every command's parser
+# before it runs one, and the edge's (`api`) has no use for the store's driver.
+if TYPE_CHECKING:
+    from pymongo.errors import PyMongoError
 
-from worker.settings import Settings
+    from worker.settings import Settings
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    from pymongo.errors import PyMongoError
+
+    from worker.settings import Settings
+
     if args.data_dir is not None:
         problem = use_dev_stack(args.data_dir)
         if problem:

@@ -13,8 +13,6 @@ import argparse
 import json
 from typing import Any
 
-from worker.settings import Settings
-
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
@@ -25,6 +23,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from worker.domain.assistants import migrated
+    from worker.settings import Settings
     from worker.store import assistants
     from worker.store.connection import Store
 

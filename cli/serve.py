@@ -11,9 +11,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker.settings import Settings
+# Imported where they are used: `api` only execs gunicorn, which reads them itself.
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 EDGE_APP = "api.app:create_app()"
 EDGE_CONFIG = "python:api.gunicorn_conf"
@@ -48,6 +50,8 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from worker.settings import Settings
+
     settings = Settings()
     if not settings.metrics_port or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Without a port, metrics are served only if a folder is given: shared
@@ -131,6 +135,7 @@ def run_beat(args: argparse.Namespace) -> int:
     from celery.signals import setup_logging
 
     from worker.celery_app import app
+    from worker.settings import Settings
     from worker.telemetry import logs
 
     settings = Settings()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,6 +70,13 @@ class Stack:
     name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:10])
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # gunicorn workers of the edge: one serves a test's requests (gevent), and each
+    # costs a start of the app; the metrics tests run two, to sum over processes.
+    edge_workers: int = 1
+    log_starts: dict[str, int] = field(default_factory=dict)
+    # Its processes' logs are named after this (the deployment's name if empty):
+    # two stacks on one deployment (a second edge) keep logs of their own.
+    logs_as: str = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -106,7 +113,11 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         """A process of the deployment; `env` adds what this process alone is given
         (as each service of a compose file has its own environment)."""
-        with (self.logs / f"{self.name}-{name}.log").open("ab") as log:
+        path = self.log_path(name)
+        # A process started again under a name appends to its log: what it
+        # writes itself starts here.
+        self.log_starts[name] = path.stat().st_size if path.exists() else 0
+        with path.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", *args],
                 env={**self.env, **(env or {})},
@@ -126,7 +137,7 @@ class Stack:
             "--port",
             str(self.port),
             "--workers",
-            "2",
+            str(self.edge_workers),
             env=env,
         )
         if wait:
@@ -176,17 +187,24 @@ class Stack:
             else:
                 self.wait_worker_ready(name)
 
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{self.logs_as or self.name}-{name}.log"
+
+    def output(self, name: str) -> bytes:
+        """What the process last started under `name` has written to its log."""
+        with self.log_path(name).open("rb") as log:
+            log.seek(self.log_starts.get(name, 0))
+            return log.read()
+
     def wait_worker_ready(self, name: str, timeout: float = 60) -> None:
-        log = self.logs / f"{self.name}-{name}.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if log.exists() and b" ready." in log.read_bytes():
+            if b" ready." in self.output(name):
                 return
             process = self.processes[name]
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"worker {name} exited: {log.read_text(errors='replace')[-2000:]}"
-                )
+                log = self.output(name)[-2000:].decode(errors="replace")
+                raise RuntimeError(f"worker {name} exited: {log}")
             time.sleep(0.1)
         raise RuntimeError(f"worker {name} not ready in {timeout} s")
 
@@ -202,11 +220,12 @@ class Stack:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def stop(self, grace: float = 10) -> None:
+    def stop(self, grace: float = 10, names: Iterable[str] | None = None) -> None:
         """SIGTERM to every process group at once, then SIGKILL to what is left
-        after `grace` seconds (the stores keep what they were told)."""
-        running = list(self.processes.values())
-        self.processes.clear()
+        after `grace` seconds (the stores keep what they were told). With `names`,
+        those processes alone, and the deployment goes on."""
+        chosen = list(self.processes) if names is None else list(names)
+        running = [self.processes.pop(name) for name in chosen]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -218,7 +237,7 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if "db" in self.__dict__:
+        if names is None and "db" in self.__dict__:
             self.__dict__.pop("db").close()
 
     def new_tenant(self, name: str | None = None, webhook_url: str | None = None) -> Tenant:

@@ -86,7 +86,7 @@ def test_the_edge_serves_with_json_logs_and_gevent_patched_first(
     process = start_edge(stack, how, port, tmp_path / "gunicorn.log")
     try:
         wait_for_port(port, process, timeout=60)
-        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
         tenant = stack.new_tenant()
         answer = requests.post(
             f"http://127.0.0.1:{port}/v1/assistants",
@@ -96,7 +96,7 @@ def test_the_edge_serves_with_json_logs_and_gevent_patched_first(
         )
         assert answer.status_code == 200, answer.text
         assert answer.json()["object"] == "assistant"
-        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=60).text
         assert "assistant_ingest_http_requests_total" in metrics
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -119,7 +119,7 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
     try:
         wait_for_port(port, process, timeout=60)
         client = requests.Session()
-        assert client.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert client.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
         process.send_signal(signal.SIGTERM)
         # Stopped well before the kept-alive connection's 60 s (or the 30 s grace).
         assert process.wait(20) == 0
@@ -141,14 +141,14 @@ def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_po
         api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
         tenant = stack.new_tenant()
         key = {"Authorization": f"Bearer {tenant.api_key}"}
-        assert requests.get(api + "/v1/models", headers=key, timeout=10).status_code == 200
-        assert requests.get(api + "/metrics", timeout=10).status_code == 404
-        scraped = requests.get(metrics + "/metrics", timeout=10)
+        assert requests.get(api + "/v1/models", headers=key, timeout=60).status_code == 200
+        assert requests.get(api + "/metrics", timeout=60).status_code == 404
+        scraped = requests.get(metrics + "/metrics", timeout=60)
         assert scraped.status_code == 200
         assert "assistant_ingest_http_requests_total" in scraped.text
-        assert requests.get(metrics + "/readyz", timeout=10).status_code == 200
+        assert requests.get(metrics + "/readyz", timeout=60).status_code == 200
         # The metrics port answers no API route, with a key or without.
-        assert requests.get(metrics + "/v1/models", headers=key, timeout=10).status_code == 404
+        assert requests.get(metrics + "/v1/models", headers=key, timeout=60).status_code == 404
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)

@@ -1,7 +1,8 @@
 """Faults under load, on real processes: a worker killed mid-work, Redis
-restarted or emptied, MongoDB gone for a while. Each test runs a deployment
-of its own and counts what was accepted (202), what finished, and what was
-made twice: every accepted job finishes exactly once, nothing stays stuck.
+restarted or emptied, MongoDB gone for a while. Each test runs workers of its
+own (stopped after it) behind an edge the module's tests share, and counts
+what was accepted (202), what finished, and what was made twice: every
+accepted job finishes exactly once, nothing stays stuck.
 
 A webhook receiver that is down for a while is in test_webhooks.py
 (`test_worker_killed_between_attempts_still_delivers`, and the retry tests).
@@ -26,21 +27,45 @@ import requests
 from cli.embedded import start_mongo, start_valkey
 from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.outcomes import Outcome, assert_each_accepted_job_done_once, outcome
-from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.stack import Servers, Stack, Tenant, wait_until
 from worker.domain.batches import new_batch
 from worker.domain.ids import new_id
 from worker.store import idempotency
 
-BATCH_SIZE = 3000
+# Six chunks, as 3,000 lines in chunks of the default 500 would be, at half the
+# work: a kill lands with chunks done, one claimed and more queued.
+BATCH_SIZE = 1500
+SMALLER_CHUNKS = {"CHUNK_SIZE": "250"}
 INVALID_EVERY = 100  # one request in a hundred fails validation: a 422 result
 BURST_CLIENTS = 6
 BURST_EACH = 50
 
 
+def workers_of_their_own(edge: Stack) -> Iterator[Stack]:
+    """The edge's deployment for one test, which starts the workers it needs;
+    they are stopped after it, whatever it killed and started meanwhile. The
+    test's work is finished by then (each test waits for it), so the next test
+    starts on a deployment with nothing open but its own tenant's."""
+    try:
+        yield edge
+    finally:
+        edge.stop(names=[name for name in edge.processes if name != "api"])
+
+
+@pytest.fixture(scope="module")
+def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """A deployment's edge (gunicorn), which no test here breaks: shared."""
+    stack = Stack(servers, logs_dir, SMALLER_CHUNKS)
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop()
+
+
 @pytest.fixture
-def own(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    with running_stack(servers, logs_dir) as deployment:
-        yield deployment
+def own(edge: Stack) -> Iterator[Stack]:
+    yield from workers_of_their_own(edge)
 
 
 class OwnServers(Servers):
@@ -75,6 +100,22 @@ def own_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServers
         yield servers
     finally:
         servers.stop()
+
+
+@pytest.fixture(scope="module")
+def edge_on_own_servers(own_servers: OwnServers, logs_dir: Path) -> Iterator[Stack]:
+    """An edge on the servers the tests kill: it stays up through their faults."""
+    stack = Stack(own_servers, logs_dir, SMALLER_CHUNKS)
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def own_on_own_servers(edge_on_own_servers: Stack) -> Iterator[Stack]:
+    yield from workers_of_their_own(edge_on_own_servers)
 
 
 def batch_lines(count: int) -> list[dict[str, Any]]:
@@ -230,6 +271,7 @@ def mid_work(stack: Stack, tenant: Tenant) -> bool:
 
 
 def test_worker_killed_mid_batch_every_request_finishes_once(own: Stack) -> None:
+    own.start_worker()
     tenant = own.new_tenant()
     response = submit(tenant, jsonl(batch_lines(BATCH_SIZE)))
     assert response.status_code == 202, response.text
@@ -250,10 +292,11 @@ def test_worker_killed_mid_batch_every_request_finishes_once(own: Stack) -> None
 def test_worker_killed_mid_burst_of_single_creates_every_job_finishes_once(
     own: Stack, pool: str
 ) -> None:
-    if pool != "prefork":
+    if pool == "prefork":
+        own.start_worker()
+    else:
         # As `dev` runs single creates: messages running at once processed together.
-        own.kill("worker", signal.SIGTERM)
-        own.start_worker("worker", pool=pool, concurrency=8)
+        own.start_worker(pool=pool, concurrency=8)
     tenant = own.new_tenant()
     clients = Clients(tenant, BURST_CLIENTS)
     clients.gate.clear()  # the second half is sent after the kill, with no worker running
@@ -286,110 +329,109 @@ def ready(stack: Stack) -> int:
 
 
 def test_redis_restarted_mid_batch_every_request_finishes_once(
-    own_servers: OwnServers, logs_dir: Path
+    own_servers: OwnServers, own_on_own_servers: Stack
 ) -> None:
-    with running_stack(own_servers, logs_dir) as own:
-        tenant = own.new_tenant()
-        response = submit(tenant, jsonl(batch_lines(BATCH_SIZE)))
-        assert response.status_code == 202, response.text
-        wait_until(lambda: mid_work(own, tenant), interval=0.02)
+    own = own_on_own_servers
+    own.start_worker()
+    tenant = own.new_tenant()
+    response = submit(tenant, jsonl(batch_lines(BATCH_SIZE)))
+    assert response.status_code == 202, response.text
+    wait_until(lambda: mid_work(own, tenant), interval=0.02)
 
-        own_servers.kill_valkey()
-        at_kill = counted(own, tenant)
-        assert at_kill.open_units > 0
-        # MongoDB holds the jobs, so the edge still takes them (202); the
-        # reconciler sends them once Redis is back.
-        clients = Clients(tenant, 5)
-        clients.start(rounds=2)
-        clients.finish()
-        assert clients.statuses() == [202] * 10
-        assert ready(own) == 503
-        own_servers.start_valkey()
-        wait_until(lambda: ready(own) == 200)
-        if b"Unrecoverable error" in (own.logs / f"{own.name}-worker.log").read_bytes():
-            # Celery's consumer can die when the broker goes away (kombu closes a
-            # channel whose connection is already gone), and the worker may hang
-            # while it stops; its supervisor starts it again, as compose's restart
-            # policy does. What it held is in MongoDB.
-            own.kill("worker")
-            own.start_worker("worker2")
+    own_servers.kill_valkey()
+    at_kill = counted(own, tenant)
+    assert at_kill.open_units > 0
+    # MongoDB holds the jobs, so the edge still takes them (202); the
+    # reconciler sends them once Redis is back.
+    clients = Clients(tenant, 5)
+    clients.start(rounds=2)
+    clients.finish()
+    assert clients.statuses() == [202] * 10
+    assert ready(own) == 503
+    own_servers.start_valkey()
+    wait_until(lambda: ready(own) == 200)
+    if b"Unrecoverable error" in own.output("worker"):
+        # Celery's consumer can die when the broker goes away (kombu closes a
+        # channel whose connection is already gone), and the worker may hang
+        # while it stops; its supervisor starts it again, as compose's restart
+        # policy does. What it held is in MongoDB.
+        own.kill("worker")
+        own.start_worker("worker2")
 
-        accepted = finished_as_accepted(tenant, response.json()["id"], BATCH_SIZE)
-        accepted.add(clients.accepted)
-        each_done_once(own, tenant, accepted)
+    accepted = finished_as_accepted(tenant, response.json()["id"], BATCH_SIZE)
+    accepted.add(clients.accepted)
+    each_done_once(own, tenant, accepted)
 
 
-def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, logs_dir: Path) -> None:
-    stack = Stack(servers, logs_dir)
-    try:
-        # A worker that runs the reconciler but takes no creates: they stay queued.
-        stack.start({"queues": "webhooks,maintenance"})
-        tenant = stack.new_tenant()
-        clients = Clients(tenant, 5)
-        clients.start(rounds=20)
-        clients.finish()
-        assert clients.statuses() == [202] * 100
-        response = submit(tenant, jsonl(batch_lines(1000)))
-        assert response.status_code == 202, response.text
+def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, own: Stack) -> None:
+    stack = own
+    # A worker that runs the reconciler but takes no creates: they stay queued.
+    stack.start_worker(queues="webhooks,maintenance")
+    tenant = stack.new_tenant()
+    clients = Clients(tenant, 5)
+    clients.start(rounds=20)
+    clients.finish()
+    assert clients.statuses() == [202] * 100
+    response = submit(tenant, jsonl(batch_lines(1000)))
+    assert response.status_code == 202, response.text
 
-        broker = redis.Redis.from_url(servers.redis_url)
-        prefix = f"{stack.name}:celery:"
-        queues = [prefix + "single", prefix + "bulk"]
-        assert all(broker.llen(queue) for queue in queues)
-        broker.delete(*queues, prefix + "unacked", prefix + "unacked_index")
-        broker.close()
+    broker = redis.Redis.from_url(servers.redis_url)
+    prefix = f"{stack.name}:celery:"
+    queues = [prefix + "single", prefix + "bulk"]
+    assert all(broker.llen(queue) for queue in queues)
+    broker.delete(*queues, prefix + "unacked", prefix + "unacked_index")
+    broker.close()
 
-        stack.start_worker("creates", queues="single,bulk", beat=False)
-        accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
-        accepted.add(clients.accepted)
-        each_done_once(stack, tenant, accepted)
-    finally:
-        stack.stop()
+    stack.start_worker("creates", queues="single,bulk", beat=False)
+    accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
+    accepted.add(clients.accepted)
+    each_done_once(stack, tenant, accepted)
 
 
 # -- MongoDB: killed under load, started again on the same data ---------------
 
 
 def test_mongodb_down_under_load_is_503_and_loses_nothing_accepted(
-    own_servers: OwnServers, logs_dir: Path
+    own_servers: OwnServers, own_on_own_servers: Stack
 ) -> None:
-    with running_stack(own_servers, logs_dir) as own:
-        tenant = own.new_tenant()
-        response = submit(tenant, jsonl(batch_lines(1000)))
-        assert response.status_code == 202, response.text
-        clients = Clients(tenant, 4, retry=True)
-        clients.start()
-        try:
-            wait_until(
-                lambda: (
-                    clients.statuses().count(202) >= 40
-                    and bool(open_units(own, tenant, "done"))
-                    and bool(
-                        open_units(own, tenant, "queued") or open_units(own, tenant, "in_progress")
-                    )
+    own = own_on_own_servers
+    own.start_worker()
+    tenant = own.new_tenant()
+    response = submit(tenant, jsonl(batch_lines(1000)))
+    assert response.status_code == 202, response.text
+    clients = Clients(tenant, 4, retry=True)
+    clients.start()
+    try:
+        wait_until(
+            lambda: (
+                clients.statuses().count(202) >= 40
+                and bool(open_units(own, tenant, "done"))
+                and bool(
+                    open_units(own, tenant, "queued") or open_units(own, tenant, "in_progress")
                 )
             )
-            own_servers.kill_mongo()
-            down = len(clients.statuses())
-            wait_until(lambda: ready(own) == 503)
-            wait_until(lambda: clients.statuses(down).count(503) >= 8)
-            refused = submit(tenant, jsonl(batch_lines(10)))
-            assert refused.status_code == 503, refused.text
-            job = next(job for job in clients.accepted.jobs)
-            assert tenant.request("GET", f"/v1/jobs/{job}").status_code == 503
-            own_servers.start_mongo()
-            wait_until(lambda: ready(own) == 200)
-            back = len(clients.statuses())
-            wait_until(lambda: clients.statuses(back).count(202) >= 40)
-        finally:
-            clients.finish(stop=True)
+        )
+        own_servers.kill_mongo()
+        down = len(clients.statuses())
+        wait_until(lambda: ready(own) == 503)
+        wait_until(lambda: clients.statuses(down).count(503) >= 8)
+        refused = submit(tenant, jsonl(batch_lines(10)))
+        assert refused.status_code == 503, refused.text
+        job = next(job for job in clients.accepted.jobs)
+        assert tenant.request("GET", f"/v1/jobs/{job}").status_code == 503
+        own_servers.start_mongo()
+        wait_until(lambda: ready(own) == 200)
+        back = len(clients.statuses())
+        wait_until(lambda: clients.statuses(back).count(202) >= 40)
+    finally:
+        clients.finish(stop=True)
 
-        statuses = clients.statuses()
-        assert set(statuses) <= {202, 503}
-        assert 503 in statuses
-        accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
-        accepted.add(clients.accepted)
-        each_done_once(own, tenant, accepted)
+    statuses = clients.statuses()
+    assert set(statuses) <= {202, 503}
+    assert 503 in statuses
+    accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
+    accepted.add(clients.accepted)
+    each_done_once(own, tenant, accepted)
 
 
 def test_key_held_by_a_request_that_died_before_storing_its_job_is_taken_over(

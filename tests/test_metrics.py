@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api import metrics
 from cli.embedded import free_port
 from tests.in_process.test_batches import submit
-from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.stack import Servers, Stack, Tenant, wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -55,7 +55,8 @@ class Observed:
 @pytest.fixture(scope="module")
 def observed(servers: Servers, logs_dir: Path) -> Iterator[Observed]:
     edge_port, worker_port = free_port(), free_port()
-    stack = Stack(servers, logs_dir)
+    # Two gunicorn workers: the edge's /metrics sums over both, as deployed.
+    stack = Stack(servers, logs_dir, edge_workers=2)
     try:
         stack.start(
             {"env": {"METRICS_PORT": str(worker_port)}},
@@ -170,10 +171,14 @@ def test_batch_throughput_is_counted(observed: Observed, client: Tenant) -> None
         return bool(batch["status"] == "completed")
 
     wait_until(completed)
-    after = observed.worker()
     jobs = "assistant_ingest_jobs_finished_total"
     labels = {"kind": "batch", "outcome": "succeeded"}
-    assert value(after, jobs, **labels) == value(before, jobs, **labels) + 3
+    expected = value(before, jobs, **labels) + 3
+    # The worker counts a chunk's jobs just after recording them, and recording
+    # the last one completes the batch: the count follows the status.
+    wait_until(lambda: value(observed.worker(), jobs, **labels) >= expected, timeout=30)
+    after = observed.worker()
+    assert value(after, jobs, **labels) == expected
     chunks = "assistant_ingest_batch_chunks_processed_total"
     assert value(after, chunks) > value(before, chunks)
 
@@ -235,9 +240,14 @@ def test_webhook_attempts_are_counted_by_result(
 def test_the_api_command_removes_its_metrics_folder_when_it_stops(
     servers: Servers, logs_dir: Path, tmp_path: Path
 ) -> None:
-    with running_stack(servers, logs_dir, TMPDIR=str(tmp_path)) as stack:
+    # The edge alone: a worker without a metrics port makes no such folder.
+    stack = Stack(servers, logs_dir, {"TMPDIR": str(tmp_path)})
+    try:
+        stack.start_api()
         tenant = stack.new_tenant()
         assert tenant.request("GET", "/v1/models").status_code == 200
         (folder,) = tmp_path.glob("assistant-ingest-metrics-*")
         assert any(folder.iterdir())  # the processes' sample files
+    finally:
+        stack.stop()
     assert not list(tmp_path.glob("assistant-ingest-metrics-*"))
