@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from api import inputs, queries
+from api import delivery_quota, inputs, queries
 from api.context import runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from api.jsonbody import JsonInvalid, parse
@@ -19,6 +19,10 @@ from worker.services import outbox, urlguard
 from worker.store import deliveries, endpoints, tenants
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+# The quota on pending deliveries guards every route that adds some, these and
+# the creates' (after auth and the rate limit, which the app registers first).
+bp.record_once(lambda state: delivery_quota.register(state.app))
+bp.before_app_request(delivery_quota.check)
 
 
 class WebhookEndpointUpdate(BaseModel):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from worker.queueing.routes import WEBHOOK_QUEUE
 from worker.settings import Settings
 
 EDGE_APP = "api.app:create_app()"
@@ -49,6 +55,9 @@ def run_api(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     settings = Settings()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if WEBHOOK_QUEUE in queues and len(queues) > 1 and settings.worker_webhooks_apart:
+        return _run_apart(args, settings, queues)
     if not settings.metrics_port or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Without a port, metrics are served only if a folder is given: shared
         # with the edge (as `dev` does), whose /metrics then shows them.
@@ -125,6 +134,88 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     app.worker_main(argv)
     return 0
+
+
+def _run_apart(args: argparse.Namespace, settings: Settings, queues: list[str]) -> int:
+    """Deliveries in a worker of their own beside the worker of the other queues.
+
+    A delivery waits on its receiver for up to its deadline: in the pool that
+    serves creates, a few hanging receivers would hold every process and
+    creates would wait for pickup. So a worker given the webhooks queue with
+    others runs two Celery workers, as the compose file does, and supervises
+    them: signals are passed on to both, and when one ends the other is
+    stopped, so the process manager sees one worker stop and restarts it."""
+    from worker.telemetry import logs
+
+    logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
+    others = [q for q in queues if q != WEBHOOK_QUEUE]
+    command = [sys.executable, "-m", "cli.main", "worker"]
+    main = [*command, "--queues", ",".join(others)]
+    if args.concurrency:
+        main += ["--concurrency", str(args.concurrency)]
+    if args.pool:
+        main += ["--pool", args.pool]
+    if args.hostname:
+        main += ["--hostname", args.hostname]
+    if args.beat:
+        main.append("--beat")
+    hostname = f"webhooks-{args.hostname}" if args.hostname else "webhooks@%h"
+    hooks = [*command, "--queues", WEBHOOK_QUEUE, "--hostname", hostname]
+    logging.getLogger("worker").info(
+        "worker starting",
+        extra={
+            "queues": queues,
+            "beat": bool(args.beat),
+            "webhooks_apart": True,
+            "workers": {"main": others, "webhooks": [WEBHOOK_QUEUE]},
+        },
+    )
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if settings.metrics_port and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            # One folder for both, so the metrics port (the main worker's) shows
+            # the deliveries' series too.
+            stack.enter_context(multiprocess_metrics())
+            env = dict(os.environ)
+        children = [
+            subprocess.Popen(main, env=env, preexec_fn=_die_with_parent),
+            # Its metrics go to the shared folder; only one process can listen.
+            subprocess.Popen(hooks, env={**env, "METRICS_PORT": "0"}, preexec_fn=_die_with_parent),
+        ]
+        return _supervise(children)
+
+
+def _die_with_parent() -> None:
+    """In the child: end when the supervisor does, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    """Wait on the children, passing signals on; when one ends, stop the others."""
+    stopping = False
+
+    def pass_on(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, pass_on)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping:
+        ended = next(child for child in children if child.poll() is not None)
+        logging.getLogger("worker").error(
+            "worker process ended (exit %s); stopping the other", ended.returncode
+        )
+        pass_on(signal.SIGTERM, None)
+    for child in children:
+        child.wait()
+    return next((c.returncode for c in children if c.returncode), 0)
 
 
 def run_beat(args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
-"""Webhook endpoints: what one is for the concurrency cap, and the health of the
+"""Webhook endpoints: what one is for the concurrency caps, and the health of the
 tenant's endpoint (the circuit breaker).
 
-The cap counts attempts in flight per tenant and origin (scheme, host, port),
+One cap counts attempts in flight per tenant and origin (scheme, host, port),
 whatever the path: one slow receiver cannot take every delivery slot, and one
-tenant's cannot take another's.
+tenant's cannot take another's. A second counts them per tenant, whatever the
+origin: a tenant whose callbacks name many slow origins cannot take them all.
 
 The breaker watches the tenant's endpoint (`PUT /v1/webhook_endpoint`). Each
 failed attempt to it counts; while it fails, one attempt at a time probes it,
@@ -44,9 +45,20 @@ def origin(url: str) -> str:
     return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tenant_slot_key(tenant: str) -> str:
+    """The name of the cap on the tenant's attempts in flight, whatever the origin.
+    In braces: a Redis Cluster keeps it in one hash slot with the tenant's
+    endpoint caps, which one script takes together."""
+    return "{" + _digest(tenant) + "}"
+
+
 def slot_key(tenant: str, url: str) -> str:
-    """The name of the concurrency cap an attempt to `url` counts against."""
-    return hashlib.sha256(f"{tenant}\0{origin(url)}".encode("utf-8", "surrogatepass")).hexdigest()
+    """The name of the per-endpoint cap an attempt to `url` counts against."""
+    return tenant_slot_key(tenant) + ":" + _digest(tenant + "\0" + origin(url))
 
 
 def is_endpoint(tenant: Doc | None, url: str) -> bool:

@@ -4,11 +4,14 @@ Signing follows Standard Webhooks. The connection goes to an address that
 was checked, redirects are not followed, the whole attempt has one deadline
 and the response body is read only up to a small cap.
 
-Before the POST, the attempt takes one of its endpoint's slots (a cap on
-attempts in flight per tenant and origin) and, to the tenant's endpoint,
-passes its circuit breaker (`worker.domain.endpoints`). An attempt that may
-not go now is put back as due later, without spending an attempt and
-without holding the worker.
+Before the POST, the attempt takes a slot of its endpoint (a cap on attempts
+in flight per tenant and origin) and of its tenant (a cap across all its
+origins) and, to the tenant's endpoint, passes its circuit breaker
+(`worker.domain.endpoints`). An attempt that may not go now is put back as
+due later, without spending an attempt and without holding the worker. One
+that keeps finding its slots taken waits longer each time, up to the
+attempt deadline (within which a slot is given back), so a tenant whose
+receivers hang does not flood the queue with attempts put back every second.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import ssl
 import threading
 import time
 from email.utils import parsedate_to_datetime
+from typing import cast
 
 from worker.domain import endpoints as endpoint_rules
-from worker.domain.documents import Delivery
+from worker.domain.documents import Delivery, Doc
 from worker.domain.retention import expire_at
 from worker.domain.retries import Outcome, RetryPolicy, jitter
 from worker.domain.statuses import DeliveryStatus
@@ -38,7 +42,8 @@ from worker.telemetry import metrics
 log = logging.getLogger(__name__)
 
 RESPONSE_CAP = 64 * 1024
-# An attempt that finds every slot of its endpoint taken is due again this soon.
+# An attempt that finds every slot of its endpoint taken is due again this soon
+# (then twice as long each time it finds them taken again).
 SLOT_WAIT_SECONDS = (0.5, 1.5)
 
 
@@ -65,14 +70,9 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
     if to_endpoint and tenant and tenant.get(endpoint_rules.DISABLED_AT) is not None:
         record(rt, policy, doc, token, Outcome(None, endpoint_rules.disabled_error(tenant)), 0)
         return
-    slot = slots.take(
-        rt,
-        endpoint_rules.slot_key(doc["tenant"], doc["url"]),
-        rt.settings.webhook_endpoint_concurrency,
-        policy.lease_seconds,
-    )
-    if slot is None:
-        defer(rt, doc, token, time.time() + jitter(*SLOT_WAIT_SECONDS), "slots")
+    slot = slots.take(rt, slot_limits(rt, doc), policy.lease_seconds)
+    if isinstance(slot, slots.Full):
+        defer(rt, doc, token, time.time() + slot_wait(policy, doc), slot.limit.reason)
         return
     try:
         if to_endpoint:
@@ -89,6 +89,27 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
         # Given back once the outcome is known to the breaker, so the next
         # attempt to take this slot sees it.
         slots.give_back(rt, slot)
+
+
+def slot_limits(rt: Runtime, doc: Delivery) -> list[slots.Limit]:
+    tenant, url = doc["tenant"], doc["url"]
+    return [
+        slots.Limit(
+            "slots", endpoint_rules.slot_key(tenant, url), rt.settings.webhook_endpoint_concurrency
+        ),
+        slots.Limit(
+            "tenant", endpoint_rules.tenant_slot_key(tenant), rt.settings.webhook_tenant_concurrency
+        ),
+    ]
+
+
+def slot_wait(policy: RetryPolicy, doc: Delivery) -> float:
+    """How long a delivery that found its slots taken waits: doubled each time it
+    found them so since its last attempt, up to the attempt deadline, jittered
+    so those that wait together come due apart."""
+    deferrals = int(cast(Doc, doc).get("deferrals") or 0)
+    wait = min(2.0 ** min(deferrals, 16), max(1.0, policy.timeout))
+    return wait * jitter(*SLOT_WAIT_SECONDS)
 
 
 def breaker_wait(rt: Runtime, policy: RetryPolicy, tenant: str, url: str) -> float | None:
@@ -134,7 +155,7 @@ def endpoint_health(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Ou
 
 def defer(rt: Runtime, doc: Delivery, token: str, due: float, reason: str) -> None:
     """Put the delivery back as due at `due`, its attempts untouched."""
-    if deliveries.defer(rt.store, doc["_id"], token, due):
+    if deliveries.defer(rt.store, doc["_id"], token, due, counted=reason != "breaker"):
         metrics.webhook_deferred(reason)
 
 

@@ -24,6 +24,16 @@ def ensure_indexes(store: Store) -> None:
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
     store.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+    # The tenant's deliveries in one status, oldest first: the list filtered by
+    # status, the count of pending ones (the quota) and recovery of failed ones.
+    store.deliveries.create_index(
+        [
+            ("tenant", ASCENDING),
+            ("status", ASCENDING),
+            ("created_at", ASCENDING),
+            ("_id", ASCENDING),
+        ]
+    )
     store.deliveries.create_index("expire_at", expireAfterSeconds=0)
 
 
@@ -36,6 +46,14 @@ def insert(store: Store, deliveries: list[Delivery]) -> list[str]:
 
 def get(store: Store, tenant: str, delivery_id: str) -> Doc | None:
     return store.deliveries.find_one({"_id": delivery_id, "tenant": tenant})
+
+
+def count_pending(store: Store, tenant: str, limit: int, max_time_ms: int) -> int:
+    """The tenant's undelivered deliveries, counted up to `limit`: an index range
+    read that stops there, so the count costs at most `limit` index keys."""
+    return store.deliveries.count_documents(
+        {"tenant": tenant, "status": DeliveryStatus.PENDING}, limit=limit, maxTimeMS=max_time_ms
+    )
 
 
 def list_page(
@@ -120,16 +138,17 @@ def claim(
     return cast(Delivery, doc), token
 
 
-def defer(store: Store, delivery_id: str, token: str, due: float) -> bool:
-    """Give the lease back with the delivery due at `due`, no attempt recorded;
-    the sweep sends it then."""
-    result = store.deliveries.update_one(
-        {"_id": delivery_id, "lease": token},
-        {
-            "$set": {"next_attempt_at": due, "swept_at": 0},
-            "$unset": {"lease": "", "lease_expires": ""},
-        },
-    )
+def defer(store: Store, delivery_id: str, token: str, due: float, counted: bool) -> bool:
+    """Give the lease back with the delivery due at `due`, no attempt recorded
+    (`counted`: one more in `deferrals`, until the next attempt); the sweep
+    sends it then."""
+    update: Doc = {
+        "$set": {"next_attempt_at": due, "swept_at": 0},
+        "$unset": {"lease": "", "lease_expires": ""},
+    }
+    if counted:
+        update["$inc"] = {"deferrals": 1}
+    result = store.deliveries.update_one({"_id": delivery_id, "lease": token}, update)
     return result.modified_count == 1
 
 
@@ -140,7 +159,7 @@ def record_attempt(store: Store, delivery_id: str, token: str, attempt: Doc, upd
         {
             "$set": update,
             "$push": {"attempts": attempt},
-            "$unset": {"lease": "", "lease_expires": ""},
+            "$unset": {"lease": "", "lease_expires": "", "deferrals": ""},
         },
     )
     return result.modified_count == 1

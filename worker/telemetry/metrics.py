@@ -58,7 +58,8 @@ WEBHOOK_ATTEMPTS = Counter(
 WEBHOOK_DEFERRED = Counter(
     "assistant_ingest_webhook_deferred_total",
     "Webhook attempts put back as due later without being made, by reason: slots (as "
-    "many attempts to the endpoint in flight as its cap allows) or breaker (the "
+    "many attempts to the endpoint in flight as its cap allows), tenant (as many of "
+    "the tenant's attempts, to all its origins, as its cap allows) or breaker (the "
     "tenant's endpoint is failing and another attempt probes it).",
     ["reason"],
 )
