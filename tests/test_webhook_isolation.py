@@ -136,6 +136,7 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
             "status": "enabled",
             "failing_since": None,
             "disabled_at": None,
+            "disabled_reason": None,
         }
         for _ in range(5):
             tenant.create({"model": "m"})
@@ -154,11 +155,14 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
         # about a schedule step (1 s here) apart; the others waited unspent.
         gaps = [b.at - a.at for a, b in zip(reached[CAP:], reached[CAP + 1 :], strict=False)]
         assert all(gap >= 0.7 for gap in gaps), gaps
-        made = [a for d in found for a in d["attempts"] if a["status_code"] == 500]
+        made = [a for d in found for a in d["attempts"]]
+        assert all(a["status_code"] == 500 for a in made)
         assert len(made) == len(reached)
         assert len(reached) < 5 * 4  # fewer than every delivery's whole schedule
-        stopped = [a for d in found for a in d["attempts"] if a["status_code"] is None]
-        assert stopped and all(a["error"].startswith("disabled:") for a in stopped)
+        # Those still waiting when it was disabled were kept, never attempted again.
+        held = [d for d in found if d["error"] == "endpoint disabled"]
+        assert held
+        assert disabled["disabled_reason"].startswith("failing: no successful delivery since")
 
         # While disabled nothing is sent; the delivery is recorded as failed.
         job = tenant.create({"model": "m"}, Prefer="wait=30")
@@ -168,7 +172,7 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
                 (ds := deliveries(tenant)) and len(ds) == 6 and ds[-1]["status"] == "failed" and ds
             )
         )
-        assert latest[-1]["attempts"][0]["error"].startswith("disabled:")
+        assert latest[-1]["attempts"] == [] and latest[-1]["error"] == "endpoint disabled"
         assert len(hook.requests) == len(reached)
 
         hook.default = Reply(200)

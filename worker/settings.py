@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # Undelivered (pending) deliveries a tenant may have before requests that
     # would add more are refused with 429; 0: no quota.
     webhook_tenant_pending_max: int = 10_000
+    # Failed deliveries `POST /v1/webhook_deliveries/recover` sends again per
+    # second (they come due one after another), so a receiver back from an
+    # outage is not sent a whole outage's events at once.
+    webhook_recover_per_second: float = 10.0
     # How long an edge process trusts a tenant's count of pending deliveries.
     webhook_quota_cache_seconds: float = 2.0
     # A worker given the webhooks queue beside others runs the deliveries in a
