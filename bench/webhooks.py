@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.harness import QUIET, percentile, process_tree, rss_kib, warm_up
 from cli.embedded import start_mongo, start_valkey
-from tests.receiver import Hang, Received, Receiver
+from tests.receiver import Hang, Received, Receiver, Tally
 from tests.stack import Servers, Stack, Tenant
 
 # name: (queues of the creates' worker, webhooks worker as (pool, processes or
@@ -160,7 +160,8 @@ def summary(lags: list[float], missing: int) -> str:
 def run_origins(tenant_cap: int, seconds: float) -> None:
     settings = {**SERVICE_WEBHOOKS, "WEBHOOK_TENANT_CONCURRENCY": str(tenant_cap)}
     with layout("own-threads32-cap4", **settings) as stack, ExitStack() as receivers:
-        stuck = [receivers.enter_context(Receiver()) for _ in range(ORIGINS)]
+        tally = Tally()
+        stuck = [receivers.enter_context(Receiver(tally=tally)) for _ in range(ORIGINS)]
         fine = receivers.enter_context(Receiver())
         for receiver in stuck:
             receiver.default = Hang(3600)
@@ -172,11 +173,11 @@ def run_origins(tenant_cap: int, seconds: float) -> None:
                 hanging.create({"model": "m"}, **{"Callback-URL": receiver.url()})
         time.sleep(3)  # the attempts reach the receivers and hang
         beside = webhook_lags(healthy, fine, seconds)
-        held = sum(r.max_in_flight for r in stuck)
+        held = tally.most
         print(
             f"tenant cap {tenant_cap or 'none':>4} | A's webhooks idle: {summary(*idle)} | "
             f"beside B's {ORIGINS} hanging origins: {summary(*beside)} | "
-            f"B's attempts held at once (sum over origins) {held}",
+            f"B's attempts held at once {held}",
             flush=True,
         )
 

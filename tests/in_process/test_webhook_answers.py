@@ -8,10 +8,13 @@ the `standardwebhooks` package.
 
 from __future__ import annotations
 
+import logging
 import time
 from itertools import pairwise
 from typing import Any
 
+import pytest
+from prometheus_client import REGISTRY
 from standardwebhooks.webhooks import Webhook
 
 from cli.embedded import free_port
@@ -143,10 +146,18 @@ def test_a_network_failure_shows_its_error_and_no_answer(tenant: LocalTenant) ->
 # -- 410 Gone, held deliveries, re-enabling and recovering ------------------
 
 
+def disabled_count(reason: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "assistant_ingest_webhook_endpoints_disabled_total", {"reason": reason}
+    )
+    return sample or 0.0
+
+
 def test_410_disables_the_endpoint_holds_later_events_and_recover_sends_them_after_put(
-    tenant: LocalTenant, db: Store
+    tenant: LocalTenant, db: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    since = int(time.time()) - 1
+    caplog.set_level(logging.INFO, logger="worker")
+    since, counted = int(time.time()) - 1, disabled_count("gone")
     with Receiver() as hook:
         set_endpoint(tenant, hook.url("/tenant"))
         hook.then(Reply(410, body=b"gone for good"))
@@ -157,6 +168,13 @@ def test_410_disables_the_endpoint_holds_later_events_and_recover_sends_them_aft
         assert disabled["disabled_reason"] == "gone: the endpoint answered 410 Gone"
         refused = final(tenant, gone.headers["webhook-id"])
         assert refused["attempts"][0]["response"]["body"] == "gone for good"
+        # Shown in the metrics and the log.
+        assert disabled_count("gone") == counted + 1
+        assert any(
+            r.getMessage() == f"webhook endpoint of {tenant.name} disabled: {reason}"
+            for r in caplog.records
+            if (reason := disabled["disabled_reason"])
+        )
 
         # While disabled, events are kept as failed and never attempted.
         for _ in range(3):
