@@ -12,10 +12,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from worker.queueing.routes import WEBHOOK_QUEUE
@@ -66,7 +65,11 @@ def run_worker(args: argparse.Namespace) -> int:
         return _run_worker(args, settings)
 
 
-def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+def _run_worker(
+    args: argparse.Namespace, settings: Settings, on_ready: Callable[[], None] | None = None
+) -> int:
+    """A Celery worker in this process; `on_ready` runs once it serves (after its
+    metrics port is bound)."""
     from celery.signals import setup_logging, worker_ready
 
     from worker.celery_app import app
@@ -85,6 +88,8 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Served from the main process once the pool is up, so no pool
         # process inherits the listening socket.
         worker_ready.connect(lambda **_: exposition.serve(settings.metrics_port), weak=False)
+    if on_ready is not None:
+        worker_ready.connect(lambda **_: on_ready(), weak=False)
     store = Store.connect(settings, timeout_ms=30_000)
     ensure_indexes(store)
     store.close()
@@ -142,25 +147,20 @@ def _run_apart(args: argparse.Namespace, settings: Settings, queues: list[str]) 
     A delivery waits on its receiver for up to its deadline: in the pool that
     serves creates, a few hanging receivers would hold every process and
     creates would wait for pickup. So a worker given the webhooks queue with
-    others runs two Celery workers, as the compose file does, and supervises
-    them: signals are passed on to both, and when one ends the other is
-    stopped, so the process manager sees one worker stop and restarts it."""
+    others runs the webhooks queue in a second Celery worker (a threads pool),
+    a child of this process, and the other queues here, as asked. The two stop
+    together: when this worker shuts down it stops the child (which also ends
+    with this process, even killed); when the child ends on its own, this
+    worker shuts down, so the process manager sees one worker stop and
+    restarts it whole."""
+    from celery.signals import worker_shutdown
+
     from worker.telemetry import logs
 
     logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
     others = [q for q in queues if q != WEBHOOK_QUEUE]
-    command = [sys.executable, "-m", "cli.main", "worker"]
-    main = [*command, "--queues", ",".join(others)]
-    if args.concurrency:
-        main += ["--concurrency", str(args.concurrency)]
-    if args.pool:
-        main += ["--pool", args.pool]
-    if args.hostname:
-        main += ["--hostname", args.hostname]
-    if args.beat:
-        main.append("--beat")
     hostname = f"webhooks-{args.hostname}" if args.hostname else "webhooks@%h"
-    hooks = [*command, "--queues", WEBHOOK_QUEUE, "--hostname", hostname]
+    command = [sys.executable, "-m", "cli.main", "worker", "--queues", WEBHOOK_QUEUE]
     logging.getLogger("worker").info(
         "worker starting",
         extra={
@@ -171,51 +171,68 @@ def _run_apart(args: argparse.Namespace, settings: Settings, queues: list[str]) 
         },
     )
     with contextlib.ExitStack() as stack:
-        env = dict(os.environ)
-        if settings.metrics_port and not env.get("PROMETHEUS_MULTIPROC_DIR"):
-            # One folder for both, so the metrics port (the main worker's) shows
-            # the deliveries' series too.
+        if settings.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # One folder for both, so this worker's metrics port shows the
+            # deliveries' series too.
             stack.enter_context(multiprocess_metrics())
-            env = dict(os.environ)
-        children = [
-            subprocess.Popen(main, env=env, preexec_fn=_die_with_parent),
-            # Its metrics go to the shared folder; only one process can listen.
-            subprocess.Popen(hooks, env={**env, "METRICS_PORT": "0"}, preexec_fn=_die_with_parent),
-        ]
-        return _supervise(children)
+        children: list[subprocess.Popen[bytes]] = []
+        stopping = threading.Event()
+
+        def start_child() -> None:
+            # Once this worker serves: its metrics port is bound before the
+            # child opens its many connections (whose ports the system picks).
+            if stopping.is_set() or children:
+                return
+            # Only one process can listen on the metrics port: this one.
+            env = {**os.environ, "METRICS_PORT": "0"}
+            # Tied to the thread that starts it: only the main thread lives as long
+            # as this process.
+            main_thread = threading.current_thread() is threading.main_thread()
+            child = subprocess.Popen(
+                [*command, "--hostname", hostname],
+                env=env,
+                preexec_fn=_die_with_parent if main_thread else None,
+            )
+            children.append(child)
+            threading.Thread(target=watch, args=(child,), name="webhooks", daemon=True).start()
+
+        def watch(child: subprocess.Popen[bytes]) -> None:
+            code = child.wait()
+            if stopping.is_set():
+                return
+            # Stopped with this one (a signal to the process group), or ended.
+            stopped = code in (0, -signal.SIGTERM, -signal.SIGINT)
+            logging.getLogger("worker").log(
+                logging.WARNING if stopped else logging.ERROR,
+                "webhooks worker ended (exit %s); stopping this worker too",
+                code,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop_children(**_: Any) -> None:
+            stopping.set()
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+                try:
+                    child.wait(settings.webhook_timeout_seconds + 30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+        worker_shutdown.connect(stop_children, weak=False)
+        main = argparse.Namespace(**{**vars(args), "queues": ",".join(others)})
+        try:
+            return _run_worker(main, settings, on_ready=start_child)
+        finally:
+            stop_children()
 
 
 def _die_with_parent() -> None:
-    """In the child: end when the supervisor does, even by SIGKILL (Linux)."""
+    """In the child: end when the thread that started it does (this process's main
+    thread), even if this process is killed (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    """Wait on the children, passing signals on; when one ends, stop the others."""
-    stopping = False
-
-    def pass_on(signum: int, _: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
-        signal.signal(signum, pass_on)
-    while all(child.poll() is None for child in children):
-        time.sleep(0.2)
-    if not stopping:
-        ended = next(child for child in children if child.poll() is not None)
-        logging.getLogger("worker").error(
-            "worker process ended (exit %s); stopping the other", ended.returncode
-        )
-        pass_on(signal.SIGTERM, None)
-    for child in children:
-        child.wait()
-    return next((c.returncode for c in children if c.returncode), 0)
 
 
 def run_beat(args: argparse.Namespace) -> int:
