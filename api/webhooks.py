@@ -6,7 +6,9 @@ import json
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, url_for
+from flask.blueprints import BlueprintSetupState
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from werkzeug.routing import BaseConverter
 
 from api import delivery_quota, inputs, queries
 from api.context import runtime, settings, store, tenant
@@ -20,6 +22,21 @@ from worker.store import deliveries, endpoints, tenants
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 Body = TypeVar("Body", bound=BaseModel)
+
+
+class DeliveryId(BaseConverter):
+    """A delivery id in a path: any segment but `recover`, which is the recovery's
+    own path, so `GET /v1/webhook_deliveries/recover` is a 405, not a 404."""
+
+    regex = r"(?!recover$)[^/]+"
+
+
+@bp.record_once
+def _add_converter(state: BlueprintSetupState) -> None:
+    # Before the rules below are added, which name it.
+    state.app.url_map.converters["delivery_id"] = DeliveryId
+
+
 # The quota on pending deliveries guards every route that adds some, these and
 # the creates' (after auth and the rate limit, which the app registers first).
 bp.record_once(lambda state: delivery_quota.register(state.app))
@@ -59,7 +76,7 @@ def list_deliveries() -> Response:
     return jsonify(queries.list_object([delivery_public(doc) for doc in docs], has_more))
 
 
-@bp.get("/webhook_deliveries/<delivery_id>")
+@bp.get("/webhook_deliveries/<delivery_id:delivery_id>")
 def get_delivery(delivery_id: str) -> Response:
     doc = deliveries.get(store(), tenant(), delivery_id)
     if doc is None:
@@ -67,7 +84,7 @@ def get_delivery(delivery_id: str) -> Response:
     return jsonify(delivery_public(doc))
 
 
-@bp.post("/webhook_deliveries/<delivery_id>/retry")
+@bp.post("/webhook_deliveries/<delivery_id:delivery_id>/retry")
 def retry_delivery(delivery_id: str) -> Response:
     doc, resent = outbox.retry(runtime(), tenant(), delivery_id)
     if doc is None:
