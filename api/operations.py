@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from api import schemas as s
-from api.webhooks import WebhookEndpointUpdate
+from api.webhooks import DeliveryRecovery, WebhookEndpointUpdate
 from worker.domain.schema import Assistant
 
 Body = type[BaseModel] | dict[str, Any] | None
@@ -82,7 +82,11 @@ def _errors(*statuses: int) -> dict[int, Answer]:
         409: ("The Idempotency-Key was used with a different request", ()),
         413: ("The body is over the size limit", ()),
         415: ("The Content-Type is not one this route takes", ()),
-        429: ("Rate limit exceeded for this API key", ("Retry-After!",)),
+        429: (
+            "Rate limit exceeded for this API key; on a request that would add webhook "
+            "deliveries, also: the tenant has too many pending",
+            ("Retry-After!",),
+        ),
         503: ("The store is unavailable; nothing was accepted", ("Retry-After",)),
     }
     answers: dict[int, Answer] = {}
@@ -392,7 +396,8 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "webhooks",
             {**_ok("The endpoint, enabled", s.WebhookEndpoint), **_errors(404)},
             description="Forgets its failures; deliveries that failed while it was "
-            "disabled can be sent again with `POST /v1/webhook_deliveries/{id}/retry`.",
+            "disabled can be sent again with `POST /v1/webhook_deliveries/recover` "
+            "(or one by one with `POST /v1/webhook_deliveries/{id}/retry`).",
             headers=(s.TraceHeaders,),
         ),
         Operation(
@@ -446,6 +451,43 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 **_errors(404, 409),
             },
             description="409 when the delivery was delivered already.",
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
+            "recoverWebhookDeliveries",
+            "POST",
+            "/v1/webhook_deliveries/recover",
+            "Send the failed deliveries of a time window again (same webhook-ids)",
+            "webhooks",
+            {
+                **_ok("How many were queued", s.DeliveryRecovered),
+                **_errors(413, 415, 422),
+            },
+            description="Every failed delivery created from `since` to `until` (Unix "
+            "seconds; `until` defaults to now), of `event_type` if given, is made pending "
+            "again, oldest first, due one after another at `WEBHOOK_RECOVER_PER_SECOND` "
+            "(10 a second): a receiver back from an outage is not sent it all at once. "
+            "At most 10,000 a call (`has_more`).",
+            headers=(s.TraceHeaders,),
+            body={"application/json": DeliveryRecovery},
+        ),
+        Operation(
+            "testWebhookEndpoint",
+            "POST",
+            "/v1/webhook_endpoint/test",
+            "Send a signed `webhook.test` event to the tenant's endpoint",
+            "webhooks",
+            {
+                202: Answer(
+                    "The delivery, pending (`Location` is its URL)",
+                    s.WebhookDelivery,
+                    headers=("Location!",),
+                ),
+                **_errors(404),
+            },
+            description="Sent at once through the same delivery path, address checks and "
+            "signing as every event; read the delivery to see the receiver's answer. "
+            "While the endpoint is disabled the event is kept as failed, like any other.",
             headers=(s.TraceHeaders,),
         ),
         Operation(

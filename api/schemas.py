@@ -265,15 +265,20 @@ class ModelList(BaseModel):
 
 class WebhookEndpoint(BaseModel):
     """The tenant's webhook endpoint and its state. While it fails, one attempt at a
-    time probes it, spaced by the retry schedule, and other deliveries to it wait;
-    after failing for `WEBHOOK_DISABLE_AFTER_SECONDS` (5 days) it is disabled and
-    deliveries to it fail at once, until `PUT` or `POST .../enable`."""
+    time probes it, spaced by the retry schedule, and other deliveries to it wait.
+    It is disabled when it answers `410 Gone`, or after failing for
+    `WEBHOOK_DISABLE_AFTER_SECONDS` (5 days); while disabled, its events are kept as
+    failed deliveries (`error` "endpoint disabled") and never attempted, until `PUT`
+    or `POST .../enable` enables it (then `POST /v1/webhook_deliveries/recover`)."""
 
     object: Literal["webhook_endpoint"]
     url: str
     status: Literal["enabled", "disabled"]
     failing_since: Unix | None = Field(description="first failure since its last success")
     disabled_at: Unix | None
+    disabled_reason: str | None = Field(
+        description="why it was disabled: `gone: ...` (it answered 410) or `failing: ...`"
+    )
 
 
 class WebhookEndpointDeleted(BaseModel):
@@ -291,34 +296,67 @@ class WebhookSecret(BaseModel):
     previous_expires_at: Unix | None
 
 
+EVENT_TYPES = Literal[
+    "job.succeeded", "job.failed", "batch.completed", "batch.cancelled", "webhook.test"
+]
+
+
+class ReceiverAnswer(BaseModel):
+    """What the receiver answered, in short. Nothing of the request is kept."""
+
+    status_code: int
+    headers: dict[str, str] = Field(description="`content-type` and `retry-after`, if sent")
+    body: str = Field(description="the first 1 KiB of the body, as text")
+    body_truncated: bool = Field(description="the body was longer than what is shown")
+
+
 class DeliveryAttempt(BaseModel):
     at: Unix
     status_code: int | None
-    error: str | None
+    error: str | None = Field(description="network failure, timeout or refusal; else null")
     duration_ms: int
+    response: ReceiverAnswer | None = Field(description="null when nothing was answered")
 
 
 class WebhookDelivery(BaseModel):
     id: str
     object: Literal["webhook_delivery"]
-    event_type: Literal["job.succeeded", "job.failed", "batch.completed", "batch.cancelled"]
+    event_type: EVENT_TYPES
     url: str
     status: Literal["pending", "delivered", "failed"]
+    error: str | None = Field(
+        description='why it failed without an attempt: "endpoint disabled"; else null'
+    )
     attempts: list[DeliveryAttempt]
     next_attempt_at: Unix | None = Field(description="set while pending")
     created_at: Unix
+
+
+class DeliveryRecovered(BaseModel):
+    object: Literal["webhook_deliveries.recovery"]
+    queued: int = Field(description="failed deliveries made pending again")
+    has_more: bool = Field(description="more were left (10,000 a call): call again")
 
 
 class WebhookDeliveryList(ListPage):
     data: list[WebhookDelivery]
 
 
+class WebhookTest(BaseModel):
+    """What a `webhook.test` event carries."""
+
+    object: Literal["webhook_endpoint.test"]
+    url: str
+    requested_at: Unix
+    message: str
+
+
 class WebhookEvent(BaseModel):
     """The body POSTed to a callback URL, signed per Standard Webhooks."""
 
-    type: Literal["job.succeeded", "job.failed", "batch.completed", "batch.cancelled"]
+    type: EVENT_TYPES
     timestamp: str = Field(description="ISO 8601")
-    data: Job | Batch
+    data: Job | Batch | WebhookTest
 
 
 class Health(BaseModel):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
-from flask import Blueprint, Response, jsonify
-from pydantic import BaseModel, ConfigDict, ValidationError
+from flask import Blueprint, Response, jsonify, url_for
+from flask.blueprints import BlueprintSetupState
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from werkzeug.routing import BaseConverter
 
-from api import inputs, queries
+from api import delivery_quota, inputs, queries
 from api.context import runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
 from api.jsonbody import JsonInvalid, parse
@@ -19,6 +21,26 @@ from worker.services import outbox, urlguard
 from worker.store import deliveries, endpoints, tenants
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+Body = TypeVar("Body", bound=BaseModel)
+
+
+class DeliveryId(BaseConverter):
+    """A delivery id in a path: any segment but `recover`, which is the recovery's
+    own path, so `GET /v1/webhook_deliveries/recover` is a 405, not a 404."""
+
+    regex = r"(?!recover$)[^/]+"
+
+
+@bp.record_once
+def _add_converter(state: BlueprintSetupState) -> None:
+    # Before the rules below are added, which name it.
+    state.app.url_map.converters["delivery_id"] = DeliveryId
+
+
+# The quota on pending deliveries guards every route that adds some, these and
+# the creates' (after auth and the rate limit, which the app registers first).
+bp.record_once(lambda state: delivery_quota.register(state.app))
+bp.before_app_request(delivery_quota.check)
 
 
 class WebhookEndpointUpdate(BaseModel):
@@ -27,6 +49,18 @@ class WebhookEndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str
+
+
+class DeliveryRecovery(BaseModel):
+    """The body of `POST /v1/webhook_deliveries/recover`: failed deliveries created
+    from `since` to `until` (Unix seconds, both included; `until` defaults to
+    now), of one event type if given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: StrictInt = Field(ge=0)
+    until: StrictInt | None = Field(default=None, ge=0)
+    event_type: str | None = Field(default=None, max_length=64)
 
 
 @bp.get("/webhook_deliveries")
@@ -42,7 +76,7 @@ def list_deliveries() -> Response:
     return jsonify(queries.list_object([delivery_public(doc) for doc in docs], has_more))
 
 
-@bp.get("/webhook_deliveries/<delivery_id>")
+@bp.get("/webhook_deliveries/<delivery_id:delivery_id>")
 def get_delivery(delivery_id: str) -> Response:
     doc = deliveries.get(store(), tenant(), delivery_id)
     if doc is None:
@@ -50,7 +84,7 @@ def get_delivery(delivery_id: str) -> Response:
     return jsonify(delivery_public(doc))
 
 
-@bp.post("/webhook_deliveries/<delivery_id>/retry")
+@bp.post("/webhook_deliveries/<delivery_id:delivery_id>/retry")
 def retry_delivery(delivery_id: str) -> Response:
     doc, resent = outbox.retry(runtime(), tenant(), delivery_id)
     if doc is None:
@@ -60,6 +94,24 @@ def retry_delivery(delivery_id: str) -> Response:
     # A pending delivery is already on its way: answered unchanged, so a
     # client repeating its retry call does no harm.
     return jsonify(delivery_public(doc))
+
+
+@bp.post("/webhook_deliveries/recover")
+def recover_deliveries() -> Response:
+    body = json_body(DeliveryRecovery)
+    queued, more = outbox.recover(
+        runtime(), tenant(), since=body.since, until=body.until, event_type=body.event_type
+    )
+    return jsonify({"object": "webhook_deliveries.recovery", "queued": queued, "has_more": more})
+
+
+@bp.post("/webhook_endpoint/test")
+def test_endpoint() -> tuple[Response, int, dict[str, str]]:
+    doc = outbox.send_test(runtime(), tenant())
+    if doc is None:
+        raise not_found("No webhook endpoint is set")
+    location = url_for(".get_delivery", delivery_id=doc["_id"])
+    return jsonify(delivery_public(doc)), 202, {"Location": location}
 
 
 @bp.get("/webhook_endpoint")
@@ -104,19 +156,24 @@ def endpoint_answer(doc: dict[str, Any] | None) -> Response:
     return jsonify(endpoint_public(doc))
 
 
-def endpoint_url() -> str:
-    """The `url` of a PUT body, checked like a `Callback-URL` header."""
+def json_body(model: type[Body]) -> Body:
+    """A JSON body read into `model`; 415, 413 and 422 as for every JSON body."""
     inputs.require_content_type("application/json")
     raw = inputs.read_body(settings().max_body_bytes)
     if not raw:
         raise unprocessable(["body"], "missing", "Field required", input=None)
     try:
-        body = WebhookEndpointUpdate.model_validate(parse(raw), from_attributes=True)
+        return model.model_validate(parse(raw), from_attributes=True)
     except JsonInvalid as exc:
         raise ApiError(422, [exc.detail]) from exc
     except ValidationError as exc:
         errors = [{**err, "loc": ["body", *err["loc"]]} for err in exc.errors(include_url=False)]
         raise ApiError(422, json.loads(json.dumps(errors, default=str))) from exc
+
+
+def endpoint_url() -> str:
+    """The `url` of a PUT body, checked like a `Callback-URL` header."""
+    body = json_body(WebhookEndpointUpdate)
     try:
         urlguard.check_submitted(body.url, allow_private=settings().webhook_allow_private)
     except urlguard.UrlRefused as exc:

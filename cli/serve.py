@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from worker.queueing.routes import WEBHOOK_QUEUE
 
 # Imported where they are used: `api` only execs gunicorn, which reads them itself.
 if TYPE_CHECKING:
@@ -53,6 +59,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.settings import Settings
 
     settings = Settings()
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if WEBHOOK_QUEUE in queues and len(queues) > 1 and settings.worker_webhooks_apart:
+        return _run_apart(args, settings, queues)
     if not settings.metrics_port or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Without a port, metrics are served only if a folder is given: shared
         # with the edge (as `dev` does), whose /metrics then shows them.
@@ -61,7 +70,11 @@ def run_worker(args: argparse.Namespace) -> int:
         return _run_worker(args, settings)
 
 
-def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+def _run_worker(
+    args: argparse.Namespace, settings: Settings, on_ready: Callable[[], None] | None = None
+) -> int:
+    """A Celery worker in this process; `on_ready` runs once it serves (after its
+    metrics port is bound)."""
     from celery.signals import setup_logging, worker_ready
 
     from worker.celery_app import app
@@ -80,6 +93,8 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         # Served from the main process once the pool is up, so no pool
         # process inherits the listening socket.
         worker_ready.connect(lambda **_: exposition.serve(settings.metrics_port), weak=False)
+    if on_ready is not None:
+        worker_ready.connect(lambda **_: on_ready(), weak=False)
     store = Store.connect(settings, timeout_ms=30_000)
     ensure_indexes(store)
     store.close()
@@ -129,6 +144,100 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     app.worker_main(argv)
     return 0
+
+
+def _run_apart(args: argparse.Namespace, settings: Settings, queues: list[str]) -> int:
+    """Deliveries in a worker of their own beside the worker of the other queues.
+
+    A delivery waits on its receiver for up to its deadline: in the pool that
+    serves creates, a few hanging receivers would hold every process and
+    creates would wait for pickup. So a worker given the webhooks queue with
+    others runs the webhooks queue in a second Celery worker (a threads pool),
+    a child of this process, and the other queues here, as asked. The two stop
+    together: when this worker shuts down it stops the child (which also ends
+    with this process, even killed); when the child ends on its own, this
+    worker shuts down, so the process manager sees one worker stop and
+    restarts it whole."""
+    from celery.signals import worker_shutdown
+
+    from worker.telemetry import logs
+
+    logs.configure(settings.log_level, quiet=logs.CELERY_CHATTER)
+    others = [q for q in queues if q != WEBHOOK_QUEUE]
+    hostname = f"webhooks-{args.hostname}" if args.hostname else "webhooks@%h"
+    command = [sys.executable, "-m", "cli.main", "worker", "--queues", WEBHOOK_QUEUE]
+    logging.getLogger("worker").info(
+        "worker starting",
+        extra={
+            "queues": queues,
+            "beat": bool(args.beat),
+            "webhooks_apart": True,
+            "workers": {"main": others, "webhooks": [WEBHOOK_QUEUE]},
+        },
+    )
+    with contextlib.ExitStack() as stack:
+        if settings.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # One folder for both, so this worker's metrics port shows the
+            # deliveries' series too.
+            stack.enter_context(multiprocess_metrics())
+        children: list[subprocess.Popen[bytes]] = []
+        stopping = threading.Event()
+
+        def start_child() -> None:
+            # Once this worker serves: its metrics port is bound before the
+            # child opens its many connections (whose ports the system picks).
+            if stopping.is_set() or children:
+                return
+            # Only one process can listen on the metrics port: this one.
+            env = {**os.environ, "METRICS_PORT": "0"}
+            # Tied to the thread that starts it: only the main thread lives as long
+            # as this process.
+            main_thread = threading.current_thread() is threading.main_thread()
+            child = subprocess.Popen(
+                [*command, "--hostname", hostname],
+                env=env,
+                preexec_fn=_die_with_parent if main_thread else None,
+            )
+            children.append(child)
+            threading.Thread(target=watch, args=(child,), name="webhooks", daemon=True).start()
+
+        def watch(child: subprocess.Popen[bytes]) -> None:
+            code = child.wait()
+            if stopping.is_set():
+                return
+            # Stopped with this one (a signal to the process group), or ended.
+            stopped = code in (0, -signal.SIGTERM, -signal.SIGINT)
+            logging.getLogger("worker").log(
+                logging.WARNING if stopped else logging.ERROR,
+                "webhooks worker ended (exit %s); stopping this worker too",
+                code,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def stop_children(**_: Any) -> None:
+            stopping.set()
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+                try:
+                    child.wait(settings.webhook_timeout_seconds + 30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+        worker_shutdown.connect(stop_children, weak=False)
+        main = argparse.Namespace(**{**vars(args), "queues": ",".join(others)})
+        try:
+            return _run_worker(main, settings, on_ready=start_child)
+        finally:
+            stop_children()
+
+
+def _die_with_parent() -> None:
+    """In the child: end when the thread that started it does (this process's main
+    thread), even if this process is killed (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def run_beat(args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ from a programme of replies, one per request, then a default (200):
         hook.then(Reply(429, {"Retry-After": "3"}))
         hook.then(Endless())         # 200, then a body that never ends
         hook.then(Drip(0.3))         # a header a byte at a time, never finished
+        hook.release()               # answer what hangs now, and 200 from here on
+
+Receivers given one `Tally` count the requests they hold at once, together.
 """
 
 from __future__ import annotations
@@ -57,6 +60,24 @@ class Drip:
 Action = Reply | Hang | Endless | Drip
 
 
+class Tally:
+    """Requests held at once by a group of receivers, and the most ever held."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.most = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
 @dataclass(frozen=True)
 class Received:
     path: str
@@ -71,8 +92,9 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tally: Tally | None = None) -> None:
         self.port = port or free_port()
+        self.tally = tally
         self.default: Reply = Reply()
         self._programme: deque[Action] = deque()
         self._requests: list[Received] = []
@@ -94,6 +116,13 @@ class Receiver:
 
     def fail(self, times: int, status: int = 500) -> Receiver:
         return self.then(*[Reply(status, body=b"failing")] * times)
+
+    def release(self) -> None:
+        """Answer every held request now (200), and every later one with 200."""
+        with self._lock:
+            self._programme.clear()
+            self.default = Reply()
+        self._released.set()
 
     # -- what arrived -----------------------------------------------------
     @property
@@ -156,11 +185,15 @@ class Receiver:
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        if self.tally is not None:
+            self.tally.enter()
         try:
             self._answer(handler)
         finally:
             with self._lock:
                 self._in_flight -= 1
+            if self.tally is not None:
+                self.tally.leave()
 
     def _hold(self, handler: BaseHTTPRequestHandler, seconds: float) -> bool:
         """Hold the request for `seconds` or until released; False if the sender

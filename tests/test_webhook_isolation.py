@@ -9,6 +9,8 @@ endpoint is disabled after failing for 4 s.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +136,7 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
             "status": "enabled",
             "failing_since": None,
             "disabled_at": None,
+            "disabled_reason": None,
         }
         for _ in range(5):
             tenant.create({"model": "m"})
@@ -152,11 +155,14 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
         # about a schedule step (1 s here) apart; the others waited unspent.
         gaps = [b.at - a.at for a, b in zip(reached[CAP:], reached[CAP + 1 :], strict=False)]
         assert all(gap >= 0.7 for gap in gaps), gaps
-        made = [a for d in found for a in d["attempts"] if a["status_code"] == 500]
+        made = [a for d in found for a in d["attempts"]]
+        assert all(a["status_code"] == 500 for a in made)
         assert len(made) == len(reached)
         assert len(reached) < 5 * 4  # fewer than every delivery's whole schedule
-        stopped = [a for d in found for a in d["attempts"] if a["status_code"] is None]
-        assert stopped and all(a["error"].startswith("disabled:") for a in stopped)
+        # Those still waiting when it was disabled were kept, never attempted again.
+        held = [d for d in found if d["error"] == "endpoint disabled"]
+        assert held
+        assert disabled["disabled_reason"].startswith("failing: no successful delivery since")
 
         # While disabled nothing is sent; the delivery is recorded as failed.
         job = tenant.create({"model": "m"}, Prefer="wait=30")
@@ -166,7 +172,7 @@ def test_a_failing_endpoint_is_spaced_then_disabled_then_enabled(isolated: Stack
                 (ds := deliveries(tenant)) and len(ds) == 6 and ds[-1]["status"] == "failed" and ds
             )
         )
-        assert latest[-1]["attempts"][0]["error"].startswith("disabled:")
+        assert latest[-1]["attempts"] == [] and latest[-1]["error"] == "endpoint disabled"
         assert len(hook.requests) == len(reached)
 
         hook.default = Reply(200)
@@ -209,3 +215,47 @@ def test_a_worker_of_webhooks_only_runs_a_threads_pool(isolated: Stack) -> None:
 def test_enable_without_an_endpoint_is_404(isolated: Stack) -> None:
     tenant = isolated.new_tenant()
     assert tenant.request("POST", "/v1/webhook_endpoint/enable").status_code == 404
+
+
+def test_the_default_worker_runs_deliveries_apart_so_a_hanging_receiver_delays_no_create(
+    servers: Servers, logs_dir: Path
+) -> None:
+    # `assistant-ingest worker` with no options: every queue. Once it ran them
+    # all in one pool of 2 processes, which two hanging attempts held for their
+    # whole deadline (30 s here), and other tenants' creates waited for them.
+    stack = Stack(servers, logs_dir, {"WEBHOOK_TIMEOUT_SECONDS": "30"})
+    try:
+        stack.start_api(wait=False)
+        supervisor = stack.spawn("worker", "worker")
+        stack.wait_ready()
+        log = stack.logs / f"{stack.name}-worker.log"
+        wait_until(lambda: log.read_bytes().count(b" ready.") >= 2)
+        hanging, other = stack.new_tenant(), stack.new_tenant()
+        with Receiver() as stuck:
+            stuck.default = Hang(120)
+            for _ in range(6):
+                hanging.create({"model": "m"}, **{"Callback-URL": stuck.url()})
+            stuck.wait_for(2)
+            waited = []
+            for _ in range(5):
+                started = time.monotonic()
+                response = other.create({"model": "m"}, Prefer="wait=20")
+                waited.append(time.monotonic() - started)
+                assert response.status_code == 200, response.text
+            assert max(waited) < 10, waited
+
+        started = [
+            json.loads(line) for line in log.read_text().splitlines() if "worker starting" in line
+        ]
+        assert started[0]["webhooks_apart"] is True
+        assert started[0]["queues"] == ["single", "bulk", "webhooks", "maintenance"]
+        pools = sorted((s["queues"], s["pool"]) for s in started[1:])
+        assert pools == [(["single", "bulk", "maintenance"], "prefork"), (["webhooks"], "threads")]
+
+        # A stop signal to the command's own process stops both workers.
+        children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text()
+        os.kill(supervisor.pid, signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in children.split())
+    finally:
+        stack.stop()

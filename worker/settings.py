@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     # Attempts in flight at once to one endpoint (per tenant and origin), across
     # every worker, so a slow receiver cannot hold every delivery slot; 0: no cap.
     webhook_endpoint_concurrency: int = 4
+    # Attempts in flight at once for one tenant, whatever the origins, across
+    # every worker: a tenant whose callbacks name many hanging origins holds at
+    # most this many webhook threads (each for up to webhook_timeout_seconds),
+    # so keep it well below webhook_worker_concurrency; 0: no cap.
+    webhook_tenant_concurrency: int = 8
+    # Undelivered (pending) deliveries a tenant may have before requests that
+    # would add more are refused with 429; 0: no quota.
+    webhook_tenant_pending_max: int = 10_000
+    # Failed deliveries `POST /v1/webhook_deliveries/recover` sends again per
+    # second (they come due one after another), so a receiver back from an
+    # outage is not sent a whole outage's events at once.
+    webhook_recover_per_second: float = 10.0
+    # How long an edge process trusts a tenant's count of pending deliveries.
+    webhook_quota_cache_seconds: float = 2.0
+    # A worker given the webhooks queue beside others runs the deliveries in a
+    # second worker process of their own (a threads pool) that it supervises, so
+    # a hanging receiver never holds the processes that serve creates. False
+    # runs every queue in one pool (then deliveries can delay creates).
+    worker_webhooks_apart: bool = True
     # The tenant's endpoint is disabled once it has failed this long without a
     # success (Svix's five days).
     webhook_disable_after_seconds: float = 5 * 24 * 3600

@@ -340,6 +340,7 @@ def test_tenant_endpoint_is_used_when_there_is_no_callback_url(
             "status": "enabled",
             "failing_since": None,
             "disabled_at": None,
+            "disabled_reason": None,
         }
         assert tenant.request("GET", "/v1/webhook_endpoint").json() == put.json()
 

@@ -23,6 +23,19 @@ def message_id(*parts: str) -> str:
     return "msg_" + "".join(chars)
 
 
+TEST_EVENT = "webhook.test"
+
+
+def test_event_data(tenant: str, url: str, now: float) -> Doc:
+    """What a test event (`POST /v1/webhook_endpoint/test`) carries."""
+    return {
+        "object": "webhook_endpoint.test",
+        "url": url,
+        "requested_at": int(now),
+        "message": "A test event: the endpoint receives this tenant's events, signed.",
+    }
+
+
 def job_event_type(job: Doc) -> str:
     return "job.succeeded" if job["status"] == JobStatus.SUCCEEDED else "job.failed"
 
@@ -74,7 +87,9 @@ def delivery_public(doc: Doc) -> Doc:
         "event_type": doc["event_type"],
         "url": doc["url"],
         "status": doc["status"],
-        "attempts": doc["attempts"],
+        # Why a delivery ended without an attempt ("endpoint disabled").
+        "error": doc.get("error"),
+        "attempts": [{"response": None, **attempt} for attempt in doc["attempts"]],
         "next_attempt_at": (
             int(doc["next_attempt_at"]) if doc["status"] == DeliveryStatus.PENDING else None
         ),

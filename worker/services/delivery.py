@@ -1,29 +1,27 @@
-"""One webhook delivery attempt: claim, check the address, POST, record.
+"""One webhook delivery attempt: claim, take slots, POST (`sending`), record.
 
-Signing follows Standard Webhooks. The connection goes to an address that
-was checked, redirects are not followed, the whole attempt has one deadline
-and the response body is read only up to a small cap.
+Before the POST, the attempt takes a slot of its endpoint (a cap on attempts
+in flight per tenant and origin) and of its tenant (a cap across all its
+origins) and, to the tenant's endpoint, passes its circuit breaker
+(`worker.domain.endpoints`). An attempt that may not go now is put back as
+due later, without spending an attempt and without holding the worker. One
+that finds a cap reached waits in that cap's line (`slots`) until an attempt
+gives a slot back and wakes it, or at the latest about an attempt's lease
+later, when every slot taken before has been given back or has lapsed: a
+tenant with hundreds of deliveries to hanging receivers costs an attempt per
+slot freed, not hundreds of attempts put back every second.
+A receiver's 429 or 503 with `Retry-After` holds its endpoint's other
+deliveries as well as its own until then.
 
-Before the POST, the attempt takes one of its endpoint's slots (a cap on
-attempts in flight per tenant and origin) and, to the tenant's endpoint,
-passes its circuit breaker (`worker.domain.endpoints`). An attempt that may
-not go now is put back as due later, without spending an attempt and
-without holding the worker.
+While the tenant's endpoint is disabled (after `410 Gone`, or days of
+failures) a delivery to it is kept as failed, "endpoint disabled", and never
+attempted; `POST /v1/webhook_deliveries/recover` sends such ones again.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import hmac
-import http.client
 import logging
-import socket
-import ssl
-import threading
 import time
-from email.utils import parsedate_to_datetime
 
 from worker.domain import endpoints as endpoint_rules
 from worker.domain.documents import Delivery
@@ -31,21 +29,20 @@ from worker.domain.retention import expire_at
 from worker.domain.retries import Outcome, RetryPolicy, jitter
 from worker.domain.statuses import DeliveryStatus
 from worker.runtime import Runtime
-from worker.services import slots, urlguard
+from worker.services import outbox, sending, slots
 from worker.store import deliveries, endpoints, tenants
 from worker.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
-RESPONSE_CAP = 64 * 1024
-# An attempt that finds every slot of its endpoint taken is due again this soon.
+# Answers whose Retry-After holds the endpoint's other deliveries too.
+SLOWED_BY = (429, 503)
+# Deliveries put back by the breaker or a Retry-After are spread over this
+# (seconds), so they do not all come due at once.
 SLOT_WAIT_SECONDS = (0.5, 1.5)
-
-
-def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
+# A delivery waiting in line for a slot is due at the latest this many leases
+# later (spread), should no attempt wake it.
+SLOT_WAIT_SPREAD = (1.0, 1.5)
 
 
 def attempt(rt: Runtime, delivery_id: str) -> None:
@@ -59,20 +56,26 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
     signing = tenants.current_secrets(tenant) if tenant else []
     if not signing:
         outcome = Outcome(None, "refused: the tenant has no signing secret")
-        record(rt, policy, doc, token, outcome, 0)
+        record(rt, policy, doc, token, sending.Sent(outcome, None), 0)
         return
     to_endpoint = endpoint_rules.is_endpoint(tenant, doc["url"])
     if to_endpoint and tenant and tenant.get(endpoint_rules.DISABLED_AT) is not None:
-        record(rt, policy, doc, token, Outcome(None, endpoint_rules.disabled_error(tenant)), 0)
+        hold(rt, doc, token)
         return
-    slot = slots.take(
-        rt,
-        endpoint_rules.slot_key(doc["tenant"], doc["url"]),
-        rt.settings.webhook_endpoint_concurrency,
-        policy.lease_seconds,
-    )
-    if slot is None:
-        defer(rt, doc, token, time.time() + jitter(*SLOT_WAIT_SECONDS), "slots")
+    slowed = slots.held_until(rt, endpoint_rules.slot_key(doc["tenant"], doc["url"]))
+    if slowed is not None:
+        defer(rt, doc, token, slowed + jitter(*SLOT_WAIT_SECONDS), "retry_after")
+        return
+    slot = slots.take(rt, slot_limits(rt, doc), policy.lease_seconds)
+    if isinstance(slot, slots.Full):
+        wait = policy.lease_seconds * jitter(*SLOT_WAIT_SPREAD)
+        if defer(rt, doc, token, time.time() + wait, slot.limit.reason, waiting=True):
+            slots.wait_for(rt, slot.limit, doc["_id"], wait)
+            # A slot given back since the take woke nobody: if one is free now,
+            # taking and giving it back wakes the first in line.
+            poke = slots.take(rt, [slot.limit], policy.lease_seconds)
+            if isinstance(poke, slots.Slot):
+                wake(rt, slots.give_back(rt, poke))
         return
     try:
         if to_endpoint:
@@ -81,14 +84,54 @@ def attempt(rt: Runtime, delivery_id: str) -> None:
                 defer(rt, doc, token, wait_until, "breaker")
                 return
         started = time.monotonic()
-        outcome = post(rt, doc, signing)
-        record(rt, policy, doc, token, outcome, int((time.monotonic() - started) * 1000))
+        sent = sending.post(rt, doc, signing)
+        record(rt, policy, doc, token, sent, int((time.monotonic() - started) * 1000))
+        slow_down(rt, policy, doc, sent.outcome)
         if to_endpoint:
-            endpoint_health(rt, policy, doc, outcome)
+            endpoint_health(rt, policy, doc, sent.outcome)
     finally:
         # Given back once the outcome is known to the breaker, so the next
         # attempt to take this slot sees it.
-        slots.give_back(rt, slot)
+        wake(rt, slots.give_back(rt, slot))
+
+
+def wake(rt: Runtime, delivery_ids: list[str]) -> None:
+    """Send the deliveries that waited for the slots just given back."""
+    now = time.time()
+    woken = [i for i in delivery_ids if deliveries.wake(rt.store, i, now)]
+    if woken:
+        outbox.send(rt, woken)
+
+
+def hold(rt: Runtime, doc: Delivery, token: str) -> None:
+    """Keep a delivery to the disabled endpoint as failed, never attempted."""
+    now = time.time()
+    if deliveries.hold(
+        rt.store, doc["_id"], token, endpoint_rules.DISABLED_ERROR, expire_at(rt.settings, now)
+    ):
+        metrics.webhook_held()
+        log.info("delivery %s held: %s", doc["_id"], endpoint_rules.DISABLED_ERROR)
+
+
+def slow_down(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Outcome) -> None:
+    """A receiver that asks for time (429 or 503 with Retry-After) gets it from
+    every delivery to its endpoint, not only the one it answered."""
+    if outcome.status_code not in SLOWED_BY or not outcome.retry_after:
+        return
+    seconds = min(outcome.retry_after, policy.max_retry_after)
+    slots.hold_for(rt, endpoint_rules.slot_key(doc["tenant"], doc["url"]), seconds)
+
+
+def slot_limits(rt: Runtime, doc: Delivery) -> list[slots.Limit]:
+    tenant, url = doc["tenant"], doc["url"]
+    return [
+        slots.Limit(
+            "slots", endpoint_rules.slot_key(tenant, url), rt.settings.webhook_endpoint_concurrency
+        ),
+        slots.Limit(
+            "tenant", endpoint_rules.tenant_slot_key(tenant), rt.settings.webhook_tenant_concurrency
+        ),
+    ]
 
 
 def breaker_wait(rt: Runtime, policy: RetryPolicy, tenant: str, url: str) -> float | None:
@@ -117,14 +160,17 @@ def endpoint_health(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Ou
     if outcome.delivered:
         endpoints.delivered(rt.store, tenant, url)
         return
+    if outcome.status_code == 410:
+        # Standard Webhooks: 410 Gone means the receiver wants no more.
+        disable(rt, tenant, url, now, endpoint_rules.GONE, None)
+        return
     health = endpoints.failed(rt.store, tenant, url, now)
     if health is None:
         return  # the endpoint changed, or is disabled already
     failing_since = health[endpoint_rules.FAILING_SINCE]
-    if now - failing_since >= rt.settings.webhook_disable_after_seconds and endpoints.disable(
-        rt.store, tenant, url, now, now - rt.settings.webhook_disable_after_seconds
+    if now - failing_since >= rt.settings.webhook_disable_after_seconds and disable(
+        rt, tenant, url, now, endpoint_rules.FAILING, failing_since
     ):
-        log.warning("webhook endpoint of %s disabled: failing since %d", tenant, failing_since)
         return
     failures = health[endpoint_rules.FAILURES]
     endpoints.space(
@@ -132,125 +178,53 @@ def endpoint_health(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Ou
     )
 
 
-def defer(rt: Runtime, doc: Delivery, token: str, due: float, reason: str) -> None:
+def disable(
+    rt: Runtime, tenant: str, url: str, now: float, reason: str, failing_since: float | None
+) -> bool:
+    """Disable the tenant's endpoint (for days of failures: only if it has failed
+    that long), and say so in the log and the metrics."""
+    why = endpoint_rules.disabled_reason(reason, failing_since)
+    failing_before = None
+    if reason == endpoint_rules.FAILING:
+        failing_before = now - rt.settings.webhook_disable_after_seconds
+    if not endpoints.disable(rt.store, tenant, url, now, why, failing_before):
+        return False
+    metrics.webhook_endpoint_disabled(reason)
+    log.warning(
+        "webhook endpoint of %s disabled: %s",
+        tenant,
+        why,
+        extra={"tenant": tenant, "reason": reason},
+    )
+    return True
+
+
+def defer(
+    rt: Runtime, doc: Delivery, token: str, due: float, reason: str, waiting: bool = False
+) -> bool:
     """Put the delivery back as due at `due`, its attempts untouched."""
-    if deliveries.defer(rt.store, doc["_id"], token, due):
-        metrics.webhook_deferred(reason)
-
-
-def post(rt: Runtime, doc: Delivery, signing: list[str]) -> Outcome:
-    timeout = rt.settings.webhook_timeout_seconds
-    deadline = time.monotonic() + timeout
-    try:
-        target = urlguard.parse(doc["url"])
-        # Checked again now: what a name resolves to can change after submission.
-        addresses = urlguard.resolve(target, allow_private=rt.settings.webhook_allow_private)
-    except urlguard.UrlRefused as exc:
-        if exc.kind == urlguard.UNRESOLVED:
-            return Outcome(None, f"network: {exc}")
-        return Outcome(None, f"refused: {exc}")
-    timestamp = int(time.time())
-    body = doc["body"]
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "assistant-ingest-webhooks/1",
-        "webhook-id": doc["_id"],
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(sign(s, doc["_id"], timestamp, body) for s in signing),
-    }
-    conn = _connection(target, addresses, deadline)
-    # Socket timeouts bound each read, not the exchange: a receiver dripping
-    # a byte at a time could outlast them. The watchdog cuts the connection
-    # when the deadline passes, whatever it is doing.
-    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, args=(conn,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        conn.request("POST", target.path, body=body.encode(), headers=headers)
-        response = conn.getresponse()
-        remaining = RESPONSE_CAP
-        while remaining > 0:
-            chunk = response.read(min(remaining, 8192))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-        status, retry_after = response.status, response.getheader("Retry-After")
-    except (OSError, http.client.HTTPException) as exc:
-        if isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
-            return Outcome(None, f"timeout: no complete answer within {timeout:g} s")
-        return Outcome(None, f"network: {type(exc).__name__}: {exc}")
-    finally:
-        watchdog.cancel()
-        conn.close()
-    if time.monotonic() >= deadline:
-        return Outcome(None, f"timeout: no complete answer within {timeout:g} s")
-    return Outcome(status, None, _retry_after(retry_after))
-
-
-def _cut(conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _connect(addresses: list[str], port: int, deadline: float) -> socket.socket:
-    """A connection to the first checked address that answers, within the deadline."""
-    error: OSError = OSError("no address to connect to")
-    for address in addresses:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("connect: deadline passed")
-        try:
-            return socket.create_connection((address, port), timeout=remaining)
-        except OSError as exc:
-            error = exc
-    raise error
-
-
-def _connection(
-    target: urlguard.Target, addresses: list[str], deadline: float
-) -> http.client.HTTPConnection:
-    """A connection to the checked addresses that still speaks to the URL's host name."""
-    timeout = max(0.01, deadline - time.monotonic())
-
-    class Pinned(http.client.HTTPConnection):
-        def connect(self) -> None:
-            self.sock = _connect(addresses, target.port, deadline)
-
-    class PinnedTLS(http.client.HTTPSConnection):
-        def connect(self) -> None:
-            raw = _connect(addresses, target.port, deadline)
-            context = ssl.create_default_context()
-            self.sock = context.wrap_socket(raw, server_hostname=target.host)
-
-    cls = PinnedTLS if target.scheme == "https" else Pinned
-    return cls(target.host, target.port, timeout=timeout)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After of delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
+    if not deliveries.defer(rt.store, doc["_id"], token, due, waiting):
+        return False
+    metrics.webhook_deferred(reason)
+    return True
 
 
 def record(
-    rt: Runtime, policy: RetryPolicy, doc: Delivery, token: str, outcome: Outcome, duration_ms: int
+    rt: Runtime,
+    policy: RetryPolicy,
+    doc: Delivery,
+    token: str,
+    sent: sending.Sent,
+    duration_ms: int,
 ) -> None:
     """Record the attempt and decide what follows, fenced by the lease."""
-    now = time.time()
+    now, outcome = time.time(), sent.outcome
     entry = {
         "at": int(now),
         "status_code": outcome.status_code,
         "error": outcome.error,
         "duration_ms": duration_ms,
+        "response": sent.response,
     }
     made = len(doc["attempts"]) + 1 - doc.get("retry_from", 0)
     delay = policy.next_delay(made, outcome)

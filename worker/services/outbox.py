@@ -9,6 +9,7 @@ up by a periodic sweep: waits live in MongoDB, never in the broker.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from worker.domain import events
@@ -19,7 +20,10 @@ from worker.domain.retries import RetryPolicy
 from worker.domain.units import job_public
 from worker.queueing.routes import DELIVER
 from worker.runtime import Runtime
-from worker.store import batches, deliveries, tenants, units
+from worker.store import batches, deliveries, endpoints, tenants, units
+
+# Failed deliveries one recover call sends again at most.
+RECOVER_LIMIT = 10_000
 
 
 def _delivery(
@@ -114,6 +118,48 @@ def retry(rt: Runtime, tenant: str, delivery_id: str) -> tuple[Doc | None, bool]
     if resent:
         send(rt, [delivery_id])
     return deliveries.get(rt.store, tenant, delivery_id), resent
+
+
+def send_test(rt: Runtime, tenant: str) -> Doc | None:
+    """Send a `webhook.test` event to the tenant's endpoint at once, through the
+    same path as every event; None when the tenant has no endpoint."""
+    endpoint = endpoints.get(rt.store, tenant)
+    if endpoint is None:
+        return None
+    now = time.time()
+    url = endpoint["webhook_url"]
+    made = _delivery(
+        rt,
+        # Every test is an event of its own.
+        msg_id=events.message_id(tenant, events.TEST_EVENT, secrets.token_hex(16)),
+        tenant=tenant,
+        event_type=events.TEST_EVENT,
+        url=url,
+        data=events.test_event_data(tenant, url, now),
+    )
+    send(rt, deliveries.insert(rt.store, [made]))
+    return deliveries.get(rt.store, tenant, made["_id"])
+
+
+def recover(
+    rt: Runtime, tenant: str, *, since: int, until: int | None, event_type: str | None
+) -> tuple[int, bool]:
+    """Send the tenant's failed deliveries of a window again, same webhook-ids, at
+    `webhook_recover_per_second`: they come due one after another and the sweep
+    sends each then. At most `RECOVER_LIMIT` a call; returns how many, and
+    whether more are left (a later call with the same window takes them)."""
+    now = time.time()
+    return deliveries.recover(
+        rt.store,
+        tenant,
+        since=since,
+        until=until,
+        event_type=event_type,
+        now=now,
+        per_second=rt.settings.webhook_recover_per_second,
+        limit=RECOVER_LIMIT,
+        expire_at=expire_at(rt.settings, now),
+    )
 
 
 def sweep(rt: Runtime) -> None:

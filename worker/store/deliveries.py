@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime
 from typing import cast
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 
 from worker.domain.documents import Delivery, Doc
 from worker.domain.statuses import DeliveryStatus
@@ -24,6 +24,16 @@ def ensure_indexes(store: Store) -> None:
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
     store.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
+    # The tenant's deliveries in one status, oldest first: the list filtered by
+    # status, the count of pending ones (the quota) and recovery of failed ones.
+    store.deliveries.create_index(
+        [
+            ("tenant", ASCENDING),
+            ("status", ASCENDING),
+            ("created_at", ASCENDING),
+            ("_id", ASCENDING),
+        ]
+    )
     store.deliveries.create_index("expire_at", expireAfterSeconds=0)
 
 
@@ -36,6 +46,14 @@ def insert(store: Store, deliveries: list[Delivery]) -> list[str]:
 
 def get(store: Store, tenant: str, delivery_id: str) -> Doc | None:
     return store.deliveries.find_one({"_id": delivery_id, "tenant": tenant})
+
+
+def count_pending(store: Store, tenant: str, limit: int, max_time_ms: int) -> int:
+    """The tenant's undelivered deliveries, counted up to `limit`: an index range
+    read that stops there, so the count costs at most `limit` index keys."""
+    return store.deliveries.count_documents(
+        {"tenant": tenant, "status": DeliveryStatus.PENDING}, limit=limit, maxTimeMS=max_time_ms
+    )
 
 
 def list_page(
@@ -68,10 +86,61 @@ def restart(store: Store, tenant: str, delivery_id: str, now: float, expire_at: 
                     "expire_at": expire_at,
                 }
             },
-            {"$unset": ["lease", "lease_expires"]},
+            {"$unset": ["lease", "lease_expires", "error", "waiting"]},
         ],
     )
     return result.modified_count == 1
+
+
+def recover(
+    store: Store,
+    tenant: str,
+    *,
+    since: int,
+    until: int | None,
+    event_type: str | None,
+    now: float,
+    per_second: float,
+    limit: int,
+    expire_at: datetime,
+) -> tuple[int, bool]:
+    """Make the tenant's failed deliveries created in [since, until] pending again,
+    oldest first, due one after another at `per_second`; the sweep sends each
+    when it is due. Returns how many, and whether more were left for a later call."""
+    query: Doc = {"tenant": tenant, "status": DeliveryStatus.FAILED, "created_at": {"$gte": since}}
+    if until is not None:
+        query["created_at"]["$lte"] = until
+    if event_type is not None:
+        query["event_type"] = event_type
+    found = list(
+        store.deliveries.find(query, {"_id": 1})
+        .sort([("created_at", ASCENDING), ("_id", ASCENDING)])
+        .limit(limit + 1)
+    )
+    ids, more = [doc["_id"] for doc in found[:limit]], len(found) > limit
+    step = 1 / per_second if per_second > 0 else 0.0
+    writes = [
+        UpdateOne(
+            {"_id": delivery_id, "tenant": tenant, "status": DeliveryStatus.FAILED},
+            [
+                {
+                    "$set": {
+                        "status": DeliveryStatus.PENDING,
+                        "next_attempt_at": now + index * step,
+                        "swept_at": 0,
+                        "retry_from": {"$size": "$attempts"},
+                        "expire_at": expire_at,
+                    }
+                },
+                {"$unset": ["lease", "lease_expires", "error", "waiting"]},
+            ],
+        )
+        for index, delivery_id in enumerate(ids)
+    ]
+    if not writes:
+        return 0, False
+    result = store.deliveries.bulk_write(writes, ordered=False)
+    return result.modified_count, more
 
 
 def sweep_due(store: Store, now: float, resend_after: float, limit: int = 1000) -> list[str]:
@@ -120,14 +189,45 @@ def claim(
     return cast(Delivery, doc), token
 
 
-def defer(store: Store, delivery_id: str, token: str, due: float) -> bool:
+def defer(store: Store, delivery_id: str, token: str, due: float, waiting: bool) -> bool:
     """Give the lease back with the delivery due at `due`, no attempt recorded;
-    the sweep sends it then."""
+    the sweep sends it then. `waiting`: it waits for a slot, and `wake` may
+    make it due sooner."""
+    update: Doc = {
+        "$set": {"next_attempt_at": due, "swept_at": 0},
+        "$unset": {"lease": "", "lease_expires": ""},
+    }
+    if waiting:
+        update["$set"]["waiting"] = True
+    else:
+        update["$unset"]["waiting"] = ""
+    result = store.deliveries.update_one({"_id": delivery_id, "lease": token}, update)
+    return result.modified_count == 1
+
+
+def wake(store: Store, delivery_id: str, now: float) -> bool:
+    """Make a delivery that waits for a slot due now; False when it no longer
+    waits (attempted since, or taken by the sweep)."""
+    result = store.deliveries.update_one(
+        {
+            "_id": delivery_id,
+            "status": DeliveryStatus.PENDING,
+            "waiting": True,
+            **_not_leased(now),
+        },
+        {"$set": {"next_attempt_at": now, "swept_at": now}, "$unset": {"waiting": ""}},
+    )
+    return result.modified_count == 1
+
+
+def hold(store: Store, delivery_id: str, token: str, error: str, expire_at: datetime) -> bool:
+    """End the delivery as failed without an attempt, saying why (its endpoint
+    is disabled), fenced by its lease."""
     result = store.deliveries.update_one(
         {"_id": delivery_id, "lease": token},
         {
-            "$set": {"next_attempt_at": due, "swept_at": 0},
-            "$unset": {"lease": "", "lease_expires": ""},
+            "$set": {"status": DeliveryStatus.FAILED, "error": error, "expire_at": expire_at},
+            "$unset": {"lease": "", "lease_expires": "", "waiting": ""},
         },
     )
     return result.modified_count == 1
@@ -140,7 +240,7 @@ def record_attempt(store: Store, delivery_id: str, token: str, attempt: Doc, upd
         {
             "$set": update,
             "$push": {"attempts": attempt},
-            "$unset": {"lease": "", "lease_expires": ""},
+            "$unset": {"lease": "", "lease_expires": "", "waiting": ""},
         },
     )
     return result.modified_count == 1

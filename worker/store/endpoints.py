@@ -10,7 +10,14 @@ from __future__ import annotations
 from pymongo import ReturnDocument
 
 from worker.domain.documents import Doc
-from worker.domain.endpoints import DISABLED_AT, FAILING_SINCE, FAILURES, HEALTH, RETRY_AT
+from worker.domain.endpoints import (
+    DISABLED_AT,
+    DISABLED_REASON,
+    FAILING_SINCE,
+    FAILURES,
+    HEALTH,
+    RETRY_AT,
+)
 from worker.store.connection import Store
 
 _CLEAR_HEALTH = dict.fromkeys(HEALTH, "")
@@ -89,10 +96,13 @@ def space(store: Store, tenant: str, url: str, failures: int, retry_at: float) -
     )
 
 
-def disable(store: Store, tenant: str, url: str, now: float, failing_before: float) -> bool:
-    """Disable the endpoint if it has been failing since before `failing_before`."""
-    result = store.tenants.update_one(
-        {"_id": tenant, "webhook_url": url, FAILING_SINCE: {"$lte": failing_before}, **_ENABLED},
-        {"$set": {DISABLED_AT: now}},
-    )
+def disable(
+    store: Store, tenant: str, url: str, now: float, reason: str, failing_before: float | None
+) -> bool:
+    """Disable the endpoint, saying why; with `failing_before`, only if it has been
+    failing since before then. False when it changed or was disabled already."""
+    query: Doc = {"_id": tenant, "webhook_url": url, **_ENABLED}
+    if failing_before is not None:
+        query[FAILING_SINCE] = {"$lte": failing_before}
+    result = store.tenants.update_one(query, {"$set": {DISABLED_AT: now, DISABLED_REASON: reason}})
     return result.modified_count == 1

@@ -58,8 +58,20 @@ WEBHOOK_ATTEMPTS = Counter(
 WEBHOOK_DEFERRED = Counter(
     "assistant_ingest_webhook_deferred_total",
     "Webhook attempts put back as due later without being made, by reason: slots (as "
-    "many attempts to the endpoint in flight as its cap allows) or breaker (the "
-    "tenant's endpoint is failing and another attempt probes it).",
+    "many attempts to the endpoint in flight as its cap allows), tenant (as many of "
+    "the tenant's attempts, to all its origins, as its cap allows) or breaker (the "
+    "tenant's endpoint is failing and another attempt probes it) or retry_after (its "
+    "receiver asked for time with a 429 or 503).",
+    ["reason"],
+)
+WEBHOOK_HELD = Counter(
+    "assistant_ingest_webhook_held_total",
+    "Webhook deliveries kept as failed without an attempt: their endpoint is disabled.",
+)
+WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "assistant_ingest_webhook_endpoints_disabled_total",
+    "Tenants' webhook endpoints disabled, by reason: gone (it answered 410) or failing "
+    "(it failed for WEBHOOK_DISABLE_AFTER_SECONDS without a success).",
     ["reason"],
 )
 WEBHOOK_SECONDS = Histogram(
@@ -140,3 +152,11 @@ def webhook_attempt(result: str, duration_ms: int) -> None:
 
 def webhook_deferred(reason: str) -> None:
     WEBHOOK_DEFERRED.labels(reason).inc()
+
+
+def webhook_held() -> None:
+    WEBHOOK_HELD.inc()
+
+
+def webhook_endpoint_disabled(reason: str) -> None:
+    WEBHOOK_ENDPOINTS_DISABLED.labels(reason).inc()
