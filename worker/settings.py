@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # tenant's chunks waiting for a bulk worker hold this many lines or more
     # (each chunk counted as chunk_size lines). 0: no quota.
     max_queued_lines_per_tenant: int = 1_000_000
+    # A batch of at most this many lines (one chunk) from a tenant with no chunk
+    # in line is processed by the single-create workers, as that many single
+    # creates would be (one such batch a second per tenant); 0: never.
+    express_batch_lines: int = 50
 
     models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # What `GET /v1/models` tells of each model: its owner and creation time.

@@ -16,7 +16,7 @@ import pytest
 
 from tests.local import Local, LocalTenant
 from tests.stack import Servers
-from worker.queueing.routes import BULK_QUEUE
+from worker.queueing.routes import BULK_QUEUE, SINGLE_QUEUE
 from worker.services import reconciler
 
 CHUNK = 10
@@ -24,8 +24,9 @@ CHUNK = 10
 
 @pytest.fixture
 def paused(servers: Servers) -> Iterator[Local]:
-    """In process, with chunks of ten lines; nothing runs unless a test runs it."""
-    own = Local(servers.settings(CHUNK_SIZE=str(CHUNK)))
+    """In process, with chunks of ten lines and no batch past the line (see
+    `test_a_small_batch_skips_the_line`); nothing runs unless a test runs it."""
+    own = Local(servers.settings(CHUNK_SIZE=str(CHUNK), EXPRESS_BATCH_LINES="0"))
     try:
         yield own
     finally:
@@ -169,5 +170,32 @@ def test_a_tenant_over_its_quota_of_queued_lines_gets_429(servers: Servers) -> N
         submit(other, 2 * CHUNK)
         own.worker.run_queued()
         submit(busy, 1)
+    finally:
+        own.close()
+
+
+def test_a_small_batch_skips_the_line(servers: Servers) -> None:
+    own = Local(servers.settings(CHUNK_SIZE=str(CHUNK), EXPRESS_BATCH_LINES=str(CHUNK)))
+    try:
+        big, small = own.new_tenant(), own.new_tenant()
+        big_batch = submit(big, 30 * CHUNK, "big")
+        assert own.rt.queue_depth(SINGLE_QUEUE) == 0  # a big batch takes turns
+        first = submit(small, CHUNK, "small")
+        # Its one chunk went to the single-create workers, as ten creates would.
+        assert own.rt.queue_depth(SINGLE_QUEUE) == 1
+        assert own.rt.queue_depth(BULK_QUEUE) == 30
+        # Once a second: the next small batch of the tenant takes its turn in line.
+        second = submit(small, 1, "again")
+        assert own.rt.queue_depth(SINGLE_QUEUE) == 1
+        assert own.rt.queue_depth(BULK_QUEUE) == 31
+        # And a tenant with chunks in line keeps its order: no chunk skips them.
+        third = submit(big, 1, "late")
+        assert own.rt.queue_depth(SINGLE_QUEUE) == 1
+        own.worker.run_one()  # the single queue is served first here
+        assert status(small, first) == "completed"
+        assert not chunks_done(own)[1:]
+        own.worker.run_queued()
+        for tenant, batch in ((small, second), (big, big_batch), (big, third)):
+            assert status(tenant, batch) == "completed"
     finally:
         own.close()

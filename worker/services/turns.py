@@ -16,6 +16,12 @@ step before the tenant at the head, so it is served next but cannot get
 ahead of anyone by leaving and joining again. Every operation is one Lua
 script, O(log tenants + log chunks), atomic across every edge and worker.
 
+A small batch (up to `EXPRESS_BATCH_LINES` lines, one chunk) of a tenant with
+nothing in line skips the line: its chunk goes to the single-create workers,
+as that many single creates would, so it waits neither for another tenant's
+backlog nor for a bulk worker to finish the chunk it is running. A tenant may
+send one such chunk a second (`express`); more go in line like any other.
+
 MongoDB stays the truth: a waiting chunk is a `queued` unit with a `due_at`.
 When it comes due the reconciler looks for it in its line: there, it is
 left alone till its next due time; gone (Redis lost the line, or a worker
@@ -32,7 +38,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from worker.queueing.routes import PROCESS_TURN
+from redis.exceptions import RedisError
+
+from worker.queueing.routes import PROCESS_SINGLE, PROCESS_TURN
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,21 @@ return false
 """
 
 
+# KEYS[1]: the tenant's line; KEYS[2]: its express mark. ARGV[1]: how long the
+# mark holds (ms). 1 if the tenant may send a chunk past the line now.
+_EXPRESS = """
+if redis.call('ZCARD', KEYS[1]) > 0 then
+  return 0
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+  return 1
+end
+return 0
+"""
+# How often one tenant may send a chunk past the line.
+EXPRESS_EVERY_MS = 1000
+
+
 def _ring(rt: Runtime) -> str:
     return f"{rt.settings.redis_prefix}:turns:ring"
 
@@ -103,6 +126,26 @@ def join(rt: Runtime, tenant: str, chunks: Sequence[tuple[str, float]]) -> None:
         rt.redis.eval(_JOIN, 2, _ring(rt), _lines(rt) + tenant, tenant, *pairs)
     for _ in chunks:
         rt.sender.send(PROCESS_TURN, tenant)
+
+
+def express(rt: Runtime, tenant: str, chunk_id: str) -> bool:
+    """Send a small batch's one chunk to the single-create workers, if the tenant
+    has nothing in line and sent none this past second; False if it must wait
+    in line (or Redis cannot tell)."""
+    try:
+        allowed = rt.redis.eval(
+            _EXPRESS,
+            2,
+            _lines(rt) + tenant,
+            f"{rt.settings.redis_prefix}:turns:express:{tenant}",
+            EXPRESS_EVERY_MS,
+        )
+    except RedisError:
+        return False
+    if not allowed:
+        return False
+    rt.sender.send(PROCESS_SINGLE, [chunk_id])
+    return True
 
 
 def next_chunk(rt: Runtime) -> str | None:
