@@ -1,11 +1,28 @@
 """The edge's gunicorn worker: gevent, so a waiting request, an idle connection or a
 client that dawdles costs a greenlet, never one of a few dozen threads.
 
-On top of gevent's worker: a cap on open connections per client address (a
-503 beyond it, so one address cannot take every connection of a process), and
-a read timeout on every connection, so a client that stops sending (or stops
-reading a response) is dropped. A request's headers must arrive within
-`keepalive` seconds, which gunicorn's gevent worker already enforces.
+On top of gevent's worker:
+
+- A cap on open connections per client address, so one address cannot take
+  every connection of a process. When an address is at its cap, its oldest
+  idle connection (kept alive between requests, or that has not sent a whole
+  request yet) is closed to make room; only when every one of them has a
+  request in progress is the new one refused (503). So idle connections, with
+  or without a key, never take the place of a request that is sent: a NAT or a
+  client holding 700 idle connections still gets its `/healthz` answered.
+- Trusted proxies (FORWARDED_ALLOW_IPS): a connection from one is not capped as
+  one client; each request through it is counted for its real client (the
+  PROXY protocol's address when gunicorn was told to read it, else the
+  rightmost X-Forwarded-For entry that is not itself a trusted proxy, as
+  Werkzeug's ProxyFix and gunicorn read it), which is also the request's
+  REMOTE_ADDR. A real client with the cap's number of requests in progress
+  through the proxies is refused (503) and that connection closed.
+- A read timeout on every connection, so a client that stops sending (or stops
+  reading a response) is dropped, and a deadline on reading a request's body
+  (BODY_TIMEOUT_SECONDS, then BODY_MIN_BYTES_PER_SECOND): a body trickled a
+  byte at a time is cut off with a 408 (api/errors.py). A request's headers
+  must arrive within `keepalive` seconds, which gunicorn's gevent worker
+  already enforces.
 
 On a graceful stop (SIGTERM) the connections kept alive between requests are
 closed at once: gunicorn's worker waits until every connection's greenlet ends,
@@ -17,14 +34,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ipaddress
 import json
 import socket
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gunicorn.workers.ggevent import GeventWorker
 
 from worker.settings import Settings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _refusal() -> bytes:
@@ -42,39 +63,200 @@ def _refusal() -> bytes:
 REFUSAL = _refusal()
 
 
+class TrustedProxies:
+    """The addresses and networks whose X-Forwarded-For is believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.everyone = False
+        self.networks: list[Network] = []
+        for entry in entries:
+            if entry == "*":
+                self.everyone = True
+            else:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.networks)
+
+    def trusts(self, address: str) -> bool:
+        if self.everyone:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.strip().strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.networks)
+
+    def client(self, peer: str, forwarded_for: list[str]) -> str:
+        """The real client of a request from `peer`: the rightmost entry of the
+        X-Forwarded-For chain that is not a trusted proxy (entries to its left
+        were written by the client itself and prove nothing)."""
+        if not self.trusts(peer):
+            return peer
+        chain = [part.strip() for value in forwarded_for for part in value.split(",")]
+        chain = [part for part in chain if part]
+        for entry in reversed(chain):
+            if not self.trusts(entry):
+                return entry
+        # Every hop a trusted proxy: the leftmost is as far as the chain goes.
+        return chain[0] if chain else peer
+
+
+class BodyTooSlow(TimeoutError):
+    """The request body did not arrive within its deadline."""
+
+
+class DeadlineBody:
+    """A request body whose reads end by a deadline: `grace` seconds from the
+    first read, plus a second for every `rate` bytes received (Apache's
+    `RequestReadTimeout body=...,MinRate=...`). A client that keeps sending at
+    the rate or faster is never cut; one trickling a byte every few seconds is
+    cut once the grace runs out, whatever its socket read timeout says."""
+
+    def __init__(self, body: Any, grace: float, rate: float) -> None:
+        self._body = body
+        self._grace = grace
+        self._rate = rate
+        self._started: float | None = None
+        self.received = 0
+        # gunicorn's parser closes the connection rather than read on a body
+        # whose reading failed.
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._body, name)
+
+    def _remaining(self) -> float:
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        allowed = self._grace + (self.received / self._rate if self._rate > 0 else 0)
+        remaining = self._started + allowed - now
+        if remaining <= 0:
+            self.failed = True
+            raise BodyTooSlow("The request body did not arrive in time")
+        return remaining
+
+    def _timed(self, read: Any, *args: Any) -> Any:
+        import gevent  # type: ignore[import-untyped]
+
+        data = b""
+        with gevent.Timeout(self._remaining(), False):
+            data = read(*args)
+            self.received += len(data) if isinstance(data, bytes | bytearray) else 0
+            return data
+        self.failed = True
+        raise BodyTooSlow("The request body did not arrive in time")
+
+    def read(self, size: int | None = None) -> bytes:
+        data: bytes = self._timed(self._body.read, size)
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        data: bytes = self._timed(self._body.readline, size)
+        return data
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        lines: list[bytes] = []
+        while line := self.readline():
+            lines.append(line)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
 class EdgeWorker(GeventWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         settings = Settings()
         self.per_address_cap = settings.max_connections_per_client
         self.read_timeout = settings.read_timeout_seconds
-        self.open_by_address: collections.Counter[str] = collections.Counter()
+        self.body_grace = settings.body_timeout_seconds
+        self.body_rate = settings.body_min_bytes_per_second
+        self.proxies = TrustedProxies(settings.forwarded_allow_ips)
+        # Per client address, its open connections, oldest first, each marked
+        # True while a request on it is in progress.
+        self.by_address: dict[str, dict[Any, bool]] = {}
+        # Requests in progress per real client, through trusted proxies.
+        self.proxied: collections.Counter[str] = collections.Counter()
         # Connections waiting for their next request; closed when the worker stops.
         self.idle: set[Any] = set()
         super().init_process()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         address = addr[0] if isinstance(addr, tuple) else str(addr)
-        if self.open_by_address[address] >= self.per_address_cap:
+        capped = not self.proxies.trusts(address)
+        if capped and not self._make_room(address):
             with contextlib.suppress(OSError):
                 client.sendall(REFUSAL)
             client.close()
             return
-        self.open_by_address[address] += 1
+        if capped:
+            self.by_address.setdefault(address, {})[client] = False
         client.settimeout(self.read_timeout)
         self.idle.add(client)
         try:
             super().handle(listener, client, addr)
         finally:
             self.idle.discard(client)
-            self.open_by_address[address] -= 1
-            if not self.open_by_address[address]:
-                del self.open_by_address[address]
+            if capped:
+                self._forget(address, client)
+
+    def _make_room(self, address: str) -> bool:
+        """Whether `address` may open one more connection: under its cap, or
+        once its oldest idle connection is closed for it."""
+        open_ = self.by_address.get(address)
+        if open_ is None or len(open_) < self.per_address_cap:
+            return True
+        oldest_idle = next((sock for sock, busy in open_.items() if not busy), None)
+        if oldest_idle is None:
+            return False  # every one has a request in progress
+        del open_[oldest_idle]
+        # A shutdown, not a close: the greenlet reading it sees the end of the
+        # stream and ends; the socket is closed by its own handler.
+        with contextlib.suppress(OSError):
+            oldest_idle.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def _forget(self, address: str, client: Any) -> None:
+        open_ = self.by_address.get(address)
+        if open_ is not None:
+            open_.pop(client, None)
+            if not open_:
+                del self.by_address[address]
+
+    def _mark(self, addr: Any, sock: Any, busy: bool) -> None:
+        address = addr[0] if isinstance(addr, tuple) else str(addr)
+        open_ = self.by_address.get(address)
+        if open_ is not None and sock in open_:
+            open_[sock] = busy
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         self.idle.discard(sock)
+        self._mark(addr, sock, True)
+        req.body = DeadlineBody(req.body, self.body_grace, self.body_rate)
+        peer = addr[0] if isinstance(addr, tuple) else str(addr)
+        client = None
         try:
+            if self.proxies and self.proxies.trusts(peer):
+                client = self._real_client(req, peer)
+                if self.proxied[client] >= self.per_address_cap:
+                    client = None
+                    with contextlib.suppress(OSError):
+                        sock.sendall(REFUSAL)
+                    raise StopIteration  # gunicorn's way to close the connection
+                self.proxied[client] += 1
+                addr = (client, addr[1] if isinstance(addr, tuple) else 0)
             return super().handle_request(listener_name, req, sock, addr)
         finally:
+            if client is not None:
+                self.proxied[client] -= 1
+                if self.proxied[client] <= 0:
+                    del self.proxied[client]
+            self._mark((peer,), sock, False)
             if self.alive:
                 self.idle.add(sock)
             else:
@@ -82,6 +264,13 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
                 # other request is to be read on this connection.
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def _real_client(self, req: Any, peer: str) -> str:
+        info = getattr(req, "proxy_protocol_info", None)
+        if info and info.get("client_addr"):
+            return str(info["client_addr"])
+        forwarded = [value for name, value in req.headers if name == "X-FORWARDED-FOR"]
+        return self.proxies.client(peer, forwarded)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)

@@ -421,10 +421,25 @@ def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
     return list(written["items"])
 
 
-def iter_chunks(store: Store, batch_id: str) -> Iterator[Unit]:
-    """A batch's chunks in input order, a couple in memory at a time."""
-    for unit in store.jobs.find({"batch_id": batch_id}, sort=[("seq", ASCENDING)], batch_size=2):
-        yield cast(Unit, unit)
+def iter_chunks(store: Store, batch_id: str, page: int = 2) -> Iterator[Unit]:
+    """A batch's chunks in input order, read `page` at a time by ranges of
+    `(batch_id, seq)`: each page is a query of its own on the index, so the
+    store never builds (and holds, while a slow client reads) a whole sorted
+    result, and no cursor stays open between pages. Each page takes one of the
+    store's slots for long reads while it is read."""
+    after: int | None = None
+    while True:
+        query: Doc = {"batch_id": batch_id}
+        if after is not None:
+            query["seq"] = {"$gt": after}
+        with store.stream_slot():
+            found = list(store.jobs.find(query, sort=[("seq", ASCENDING)], limit=page))
+        for unit in found:
+            yield cast(Unit, unit)
+        if len(found) < page:
+            return
+        after = found[-1]["seq"]
+        del found
 
 
 # The reconciler's sweep.
