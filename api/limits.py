@@ -166,9 +166,18 @@ def register(app: Flask, settings: Settings) -> None:
             if shares is not None:
                 g.share = (shares, shares.enter(g.tenant))
 
+    @app.after_request
+    def until_sent(response: Response) -> Response:
+        # A streamed answer (results, an export, a dry run's plan) is sent after
+        # the request's teardown: its share is given back once it is sent or
+        # its client has gone, when the server closes it.
+        share = g.pop("share", None) if response.is_streamed else None
+        if share is not None:
+            response.call_on_close(lambda: share[0].leave(share[1]))
+        return response
+
     @app.teardown_request
     def done(_: BaseException | None) -> None:
-        # With a streamed answer, this runs when the stream ends (or its client goes).
         key = g.pop("in_flight", None)
         if key is not None:
             in_flight.leave(key)

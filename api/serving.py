@@ -151,8 +151,21 @@ class DeadlineBody:
         raise BodyTooSlow("The request body did not arrive in time")
 
     def read(self, size: int | None = None) -> bytes:
-        data: bytes = self._timed(self._body.read, size)
-        return data
+        """Up to `size` bytes (all, without one), read a piece at a time: one
+        read of gunicorn's body waits for all it was asked, and the deadline
+        grows only as pieces arrive. A piece is about a second's worth at the
+        minimum rate, so a client sending at that rate is never cut mid-piece."""
+        piece = int(min(1 << 16, max(1024, self._rate)))
+        wanted = -1 if size is None or size < 0 else size
+        parts: list[bytes] = []
+        while wanted != 0:
+            data: bytes = self._timed(self._body.read, piece if wanted < 0 else min(piece, wanted))
+            if not data:
+                break
+            parts.append(data)
+            if wanted > 0:
+                wanted -= len(data)
+        return b"".join(parts)
 
     def readline(self, size: int | None = None) -> bytes:
         data: bytes = self._timed(self._body.readline, size)
@@ -190,8 +203,7 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         address = addr[0] if isinstance(addr, tuple) else str(addr)
         capped = not self.proxies.trusts(address)
         if capped and not self._make_room(address):
-            with contextlib.suppress(OSError):
-                client.sendall(REFUSAL)
+            _refuse(client)
             client.close()
             return
         if capped:
@@ -245,8 +257,7 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
                 client = self._real_client(req, peer)
                 if self.proxied[client] >= self.per_address_cap:
                     client = None
-                    with contextlib.suppress(OSError):
-                        sock.sendall(REFUSAL)
+                    _refuse(sock)
                     raise StopIteration  # gunicorn's way to close the connection
                 self.proxied[client] += 1
                 addr = (client, addr[1] if isinstance(addr, tuple) else 0)
@@ -283,12 +294,24 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, client, addr, exc)
         # A request refused before it was read whole (a request line or headers
-        # over the limits): read what the client still sends before closing, since
-        # closing with unread data resets the connection and the client may lose
-        # the answer it was sent (a lingering close).
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_WR)
-            client.settimeout(1)
-            deadline = time.monotonic() + 1
-            while time.monotonic() < deadline and client.recv(65536):
-                pass
+        # over the limits): see _linger.
+        _linger(client)
+
+
+def _refuse(client: Any) -> None:
+    """Answer 503 on a connection that is not served, and close it gently."""
+    with contextlib.suppress(OSError):
+        client.sendall(REFUSAL)
+    _linger(client)
+
+
+def _linger(client: Any) -> None:
+    """Read what the client still sends before closing (for a second at most),
+    since closing with unread data resets the connection and the client may
+    lose the answer it was sent (a lingering close)."""
+    with contextlib.suppress(OSError):
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(1)
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and client.recv(65536):
+            pass

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # Per tenant and edge process: result streams and exports at once, and
     # batch uploads (dry runs included) at once; 429 with Retry-After beyond.
     max_streams_per_tenant: int = 32
-    max_uploads_per_tenant: int = 4
+    max_uploads_per_tenant: int = 16
     # A request with a body costs one rate-limit unit more for every this many
     # bytes of it past the first, so a 99 MiB upload is not one request's worth.
     rate_limit_bytes_per_unit: int = 64 * 1024
