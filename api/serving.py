@@ -62,6 +62,9 @@ def _refusal() -> bytes:
 
 REFUSAL = _refusal()
 
+# What a connection is doing, for choosing which to close at the cap.
+NEW, BUSY, IDLE = 0, 1, 2
+
 
 class TrustedProxies:
     """The addresses and networks whose X-Forwarded-For is believed."""
@@ -190,9 +193,9 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         self.body_grace = settings.body_timeout_seconds
         self.body_rate = settings.body_min_bytes_per_second
         self.proxies = TrustedProxies(settings.forwarded_allow_ips)
-        # Per client address, its open connections, oldest first, each marked
-        # True while a request on it is in progress.
-        self.by_address: dict[str, dict[Any, bool]] = {}
+        # Per client address, its open connections, oldest first, each NEW (no
+        # request yet), BUSY (a request in progress) or IDLE (kept alive after one).
+        self.by_address: dict[str, dict[Any, int]] = {}
         # Requests in progress per real client, through trusted proxies.
         self.proxied: collections.Counter[str] = collections.Counter()
         # Connections waiting for their next request; closed when the worker stops.
@@ -207,7 +210,7 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
             client.close()
             return
         if capped:
-            self.by_address.setdefault(address, {})[client] = False
+            self.by_address.setdefault(address, {})[client] = NEW
         client.settimeout(self.read_timeout)
         self.idle.add(client)
         try:
@@ -223,14 +226,14 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         open_ = self.by_address.get(address)
         if open_ is None or len(open_) < self.per_address_cap:
             return True
-        oldest_idle = next((sock for sock, busy in open_.items() if not busy), None)
-        if oldest_idle is None:
+        # The oldest that has never sent a request, else the oldest kept alive
+        # after one: a client that has been served keeps its connection longest.
+        idle = [sock for sock, state in open_.items() if state == NEW]
+        idle = idle or [sock for sock, state in open_.items() if state == IDLE]
+        if not idle:
             return False  # every one has a request in progress
-        del open_[oldest_idle]
-        # A shutdown, not a close: the greenlet reading it sees the end of the
-        # stream and ends; the socket is closed by its own handler.
-        with contextlib.suppress(OSError):
-            oldest_idle.shutdown(socket.SHUT_RDWR)
+        del open_[idle[0]]
+        _end(idle[0])
         return True
 
     def _forget(self, address: str, client: Any) -> None:
@@ -240,15 +243,15 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
             if not open_:
                 del self.by_address[address]
 
-    def _mark(self, addr: Any, sock: Any, busy: bool) -> None:
+    def _mark(self, addr: Any, sock: Any, state: int) -> None:
         address = addr[0] if isinstance(addr, tuple) else str(addr)
         open_ = self.by_address.get(address)
         if open_ is not None and sock in open_:
-            open_[sock] = busy
+            open_[sock] = state
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         self.idle.discard(sock)
-        self._mark(addr, sock, True)
+        self._mark(addr, sock, BUSY)
         req.body = DeadlineBody(req.body, self.body_grace, self.body_rate)
         peer = addr[0] if isinstance(addr, tuple) else str(addr)
         client = None
@@ -267,7 +270,7 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
                 self.proxied[client] -= 1
                 if self.proxied[client] <= 0:
                     del self.proxied[client]
-            self._mark((peer,), sock, False)
+            self._mark((peer,), sock, IDLE)
             if self.alive:
                 self.idle.add(sock)
             else:
@@ -285,17 +288,24 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
-        # A shutdown, not a close: the greenlet reading the socket sees the end of
-        # the stream and ends; the socket is closed by its own handler.
         for client in list(self.idle):
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
+            _end(client)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, client, addr, exc)
         # A request refused before it was read whole (a request line or headers
         # over the limits): see _linger.
         _linger(client)
+
+
+def _end(client: Any) -> None:
+    """End a connection another greenlet is reading: a shutdown of the socket
+    itself, not a close, so that greenlet reads the end of the stream and ends
+    quietly, closing the socket in its own handler. (gevent's own shutdown
+    would wake it with "File descriptor was closed in another greenlet", an
+    error gunicorn logs with its traceback.)"""
+    with contextlib.suppress(OSError):
+        getattr(client, "_sock", client).shutdown(socket.SHUT_RDWR)
 
 
 def _refuse(client: Any) -> None:
