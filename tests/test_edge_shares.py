@@ -49,14 +49,21 @@ def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
 
 
 def answer(sock: socket.socket, timeout: float = 20) -> bytes:
-    """What the edge sends back on `sock` until it closes it (or the timeout)."""
+    """The answer the edge sends back on `sock`: its head and body (by its
+    Content-Length), or what came before it closed (or the timeout)."""
     sock.settimeout(timeout)
     reply = b""
     try:
         while chunk := sock.recv(65536):
             reply += chunk
-            if b"\r\n\r\n" in reply and b"Connection: close" not in reply:
-                break  # kept alive: the head (and a short body) is enough here
+            head, _, body = reply.partition(b"\r\n\r\n")
+            length = [
+                int(row.split(b":")[1])
+                for row in head.split(b"\r\n")
+                if row.lower().startswith(b"content-length:")
+            ]
+            if length and len(body) >= length[0]:
+                break
     except TimeoutError:
         pass
     return reply
