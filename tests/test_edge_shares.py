@@ -8,7 +8,9 @@ time; what is asserted is an answer or a refusal, never a speed.
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +206,39 @@ def test_the_real_client_is_the_rightmost_untrusted_hop() -> None:
     assert proxies.client("::ffff:10.1.2.3", ["198.51.100.3"]) == "198.51.100.3"
     assert not TrustedProxies([])
     assert TrustedProxies(["*"]).trusts("203.0.113.5")
+
+
+def test_healthz_is_answered_while_a_large_dry_run_is_planned(edge: Stack) -> None:
+    tenant = edge.new_tenant()
+    body = {"model": "m", "instructions": "y" * 2000}
+    data = b"".join(
+        json.dumps({"custom_id": f"k{i}", "body": body}).encode() + b"\n" for i in range(8000)
+    )
+    done: list[float] = []
+
+    def dry_run() -> None:
+        started = time.monotonic()
+        answer = tenant.request(
+            "POST",
+            "/v1/batches?mode=apply&dry_run=true",
+            data=data,
+            headers={"Content-Type": "application/x-ndjson"},
+            timeout=120,
+        )
+        assert answer.status_code == 200, answer.text[:300]
+        done.append(time.monotonic() - started)
+
+    running = threading.Thread(target=dry_run)
+    running.start()
+    probes = []
+    while running.is_alive():
+        started = time.monotonic()
+        assert get(edge.port, "127.0.0.66").startswith(b"HTTP/1.1 200")
+        probes.append(time.monotonic() - started)
+        time.sleep(0.05)
+    running.join()
+    assert done, "the dry run failed"
+    # The one process parses and plans for seconds; a probe waits for its turn,
+    # never for the dry run to end (which it did before the edge gave turns).
+    assert len(probes) >= 5, (probes, done)
+    assert max(probes) < done[0] / 3, (max(probes), done[0])

@@ -36,18 +36,22 @@ NOT_FOUND = {"detail": "No assistant found"}
 
 # A turn for the other requests of the process at least this often while an
 # upload is parsed and planned (seconds of CPU for a large one).
-TURN_SECONDS = 0.005
+TURN_SECONDS = 0.003
+# Not 0: under gevent a sleep of 0 runs the greenlets already runnable but may
+# not let the loop poll for I/O, so a new connection (a `/healthz`) could wait
+# for the upload; any longer sleep waits for the loop's next turn, which polls.
+_PAUSE = 0.0001
 _turn = [0.0]  # when the last turn was given: one clock for the whole process
 
 
 def breathe() -> None:
     """Give the other requests of this process a turn if this one has run on
-    for TURN_SECONDS: under gevent (the edge) a sleep of 0 lets every ready
-    greenlet run, `/healthz` included, before this one goes on; in a threaded
-    process it lets the others take the interpreter. Cheap when not due."""
+    for TURN_SECONDS: under gevent (the edge) every other greenlet, `/healthz`
+    included, runs before this one goes on; in a threaded process the others
+    take the interpreter. Cheap when not due."""
     now = time.monotonic()
     if now - _turn[0] >= TURN_SECONDS:
-        time.sleep(0)
+        time.sleep(_PAUSE)
         _turn[0] = time.monotonic()
 
 
