@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # connection) ends within this many milliseconds, then a 503 with
     # Retry-After: a hung store never holds a request longer.
     store_deadline_ms: int = 5000
-    # Store reads of result streams and exports in flight at once per edge
+    # Store reads of result streams (a page of one chunk each) in flight at once per edge
     # process, so streams never hold the connections auth and creates need.
     stream_store_slots: int = 16
     # Per tenant and edge process: result streams and exports at once, and

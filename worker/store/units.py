@@ -421,12 +421,13 @@ def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
     return list(written["items"])
 
 
-def iter_chunks(store: Store, batch_id: str, page: int = 2) -> Iterator[Unit]:
+def iter_chunks(store: Store, batch_id: str, page: int = 1) -> Iterator[Unit]:
     """A batch's chunks in input order, read `page` at a time by ranges of
     `(batch_id, seq)`: each page is a query of its own on the index, so the
     store never builds (and holds, while a slow client reads) a whole sorted
-    result, and no cursor stays open between pages. Each page takes one of the
-    store's slots for long reads while it is read."""
+    result, and no cursor stays open between pages; a slow reader holds one
+    chunk (at most CHUNK_MAX_BYTES of bodies and their results). Each page
+    takes one of the store's slots for long reads while it is read."""
     after: int | None = None
     while True:
         query: Doc = {"batch_id": batch_id}
