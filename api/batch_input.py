@@ -41,6 +41,7 @@ from api.jsonbody import (
 )
 from api.schemas import BatchCreate, BatchRequest, detail_of
 from api.truncation import bounded
+from worker.services import planning
 
 MAX_REPORTED = 100
 
@@ -106,6 +107,9 @@ class Reader:
     def check_request(self, value: Any, loc: list[Any], index: int) -> Request | None:
         """The request at `loc`, or None after recording why it is refused."""
         self.count += 1
+        # Parsing a large upload is seconds of CPU: the process's other
+        # requests get turns meanwhile.
+        planning.breathe()
         try:
             _LINE.validate_python(value)
         except ValidationError as exc:

@@ -324,4 +324,18 @@ def batch_results(batch_id: str) -> Response:
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
 
-    return ndjson.stream(batches.iter_results(db, tenant(), batch_id, status))
+    return ndjson.stream(_first_read(batches.iter_results(db, tenant(), batch_id, status)))
+
+
+def _first_read(docs: Iterator[Any]) -> Iterator[Any]:
+    """`docs` with its first page read now, in the handler: a store that is
+    down or slow is a 503 (with Retry-After) before the 200 is sent, not a
+    stream that breaks off at its start."""
+    first = next(docs, None)
+
+    def all_of() -> Iterator[Any]:
+        if first is not None:
+            yield first
+            yield from docs
+
+    return all_of()

@@ -33,7 +33,7 @@ def runtime_of(app: Flask) -> Runtime:
         with _building:
             held = app.extensions.get(_RUNTIME)
             if held is None or held[0] != os.getpid():
-                held = (os.getpid(), Runtime.build(settings_of(app)))
+                held = (os.getpid(), Runtime.build(settings_of(app), edge=True))
                 app.extensions[_RUNTIME] = held
     return held[1]
 

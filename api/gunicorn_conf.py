@@ -30,6 +30,11 @@ keepalive = 5
 # Above the longest wait (60 s) and a long results stream.
 timeout = 300
 graceful_timeout = 30
+# The proxies whose forwarding headers are believed: FORWARDED_ALLOW_IPS, as the
+# edge reads it for the real client (api/serving.py), so gunicorn's own reading
+# of X-Forwarded-Proto agrees with it (and trusts no one when it is empty,
+# where gunicorn alone would trust 127.0.0.1).
+forwarded_allow_ips = ",".join(Settings().forwarded_allow_ips)
 # The app writes its own access line (with the request id, as JSON).
 accesslog = None
 # One control socket per user would be shared by every edge on the host.

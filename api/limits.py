@@ -2,7 +2,17 @@
 
 Registered after authentication, so an unknown key is a 401 before it costs
 anything, and before any handler, so a 429 comes before 415, 413 and the rest.
-One budget covers every /v1 route; a batch is one request like any other.
+One budget covers every /v1 route. A request costs one unit, plus one for every
+RATE_LIMIT_BYTES_PER_UNIT bytes of its body past the first: a 99 MiB upload
+(parsed, checked and planned by the edge) costs what its work is, not what a
+`GET` does. A body sent without a length is charged once it has been read.
+
+Per tenant, in each edge process, result streams and exports in progress at
+once, and batch uploads (dry runs included), are capped (429 beyond). These
+are counted per process, not in Redis: what they protect is the process's own
+greenlets, memory, CPU and store connections, a count in the process needs no
+round trip and is never left behind by a process that dies, and across P
+processes a tenant holds at most P times its share.
 A fixed window per key starts at its first request; counting a request and
 reading what remains of its window is one Redis round trip (a script).
 Headers follow the IETF RateLimit fields: `RateLimit-Reset` is seconds from
@@ -12,6 +22,7 @@ now. `Retry-After` is set only on 429, since 202 answers use it for polling.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import logging
 import math
@@ -35,7 +46,7 @@ _LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour
 # Count the request in its key's window, starting the window at the first one;
 # answer the count and the milliseconds the window has left.
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -68,12 +79,19 @@ def api_key_identity() -> str:
     return hashlib.sha256(key.strip().encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class InFlight:
-    """Requests in flight per API key in this process: one key's flood of
-    connections (waiters, slow uploads) cannot take a process's every slot."""
+# The routes whose requests hold the edge long (streams) or cost it much CPU
+# (uploads), each capped per tenant: endpoint names, and what the 429 says.
+STREAMS = frozenset({"batches.batch_results", "assistants.export_assistants"})
+UPLOADS = frozenset({"batches.create_batch"})
 
-    def __init__(self, cap: int) -> None:
+
+class InFlight:
+    """Requests in flight per API key (or tenant) in this process: one key's
+    flood of connections (waiters, slow uploads) cannot take a process's every slot."""
+
+    def __init__(self, cap: int, what: str = "requests in flight with this API key") -> None:
         self._cap = cap
+        self._what = what
         self._lock = threading.Lock()
         self._count: collections.Counter[str] = collections.Counter()
 
@@ -82,7 +100,7 @@ class InFlight:
             if self._count[key] >= self._cap:
                 raise ApiError(
                     429,
-                    f"More than {self._cap} requests in flight with this API key",
+                    f"More than {self._cap} {self._what}",
                     {"Retry-After": "1"},
                 )
             self._count[key] += 1
@@ -99,14 +117,25 @@ def register(app: Flask, settings: Settings) -> None:
     limit = RateLimit.parse(settings.rate_limit)
     prefix = f"{settings.redis_prefix}:ratelimit:"
 
+    per_unit = max(1, settings.rate_limit_bytes_per_unit)
+
     @app.before_request
     def check() -> None:
         if not request.path.startswith("/v1/") or g.get("tenant") is None:
             return
         rt = runtime()
+        length = request.content_length
+        cost = 1 + max(0, (length or 0) - 1) // per_unit
+        if length is None and request.method in ("POST", "PUT", "PATCH"):
+            # Chunked: the body's cost is known once it is read (see `charge`).
+            counted = _Counted(request.environ["wsgi.input"])
+            request.environ["wsgi.input"] = counted
+            g.body_counted = counted
         try:
             # redis-py's types join its sync and async clients (and differ by version).
-            answer: Any = rt.redis.eval(_HIT, 1, prefix + api_key_identity(), limit.seconds * 1000)
+            answer: Any = rt.redis.eval(
+                _HIT, 1, prefix + api_key_identity(), limit.seconds * 1000, cost
+            )
             count, ttl_ms = int(answer[0]), int(answer[1])
         except RedisError as exc:
             # Redis down must not stop the edge: MongoDB holds the jobs and the
@@ -120,17 +149,50 @@ def register(app: Flask, settings: Settings) -> None:
             raise ApiError(429, f"Rate limit exceeded: {limit.text}")
 
     in_flight = InFlight(settings.max_requests_per_key)
+    streams = InFlight(settings.max_streams_per_tenant, "result streams and exports at once")
+    uploads = InFlight(settings.max_uploads_per_tenant, "batch uploads at once")
 
     @app.before_request
     def concurrency() -> None:
         if request.path.startswith("/v1/") and g.get("tenant") is not None:
             g.in_flight = in_flight.enter(api_key_identity())
+            shares = (
+                streams
+                if request.endpoint in STREAMS
+                else uploads
+                if request.endpoint in UPLOADS
+                else None
+            )
+            if shares is not None:
+                g.share = (shares, shares.enter(g.tenant))
+
+    @app.after_request
+    def until_sent(response: Response) -> Response:
+        # A streamed answer (results, an export, a dry run's plan) is sent after
+        # the request's teardown: its share is given back once it is sent or
+        # its client has gone, when the server closes it.
+        share = g.pop("share", None) if response.is_streamed else None
+        if share is not None:
+            response.call_on_close(lambda: share[0].leave(share[1]))
+        return response
 
     @app.teardown_request
     def done(_: BaseException | None) -> None:
         key = g.pop("in_flight", None)
         if key is not None:
             in_flight.leave(key)
+        share = g.pop("share", None)
+        if share is not None:
+            share[0].leave(share[1])
+        counted = g.pop("body_counted", None)
+        if counted is not None and counted.size > per_unit:
+            charge(prefix + api_key_identity(), (counted.size - 1) // per_unit)
+
+    def charge(key: str, units: int) -> None:
+        """Count a body's units once it has been read: what was sent without a
+        length costs what it would have with one (the next requests pay for it)."""
+        with contextlib.suppress(RedisError):
+            runtime().redis.eval(_HIT, 1, key, limit.seconds * 1000, units)
 
     @app.after_request
     def rate_limit_headers(response: Response) -> Response:
@@ -145,3 +207,28 @@ def register(app: Flask, settings: Settings) -> None:
         if response.status_code == 429 and count > limit.amount:
             response.headers["Retry-After"] = str(max(1, reset))
         return response
+
+
+class _Counted:
+    """A request body that counts the bytes read from it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.size = 0
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self.size += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self.size += len(data)
+        return data
+
+    def __iter__(self) -> Any:
+        while line := self.readline():
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -35,10 +35,15 @@ class Runtime:
     _shared_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, edge: bool = False) -> Runtime:
+        """`edge`: for a process that answers requests, whose every store
+        operation has a deadline (STORE_DEADLINE_MS); a worker's do not, since a
+        worker retries a task whose store call failed and a long one is no fault."""
         return cls(
             settings=settings,
-            store=Store.connect(settings),
+            store=Store.connect(settings, deadline_ms=settings.store_deadline_ms if edge else None),
+            # Every Redis command (the rate limit, the finished-job channel) ends
+            # within socket_timeout: a Redis that hangs costs a request this long.
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_timeout=5, socket_connect_timeout=2
             ),

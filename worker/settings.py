@@ -103,18 +103,53 @@ class Settings(BaseSettings):
     max_requests_per_key: int = 512
     # A connection that sends nothing (or reads nothing) this long is dropped.
     read_timeout_seconds: float = 15.0
+    # A request body must arrive within this many seconds of its first read,
+    # plus one second for every body_min_bytes_per_second bytes received (a
+    # minimum rate after the grace), else 408: a body trickled a byte at a time
+    # cannot hold a connection and its greenlet for ever.
+    body_timeout_seconds: float = 30.0
+    body_min_bytes_per_second: int = 64 * 1024
+    # Trusted proxies (addresses or networks, comma-separated; `*` trusts every
+    # peer): their connections are not capped as one client, and a request
+    # through them is counted for its real client, the rightmost
+    # X-Forwarded-For entry that is not a trusted proxy. Empty: trust none.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Each store operation of the edge (a read, a write, waiting for a pooled
+    # connection) ends within this many milliseconds, then a 503 with
+    # Retry-After: a hung store never holds a request longer.
+    store_deadline_ms: int = 5000
+    # Store reads of result streams (a page of one chunk each) in flight at once per edge
+    # process, so streams never hold the connections auth and creates need.
+    stream_store_slots: int = 16
+    # Per tenant and edge process: result streams and exports at once, and
+    # batch uploads (dry runs included) at once; 429 with Retry-After beyond.
+    max_streams_per_tenant: int = 32
+    max_uploads_per_tenant: int = 16
+    # A request with a body costs one rate-limit unit more for every this many
+    # bytes of it past the first, so a 99 MiB upload is not one request's worth.
+    rate_limit_bytes_per_unit: int = 64 * 1024
     rate_limit: str = "6000/minute"
     log_level: str = "INFO"
 
     # Operations: the port a worker serves Prometheus metrics on (0: none).
     metrics_port: int = 0
 
-    @field_validator("models", "webhook_schedule", mode="before")
+    @field_validator("models", "webhook_schedule", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         # Lists come from the environment as "a,b,c".
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            if entry != "*":
+                ipaddress.ip_network(entry, strict=False)  # a ValueError names the entry
         return value
 
     @property

@@ -27,7 +27,7 @@ from worker.domain.schema import validate_create
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
 from worker.domain.units import item_action, new_unit, result_body
 from worker.runtime import Runtime
-from worker.services import outbox, turns
+from worker.services import outbox, planning, turns
 from worker.services.ahead import read_ahead
 from worker.store import assistants, batches, units
 from worker.store.connection import Store
@@ -327,9 +327,11 @@ def cancel(rt: Runtime, tenant: str, batch_id: str) -> Doc | None:
 
 
 def iter_results(store: Store, tenant: str, batch_id: str, status: str | None) -> Iterator[Doc]:
-    """Finished requests in input order, one chunk in memory at a time."""
+    """Finished requests in input order, one chunk in memory at a time; the
+    process's other requests get turns while a chunk's lines are made."""
     for unit in units.iter_chunks(store, tenant, batch_id):
         for index, item in enumerate(unit["items"]):
+            planning.breathe()
             code = unit["codes"][index]
             if code is None:
                 if unit["status"] != UnitStatus.CANCELLED or status not in (

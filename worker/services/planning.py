@@ -9,6 +9,7 @@ group, and yielded as they are planned: memory stays flat in the line count.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import Future
 from itertools import islice
@@ -31,6 +32,27 @@ from worker.store import assistants
 GROUP = 500
 UNSAVED = {"_id": None, "id": None, "created_at": None}
 NOT_FOUND = {"detail": "No assistant found"}
+
+
+# A turn for the other requests of the process at least this often while an
+# upload is parsed and planned (seconds of CPU for a large one).
+TURN_SECONDS = 0.003
+# Not 0: under gevent a sleep of 0 runs the greenlets already runnable but may
+# not let the loop poll for I/O, so a new connection (a `/healthz`) could wait
+# for the upload; any longer sleep waits for the loop's next turn, which polls.
+_PAUSE = 0.0001
+_turn = [0.0]  # when the last turn was given: one clock for the whole process
+
+
+def breathe() -> None:
+    """Give the other requests of this process a turn if this one has run on
+    for TURN_SECONDS: under gevent (the edge) every other greenlet, `/healthz`
+    included, runs before this one goes on; in a threaded process the others
+    take the interpreter. Cheap when not due."""
+    now = time.monotonic()
+    if now - _turn[0] >= TURN_SECONDS:
+        time.sleep(_PAUSE)
+        _turn[0] = time.monotonic()
 
 
 class Line(NamedTuple):
@@ -68,7 +90,10 @@ def plan(
             else json.loads(line.body_text)
             for line in group
         ]
-        checked = [_check(rt, line, body) for line, body in zip(group, bodies, strict=True)]
+        checked = []
+        for line, body in zip(group, bodies, strict=True):
+            checked.append(_check(rt, line, body))
+            breathe()
         # An apply line whose body hashes as its keyed assistant's content is
         # unchanged, known without reading the assistant.
         unchanged: dict[int, Doc] = {}
@@ -86,6 +111,7 @@ def plan(
         targets = [line.target for line in group if line.target is not None]
         by_id = assistants.find_mine(rt.store, tenant, targets)
         for index, (line, request) in enumerate(zip(group, checked, strict=True)):
+            breathe()
             if index in unchanged:
                 yield _answer(line, "unchanged", 200, unchanged[index])
             else:

@@ -423,11 +423,26 @@ def plan_prune(store: Store, unit: Unit, items: list[Doc]) -> list[Doc] | None:
     return list(written["items"])
 
 
-def iter_chunks(store: Store, tenant: str, batch_id: str) -> Iterator[Unit]:
-    """A batch's chunks in input order, a couple in memory at a time."""
-    query = {"batch_id": batch_id, "tenant": tenant}
-    for unit in store.jobs.find(query, sort=[("seq", ASCENDING)], batch_size=2):
-        yield cast(Unit, unit)
+def iter_chunks(store: Store, tenant: str, batch_id: str, page: int = 1) -> Iterator[Unit]:
+    """A batch's chunks in input order, read `page` at a time by ranges of
+    `(batch_id, seq)`: each page is a query of its own on the index, so the
+    store never builds (and holds, while a slow client reads) a whole sorted
+    result, and no cursor stays open between pages; a slow reader holds one
+    chunk (at most CHUNK_MAX_BYTES of bodies and their results). Each page
+    takes one of the store's slots for long reads while it is read."""
+    after: int | None = None
+    while True:
+        query: Doc = {"batch_id": batch_id, "tenant": tenant}
+        if after is not None:
+            query["seq"] = {"$gt": after}
+        with store.stream_slot():
+            found = list(store.jobs.find(query, sort=[("seq", ASCENDING)], limit=page))
+        for unit in found:
+            yield cast(Unit, unit)
+        if len(found) < page:
+            return
+        after = found[-1]["seq"]
+        del found
 
 
 # The reconciler's sweep.
