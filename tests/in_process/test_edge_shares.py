@@ -77,7 +77,7 @@ def test_results_are_read_in_pages_with_no_cursor_held(shared: Local, owner: Loc
     client: MongoClient[Any] = MongoClient(shared.settings.mongodb_uri, event_listeners=[listener])
     try:
         store = Store(client=client, db=client[shared.settings.database_name])
-        lines = list(batches.iter_results(store, batch_id, None))
+        lines = list(batches.iter_results(store, owner.name, batch_id, None))
     finally:
         client.close()
     assert [line["custom_id"] for line in lines] == [f"c{i}" for i in range(20)]

@@ -108,7 +108,8 @@ def served_by(
             continue
         if sort:
             wanted = [key for key in sort if not (key in query and equality(query[key]))]
-            if ranged or fields[used : used + len(wanted)] != wanted:
+            # A range on the first sort field is served in order too.
+            if fields[used : used + len(wanted)] != wanted:
                 continue
         score = used + ranged
         if best is None or score > best[0]:
