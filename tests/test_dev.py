@@ -223,8 +223,15 @@ def test_dev_in_the_background_serves_its_key_keys_and_metrics_and_stops_on_sigi
             lambda: dev.get(f"/v1/batches/{batch['id']}", key).json()["status"] == "completed"
         )
         # The workers' series, at the edge's /metrics: dev gives them one folder.
-        text = requests.get(dev.url + "/metrics", timeout=30).text
+        # A worker counts a chunk just after recording it, and the record is what
+        # completes the batch: the count is awaited.
         jobs = "assistant_ingest_jobs_finished_total"
+
+        def counted() -> str | None:
+            text = requests.get(dev.url + "/metrics", timeout=30).text
+            return text if metric(text, jobs, kind="batch", outcome="succeeded") == 3 else None
+
+        text = wait_until(counted)
         assert metric(text, jobs, kind="single", outcome="succeeded") >= 1
         assert metric(text, jobs, kind="batch", outcome="succeeded") == 3
         assert metric(text, "assistant_ingest_job_latency_seconds_count", kind="batch") == 3
