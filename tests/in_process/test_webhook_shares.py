@@ -89,6 +89,22 @@ def test_a_tenant_with_many_hanging_origins_leaves_other_tenants_webhooks_on_tim
     assert len(delivered) == ORIGINS * EACH
 
 
+def test_deliveries_over_the_cap_are_woken_as_slots_free_not_left_to_their_due_time(
+    shared: Local,
+) -> None:
+    # 20 events to one receiver that answers in 0.3 s, 2 at a time: those that
+    # found the slots taken wait in line, and each finished attempt wakes the
+    # next. Left to their due time they would wait a lease (40 s here) each round.
+    tenant = shared.new_tenant()
+    with Receiver() as hook:
+        hook.default = Hang(0.3)
+        for _ in range(20):
+            tenant.create({"model": "m"}, **{"Callback-URL": hook.url()})
+        hook.wait_for(20, timeout=30)
+        assert hook.max_in_flight <= ENDPOINT_CAP
+    assert len({r.headers["webhook-id"] for r in hook.requests}) == 20
+
+
 def test_slots_of_the_endpoint_and_the_tenant_are_taken_together_or_not_at_all(
     local: Local,
 ) -> None:

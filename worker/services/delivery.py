@@ -141,7 +141,7 @@ def breaker_wait(rt: Runtime, policy: RetryPolicy, tenant: str, url: str) -> flo
     if health is None or health.get("webhook_url") != url:
         return None
     if health.get(endpoint_rules.DISABLED_AT) is not None:
-        return time.time()  # disabled meanwhile: the next claim records it
+        return time.time()  # disabled meanwhile: the next claim holds it
     if not health.get(endpoint_rules.FAILURES):
         return None
     now = time.time()
