@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--workers", type=int, default=None, help="default 2")
 
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queues", default="single,bulk,webhooks,maintenance")
+    worker.add_argument(
+        "--queues",
+        default="single,bulk,webhooks,maintenance",
+        help="comma-separated; mixed with others, webhooks run in a threads worker of "
+        "their own that this one starts (WORKER_WEBHOOKS_APART=false: in one pool)",
+    )
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--beat", action="store_true", help="also run the periodic reconciler")
     worker.add_argument(
