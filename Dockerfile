@@ -24,7 +24,9 @@ COPY pyproject.toml uv.lock README.md LICENSE ./
 COPY api ./api
 COPY worker ./worker
 COPY cli ./cli
-RUN uv sync --locked --no-editable --python /usr/local/bin/python \
+# --compile-bytecode: the image runs as a user that cannot write .pyc files, so
+# without them every process would compile its imports from source at start.
+RUN uv sync --locked --no-editable --compile-bytecode --python /usr/local/bin/python \
       ${EXTRAS:+--extra "$EXTRAS"}
 
 USER app
