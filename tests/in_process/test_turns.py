@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pymongo.errors import PyMongoError
 
+from cli.embedded import free_port
 from tests.local import Local, LocalTenant
 from tests.stack import Servers
 from worker.queueing.routes import BULK_QUEUE, SINGLE_QUEUE
-from worker.services import reconciler
+from worker.runtime import Runtime
+from worker.services import provisioning, reconciler, turns
+from worker.store.connection import Store
 
 CHUNK = 10
 
@@ -199,3 +203,29 @@ def test_a_small_batch_skips_the_line(servers: Servers) -> None:
             assert status(tenant, batch) == "completed"
     finally:
         own.close()
+
+
+def test_a_turn_that_fails_puts_its_chunk_back_in_its_place(paused: Local) -> None:
+    tenant = paused.new_tenant()
+    first = submit(tenant, CHUNK, "first")
+    second = submit(tenant, CHUNK, "second")
+    # A worker whose store does not answer (nothing listens on the port).
+    settings = paused.settings.model_copy(
+        update={"mongodb_uri": f"mongodb://127.0.0.1:{free_port()}/gone"}
+    )
+    broken = Runtime(
+        settings=settings, store=Store.connect(settings, timeout_ms=300), redis=paused.rt.redis
+    )
+    try:
+        with pytest.raises(PyMongoError):
+            provisioning.take_turn(broken)
+    finally:
+        broken.store.close()
+    chunks = [(tenant.name, f"{first}.000000"), (tenant.name, f"{second}.000000")]
+    assert turns.in_line(paused.rt, chunks) == [True, True]
+    # Back in its place: still the first of its tenant's line.
+    taken = turns.next_chunk(paused.rt)
+    assert taken is not None and taken.chunk_id == f"{first}.000000"
+    turns.put_back(paused.rt, taken)
+    paused.worker.run_queued()
+    assert status(tenant, first) == status(tenant, second) == "completed"

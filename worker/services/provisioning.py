@@ -98,9 +98,17 @@ def take_turn(rt: Runtime) -> None:
     line, chosen now. One that cannot be claimed (cancelled, or done by an
     earlier turn) passes the turn to the next."""
     for _ in range(turns.TRIES_PER_TURN):
-        chunk = turns.next_chunk(rt)
-        if chunk is None or process(rt, [chunk]):
+        taken = turns.next_chunk(rt)
+        if taken is None:
             return
+        try:
+            if process(rt, [taken.chunk_id]):
+                return
+        except Exception:
+            # The store or the broker failed: the chunk keeps its place, and
+            # the task's retry of this turn serves it.
+            turns.put_back(rt, taken)
+            raise
 
 
 def finished_jobs(done: list[Unit], outcomes: Outcomes, now: int) -> dict[str, Doc | None]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -67,13 +68,14 @@ return 1
 """
 
 # KEYS[1]: the ring. ARGV[1]: the prefix of the tenants' lines. Returns the
-# next chunk id, or false when no chunk waits.
+# next chunk id with its tenant and its place in line, or false when no chunk
+# waits.
 _NEXT = """
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 while #head > 0 do
   local tenant, at = head[1], tonumber(head[2])
   local line = ARGV[1] .. tenant
-  local first = redis.call('ZRANGE', line, 0, 0)
+  local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
   if #first > 0 then
     redis.call('ZREM', line, first[1])
     if redis.call('ZCARD', line) == 0 then
@@ -81,7 +83,7 @@ while #head > 0 do
     else
       redis.call('ZADD', KEYS[1], at + 1, tenant)
     end
-    return first[1]
+    return {first[1], tenant, first[2]}
   end
   redis.call('ZREM', KEYS[1], tenant)
   head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -113,6 +115,15 @@ def _lines(rt: Runtime) -> str:
     return f"{rt.settings.redis_prefix}:turns:line:"
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A chunk taken out of line: its id, its tenant and its place in line."""
+
+    chunk_id: str
+    tenant: str
+    at: float
+
+
 def join(rt: Runtime, tenant: str, chunks: Sequence[tuple[str, float]]) -> None:
     """Put a tenant's chunks `(id, accepted_at)` in its line and send a turn for
     each. A chunk already in line keeps its place, and its extra turn serves
@@ -120,12 +131,16 @@ def join(rt: Runtime, tenant: str, chunks: Sequence[tuple[str, float]]) -> None:
     the reconciler puts them in line later."""
     if not chunks:
         return
+    _in_line(rt, tenant, chunks)
+    for _ in chunks:
+        rt.sender.send(PROCESS_TURN, tenant)
+
+
+def _in_line(rt: Runtime, tenant: str, chunks: Sequence[tuple[str, float]]) -> None:
     for start in range(0, len(chunks), _GROUP):
         group = chunks[start : start + _GROUP]
         pairs = [value for chunk_id, at in group for value in (repr(at), chunk_id)]
         rt.redis.eval(_JOIN, 2, _ring(rt), _lines(rt) + tenant, tenant, *pairs)
-    for _ in chunks:
-        rt.sender.send(PROCESS_TURN, tenant)
 
 
 def express(rt: Runtime, tenant: str, chunk_id: str) -> bool:
@@ -148,12 +163,23 @@ def express(rt: Runtime, tenant: str, chunk_id: str) -> bool:
     return True
 
 
-def next_chunk(rt: Runtime) -> str | None:
+def next_chunk(rt: Runtime) -> Taken | None:
     """The chunk whose turn it is (taken out of line), or None if none waits."""
-    found = rt.redis.eval(_NEXT, 1, _ring(rt), _lines(rt))
-    if found is None:
+    found: Any = rt.redis.eval(_NEXT, 1, _ring(rt), _lines(rt))
+    if not found:
         return None
-    return found.decode() if isinstance(found, bytes) else str(found)
+    chunk_id, tenant, at = (v.decode() if isinstance(v, bytes) else str(v) for v in found)
+    return Taken(chunk_id, tenant, float(at))
+
+
+def put_back(rt: Runtime, taken: Taken) -> None:
+    """A chunk whose turn failed (the store or the broker down) goes back to its
+    place in line, with no turn of its own: the failed turn is retried and
+    serves it. If Redis cannot take it, the reconciler puts it back once due."""
+    try:
+        _in_line(rt, taken.tenant, [(taken.chunk_id, taken.at)])
+    except RedisError:
+        log.warning("chunk %s left for the reconciler to put back in line", taken.chunk_id)
 
 
 def queued_lines(rt: Runtime, tenant: str) -> int:
