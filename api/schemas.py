@@ -348,8 +348,12 @@ ABSENT: Any = None
 class AssistantListQuery(_Query):
     limit: QueryInt = Field(20, ge=1, le=100)
     order: Literal["asc", "desc"] = "desc"
-    after: Cursor = Field(ABSENT, description="an assistant id")
-    before: Cursor = Field(ABSENT, description="an assistant id")
+    after: Cursor = Field(
+        ABSENT, description="an assistant id; one deleted since pages on from where it was"
+    )
+    before: Cursor = Field(
+        ABSENT, description="an assistant id; one deleted since pages on from where it was"
+    )
 
 
 class JobListQuery(_Query):
