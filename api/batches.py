@@ -30,6 +30,7 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
 
 
 @bp.post("/batches")
+@queries.own_query
 def create_batch() -> Response:
     queries.allow_only(("job_events", "mode", "prune", "dry_run"))
     job_events = queries.choice("job_events", ("true", "false"), "false") == "true"
@@ -298,6 +299,7 @@ def get_batch(batch_id: str) -> Response:
 
 
 @bp.get("/batches")
+@queries.own_query
 def list_batches() -> Response:
     queries.allow_only(("limit", "after"))
     limit, after = queries.limit(), queries.text("after")
@@ -317,6 +319,7 @@ def cancel_batch(batch_id: str) -> Response:
 
 
 @bp.get("/batches/<batch_id>/results")
+@queries.own_query
 def batch_results(batch_id: str) -> Response:
     queries.allow_only(("status",))
     status = queries.choice("status", ("succeeded", "failed", "cancelled"))

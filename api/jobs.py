@@ -55,6 +55,7 @@ def get_job(job_id: str) -> Response:
 
 
 @bp.get("/jobs")
+@queries.own_query
 def list_jobs() -> Response:
     queries.allow_only(("batch_id", "status", "limit", "after"))
     limit = queries.limit()

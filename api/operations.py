@@ -55,7 +55,7 @@ idempotency): **any JSON value is accepted** and its fields are judged by the
 worker, whose `422` detail (FastAPI's shape) becomes the job's result. Clients
 poll the job, wait for it with `Prefer: wait=N`, or receive a signed webhook.
 
-Order of the edge's checks: 401, 429, 415, 413, header 422s, body 422
+Order of the edge's checks: 401, 429, query 422s, 415, 413, header 422s, body 422
 (`json_invalid`), 409, then 202 or 503. Every `/v1` answer but 401 carries
 `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; every answer
 carries `X-Request-ID`.
@@ -75,7 +75,9 @@ TEXT: dict[str, Any] = {"type": "string"}
 
 
 def _errors(*statuses: int) -> dict[int, Answer]:
-    """The error answers of a /v1 route: 401, 429 and 503 always, plus `statuses`."""
+    """The error answers of a /v1 route: 401, 422, 429 and 503 always (every
+    route answers a query parameter it does not take with 422 at `["query",
+    name]`), plus `statuses`."""
     text = {
         401: ("Missing, unknown or revoked API key", ("WWW-Authenticate!",)),
         404: ("No such object for this tenant (another tenant's id included)", ()),
@@ -86,7 +88,7 @@ def _errors(*statuses: int) -> dict[int, Answer]:
         503: ("The store is unavailable; nothing was accepted", ("Retry-After",)),
     }
     answers: dict[int, Answer] = {}
-    for status in sorted({401, 429, 503, *statuses}):
+    for status in sorted({401, 422, 429, 503, *statuses}):
         if status == 422:
             answers[422] = Answer(
                 "Invalid input: `loc` says where (`body`, `query` or `header`)",
@@ -170,9 +172,12 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "assistants",
             {
                 200: Answer(
-                    "With `Prefer: wait=N`, the job succeeded in time: the updated assistant",
+                    "With `Prefer: wait=N`, the job succeeded in time: the updated "
+                    "assistant (with `Location` of its job). With `?dry_run=true`: one "
+                    "`PlanLine` (NDJSON)",
                     Assistant,
-                    headers=("Location!", "Preference-Applied", "Idempotent-Replayed"),
+                    headers=("Location", "Preference-Applied", "Idempotent-Replayed"),
+                    also={"application/x-ndjson": TEXT},
                 ),
                 202: job_accepted,
                 **_errors(404, 409, 413, 415, 422),
@@ -183,8 +188,12 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 "have is a 404 at once; otherwise any JSON body is accepted (202) and "
                 "checked by the worker, as a create is. Modifies of one assistant apply "
                 "in the order they were accepted; one that loses a race with a delete "
-                "ends with a 404 result."
+                "ends with a 404 result. With `?dry_run=true` the body is validated now "
+                "and the answer is 200 with one `PlanLine` (NDJSON, `action` `update`, "
+                "`unchanged` or `invalid`, status 404 for an assistant the tenant does not "
+                "have); nothing is changed."
             ),
+            query=s.CreateQuery,
             headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
             body={"application/json": modify},
         ),
@@ -216,7 +225,11 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "Delete an assistant",
             "assistants",
             {
-                **_ok("Deleted", s.AssistantDeleted),
+                200: Answer(
+                    "Deleted. With `?dry_run=true`: one `PlanLine` (NDJSON)",
+                    s.AssistantDeleted,
+                    also={"application/x-ndjson": TEXT},
+                ),
                 202: Answer(
                     "Queued behind earlier changes of the assistant and not done within "
                     "MAX_WAIT_SECONDS: the delete's job",
@@ -228,8 +241,11 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             description=(
                 "Deleted at once, unless changes of the assistant accepted earlier are "
                 "still open: then it is queued behind them and answered when done, so "
-                "one assistant's changes apply in acceptance order."
+                "one assistant's changes apply in acceptance order. With `?dry_run=true` "
+                "the answer is 200 with one `PlanLine` (NDJSON, `action` `delete`, or "
+                "`invalid` with status 404); nothing is deleted."
             ),
+            query=s.CreateQuery,
             headers=(s.TraceHeaders,),
         ),
         Operation(

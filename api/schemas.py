@@ -389,8 +389,10 @@ class BatchCreateQuery(_Query):
 
 
 class CreateQuery(_Query):
+    """The query of a single create, modify or delete."""
+
     dry_run: Literal["true", "false"] = Field(
-        "false", description="validate now and answer the plan line; nothing is created"
+        "false", description="validate now and answer the plan line; nothing is changed"
     )
 
 

@@ -30,6 +30,7 @@ class WebhookEndpointUpdate(BaseModel):
 
 
 @bp.get("/webhook_deliveries")
+@queries.own_query
 def list_deliveries() -> Response:
     queries.allow_only(("status", "limit", "after"))
     limit = queries.limit()

@@ -1,0 +1,103 @@
+"""Routes users can steer without surprises: no query parameter is silently
+ignored, and a single modify or delete has a dry run that changes nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.stack import Tenant
+
+NO_QUERY = [
+    ("GET", "/v1/assistants/asst_x"),
+    ("POST", "/v1/assistants/asst_x"),
+    ("DELETE", "/v1/assistants/asst_x"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/jobs/job_x"),
+    ("GET", "/v1/batches/batch_x"),
+    ("POST", "/v1/batches/batch_x/cancel"),
+    ("GET", "/v1/webhook_endpoint"),
+    ("DELETE", "/v1/webhook_endpoint"),
+    ("GET", "/v1/webhook_deliveries/d_x"),
+]
+
+
+def made(tenant: Tenant, name: str = "kept") -> dict[str, Any]:
+    response = tenant.create({"model": "gpt-4", "name": name}, Prefer="wait=30")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def plan(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("application/x-ndjson")
+    (line,) = [json.loads(text) for text in response.text.splitlines()]
+    result: dict[str, Any] = line
+    return result
+
+
+@pytest.mark.parametrize(("method", "path"), NO_QUERY)
+def test_a_route_without_query_parameters_refuses_any_given(
+    tenant: Tenant, method: str, path: str
+) -> None:
+    response = tenant.request(method, path, params={"bogus": "1"})
+    assert response.status_code == 422, response.text
+    (entry,) = response.json()["detail"]
+    assert (entry["loc"], entry["type"]) == (["query", "bogus"], "extra_forbidden")
+
+
+def test_an_unknown_parameter_on_delete_deletes_nothing(tenant: Tenant) -> None:
+    assistant = made(tenant)
+    path = f"/v1/assistants/{assistant['id']}"
+    response = tenant.request("DELETE", path, params={"dryrun": "true"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "dryrun"]
+    assert tenant.request("GET", path).json() == assistant
+
+
+def test_an_unknown_parameter_on_modify_changes_nothing(tenant: Tenant) -> None:
+    assistant = made(tenant)
+    path = f"/v1/assistants/{assistant['id']}"
+    response = tenant.request("POST", path, json={"name": "new"}, params={"bogus": "1"})
+    assert response.status_code == 422
+    assert tenant.request("GET", path).json() == assistant
+
+
+def test_delete_dry_run_answers_the_plan_line_and_deletes_nothing(tenant: Tenant) -> None:
+    assistant = made(tenant)
+    path = f"/v1/assistants/{assistant['id']}"
+    line = plan(tenant.request("DELETE", path, params={"dry_run": "true"}))
+    assert line == {
+        "custom_id": None,
+        "action": "delete",
+        "status_code": 200,
+        "body": {"id": assistant["id"], "object": "assistant.deleted", "deleted": True},
+    }
+    assert tenant.request("GET", path).json() == assistant
+    missing = plan(tenant.request("DELETE", "/v1/assistants/asst_none", params={"dry_run": "true"}))
+    assert (missing["action"], missing["status_code"]) == ("invalid", 404)
+    assert tenant.request("DELETE", path, params={"dry_run": "false"}).status_code == 200
+    assert tenant.request("GET", path).status_code == 404
+
+
+def test_modify_dry_run_answers_the_plan_line_and_changes_nothing(tenant: Tenant) -> None:
+    assistant = made(tenant)
+    path = f"/v1/assistants/{assistant['id']}"
+    line = plan(tenant.request("POST", path, json={"name": "renamed"}, params={"dry_run": "true"}))
+    assert (line["action"], line["status_code"], line["changes"]) == ("update", 200, ["name"])
+    assert line["body"] == {**assistant, "name": "renamed"}
+    same = plan(tenant.request("POST", path, json={"name": "kept"}, params={"dry_run": "true"}))
+    assert same["action"] == "unchanged"
+    bad = plan(tenant.request("POST", path, json={"name": 5}, params={"dry_run": "true"}))
+    assert (bad["action"], bad["status_code"]) == ("invalid", 422)
+    assert bad["body"]["detail"][0]["loc"] == ["body", "name"]
+    gone = plan(
+        tenant.request("POST", "/v1/assistants/asst_none", json={}, params={"dry_run": "true"})
+    )
+    assert (gone["action"], gone["status_code"]) == ("invalid", 404)
+    assert tenant.request("GET", path).json() == assistant
+    # The create's job is the only one: a dry run records none.
+    assert len(tenant.request("GET", "/v1/jobs").json()["data"]) == 1
