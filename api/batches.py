@@ -301,11 +301,15 @@ def get_batch(batch_id: str) -> Response:
 @bp.get("/batches")
 @queries.own_query
 def list_batches() -> Response:
-    queries.allow_only(("limit", "after"))
-    limit, after = queries.limit(), queries.text("after")
-    page = batch_store.list_page(store(), tenant(), limit=limit, after=after)
-    if page is None:
-        raise queries.unknown_cursor("after", after)
+    queries.allow_only(("limit", "order", "after", "before"))
+    limit = queries.limit()
+    order = queries.choice("order", ("asc", "desc"), "desc") or "desc"
+    after, before = queries.text("after"), queries.text("before")
+    page = batch_store.list_page(
+        store(), tenant(), limit=limit, order=order, after=after, before=before
+    )
+    if isinstance(page, str):
+        raise queries.unknown_cursor(page, after if page == "after" else before)
     docs, has_more = page
     return jsonify(queries.list_object([public(doc) for doc in docs], has_more))
 

@@ -360,12 +360,18 @@ class JobListQuery(_Query):
     batch_id: Cursor = ABSENT
     status: Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] = ABSENT
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field(
+        "asc", description="asc: oldest first (a batch's jobs in input order), as ever"
+    )
     after: Cursor = Field(ABSENT, description="a job id")
+    before: Cursor = Field(ABSENT, description="a job id")
 
 
 class BatchListQuery(_Query):
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field("desc", description="desc: newest first")
     after: Cursor = Field(ABSENT, description="a batch id")
+    before: Cursor = Field(ABSENT, description="a batch id")
 
 
 class BatchCreateQuery(_Query):
@@ -407,7 +413,9 @@ class BatchResultsQuery(_Query):
 class DeliveryListQuery(_Query):
     status: Literal["pending", "delivered", "failed"] = ABSENT
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field("asc", description="asc: oldest first, as ever")
     after: Cursor = Field(ABSENT, description="a delivery id")
+    before: Cursor = Field(ABSENT, description="a delivery id")
 
 
 class SubmitHeaders(BaseModel):

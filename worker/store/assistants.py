@@ -273,26 +273,22 @@ def list_page(
     A cursor naming an assistant deleted since pages on from where it was.
     Raises UnknownCursor for a cursor id the tenant does not have.
     """
-    ascending = order == "asc"
-    bounds: list[Doc] = []
+    anchors: dict[str, Doc] = {}
     for name, cursor_id in (("after", after), ("before", before)):
         if cursor_id is None:
             continue
         anchor = _place(store, tenant, cursor_id)
         if anchor is None:
             raise UnknownCursor(name, cursor_id)
-        bounds.append(pages.beyond(anchor, ascending=(name == "after") == ascending))
-    query: Doc = {"tenant": tenant}
-    if bounds:
-        query["$and"] = bounds
-    # Going back from `before` alone reads towards the start, then restores the order.
-    backwards = before is not None and after is None
-    page, has_more = pages.read(
-        store.assistants, query, ascending=ascending != backwards, limit=limit
+        anchors[name] = anchor
+    return pages.window(
+        store.assistants,
+        {"tenant": tenant},
+        ascending=order == "asc",
+        limit=limit,
+        after=anchors.get("after"),
+        before=anchors.get("before"),
     )
-    if backwards:
-        page.reverse()
-    return page, has_more
 
 
 def _place(store: Store, tenant: str, assistant_id: str) -> Doc | None:

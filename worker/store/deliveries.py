@@ -39,18 +39,37 @@ def get(store: Store, tenant: str, delivery_id: str) -> Doc | None:
 
 
 def list_page(
-    store: Store, tenant: str, *, status: str | None, limit: int, after: str | None
-) -> tuple[list[Doc], bool] | None:
-    """Oldest first; None when `after` is unknown."""
+    store: Store,
+    tenant: str,
+    *,
+    status: str | None,
+    limit: int,
+    order: str = "asc",
+    after: str | None = None,
+    before: str | None = None,
+) -> tuple[list[Doc], bool] | str:
+    """A page, oldest first by default; the name of the cursor (`after` or
+    `before`) whose delivery is unknown instead."""
     query: Doc = {"tenant": tenant}
     if status is not None:
         query["status"] = status
-    if after is not None:
-        anchor = store.deliveries.find_one({"_id": after, "tenant": tenant}, {"created_at": 1})
-        if anchor is None:
-            return None
-        query.update(pages.beyond(anchor, ascending=True))
-    return pages.read(store.deliveries, query, ascending=True, limit=limit)
+    anchors: dict[str, Doc] = {}
+    for name, cursor_id in (("after", after), ("before", before)):
+        if cursor_id is not None:
+            anchor = store.deliveries.find_one(
+                {"_id": cursor_id, "tenant": tenant}, {"created_at": 1}
+            )
+            if anchor is None:
+                return name
+            anchors[name] = anchor
+    return pages.window(
+        store.deliveries,
+        query,
+        ascending=order == "asc",
+        limit=limit,
+        after=anchors.get("after"),
+        before=anchors.get("before"),
+    )
 
 
 def restart(store: Store, tenant: str, delivery_id: str, now: float, expire_at: datetime) -> bool:
