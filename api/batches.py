@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
@@ -17,8 +18,11 @@ from api import inputs, ndjson, queries
 from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
+from api.jobs import listener
+from api.waiting import parse_prefer
 from worker.domain.batches import new_batch, public
 from worker.domain.ids import new_id
+from worker.domain.statuses import BatchStatus
 from worker.runtime import Runtime
 from worker.services import batches, intake, planning, turns
 from worker.store import batches as batch_store
@@ -290,12 +294,29 @@ def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
     return response
 
 
+def _settled(doc: dict[str, Any]) -> bool:
+    return doc["status"] not in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
+
+
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    doc = batch_store.get(store(), tenant(), batch_id)
+    """The batch; with `Prefer: wait=N`, once it is no longer in progress (or
+    cancelling) or N seconds passed. `Retry-After` while it still is."""
+    wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
+    db, owner = store(), tenant()
+    if wait:
+        read = functools.partial(batch_store.get, db, owner, batch_id)
+        doc = listener().wait(batch_id, wait, read, _settled, g.get("stages"))
+    else:
+        doc = batch_store.get(db, owner, batch_id)
     if doc is None:
         raise not_found("No batch found")
-    return jsonify(public(doc))
+    response = jsonify(public(doc))
+    if not _settled(doc):
+        response.headers["Retry-After"] = "1"
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
 
 
 @bp.get("/batches")

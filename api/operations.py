@@ -350,8 +350,14 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/batches/{batch_id}",
             "Read a batch",
             "batches",
-            {**_ok("The batch", s.Batch), **_errors(404)},
-            headers=(s.TraceHeaders,),
+            {
+                **_ok("The batch", s.Batch, "Retry-After", "Preference-Applied"),
+                **_errors(404),
+            },
+            description="`Retry-After` is set while the batch is `in_progress` or "
+            "`cancelling`. `Prefer: wait=N` long-polls until it is neither (completed or "
+            "cancelled) or N seconds pass.",
+            headers=(s.WaitHeaders, s.TraceHeaders),
         ),
         Operation(
             "cancelBatch",

@@ -4,11 +4,17 @@ ignored, and a single modify or delete has a dry run that changes nothing."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.stack import Tenant
+from tests.local import NO_BULK, Local, running_local
+from tests.stack import Servers, Tenant
+
+JSONL = {"Content-Type": "application/x-ndjson"}
 
 NO_QUERY = [
     ("GET", "/v1/assistants/asst_x"),
@@ -101,3 +107,56 @@ def test_modify_dry_run_answers_the_plan_line_and_changes_nothing(tenant: Tenant
     assert tenant.request("GET", path).json() == assistant
     # The create's job is the only one: a dry run records none.
     assert len(tenant.request("GET", "/v1/jobs").json()["data"]) == 1
+
+
+@pytest.fixture(scope="module")
+def no_bulk(servers: Servers) -> Iterator[Local]:
+    """No worker of the bulk queue: a batch stays in progress until cancelled."""
+    with running_local(servers.settings(), NO_BULK) as deployment:
+        yield deployment
+
+
+def submit(tenant: Tenant, count: int) -> dict[str, Any]:
+    data = b"".join(json.dumps({"body": {"model": "m"}}).encode() + b"\n" for _ in range(count))
+    response = tenant.request("POST", "/v1/batches", data=data, headers=JSONL)
+    assert response.status_code == 202, response.text
+    batch: dict[str, Any] = response.json()
+    return batch
+
+
+def test_a_batch_in_progress_answers_retry_after_and_waits_out_prefer(no_bulk: Local) -> None:
+    tenant = no_bulk.new_tenant()
+    batch = submit(tenant, 3)
+    path = f"/v1/batches/{batch['id']}"
+    plain = tenant.request("GET", path)
+    assert (plain.json()["status"], plain.headers["Retry-After"]) == ("in_progress", "1")
+    waited = tenant.request("GET", path, headers={"Prefer": "wait=1"})
+    assert waited.json()["status"] == "in_progress"
+    assert (waited.headers["Retry-After"], waited.headers["Preference-Applied"]) == ("1", "wait=1")
+
+
+def test_a_wait_on_a_batch_ends_when_it_stops_being_in_progress(no_bulk: Local) -> None:
+    tenant = no_bulk.new_tenant()
+    batch = submit(tenant, 3)
+    path = f"/v1/batches/{batch['id']}"
+    answers: list[Any] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(tenant.request("GET", path, headers={"Prefer": "wait=60"}))
+    )
+    started = time.monotonic()
+    waiting.start()
+    time.sleep(0.5)  # the wait is under way (if not, it reads the batch cancelled)
+    assert tenant.request("POST", f"{path}/cancel").status_code == 200
+    waiting.join(70)
+    (answer,) = answers
+    assert answer.json()["status"] == "cancelled"
+    assert "Retry-After" not in answer.headers
+    assert time.monotonic() - started < 45  # woken by the finish, not the 60 s deadline
+
+
+def test_a_wait_on_a_batch_answers_it_completed(tenant: Tenant) -> None:
+    batch = submit(tenant, 5)
+    answer = tenant.request("GET", f"/v1/batches/{batch['id']}", headers={"Prefer": "wait=60"})
+    assert answer.json()["status"] == "completed"
+    assert answer.json()["request_counts"]["completed"] == 5
+    assert "Retry-After" not in answer.headers

@@ -292,6 +292,9 @@ def refresh(rt: Runtime, tenant: str, batch_id: str, tallies: dict[int, Tally]) 
             now=now,
             expire_at=expire_at(rt.settings, now),
         ):
+            # Requests waiting on the batch (`Prefer: wait`) hear its id as a
+            # finished job's, and read it again.
+            rt.publish_finished({batch_id: None})
             outbox.flush_batch_event(rt, tenant, batch_id)
             return
 
