@@ -343,13 +343,35 @@ def cancel_batch(batch_id: str) -> Response:
     return jsonify(public(doc))
 
 
+@bp.post("/batches/<batch_id>/retry")
+@queries.own_query
+def retry_batch(batch_id: str) -> Response:
+    """A new batch of the lines that failed or were cancelled (202), stored and
+    put in line as an upload is; 409 while the batch runs or if none is left."""
+    queries.allow_only(("only",))
+    only = queries.choice("only", ("cancelled", "failed"))
+    rt = runtime()
+    _refuse_over_quota(rt)
+    try:
+        doc = batches.retry(rt, tenant(), batch_id, only=only, request_id=request_id())
+    except batches.RetryRefused as exc:
+        raise ApiError(409, str(exc)) from None
+    except PyMongoError as exc:
+        raise intake.Unavailable from exc
+    if doc is None:
+        raise not_found("No batch found")
+    return _answer(doc, replayed=False)
+
+
 @bp.get("/batches/<batch_id>/results")
 @queries.own_query
 def batch_results(batch_id: str) -> Response:
-    queries.allow_only(("status",))
+    queries.allow_only(("status", "format"))
     status = queries.choice("status", ("succeeded", "failed", "cancelled"))
     db = store()
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
+    if queries.choice("format", ("input", "result"), "result") == "input":
+        return ndjson.stream(batches.iter_input(db, tenant(), batch_id, status))
 
     return ndjson.stream(batches.iter_results(db, tenant(), batch_id, status))

@@ -369,6 +369,32 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             headers=(s.TraceHeaders,),
         ),
         Operation(
+            "retryBatch",
+            "POST",
+            "/v1/batches/{batch_id}/retry",
+            "Retry a batch's failed or cancelled lines as a new batch",
+            "batches",
+            {
+                202: Answer(
+                    "The new batch (`retry_of` the parent), stored and in line",
+                    s.Batch,
+                    headers=("Location!",),
+                ),
+                **_errors(404, 409),
+            },
+            description=(
+                "A new batch holding the lines of a finished batch whose results failed "
+                "(404, 422, 500) or were cancelled (`only=failed|cancelled`: just those), "
+                "with their custom_ids and bodies, in its mode, with its `job_events`, "
+                "callback and metadata (not `prune`, which would delete what the retry "
+                "leaves out). The parent's results stay as they were; a retry can be "
+                "retried. 409 while the parent is `in_progress` or `cancelling`, or when "
+                "it has no such lines; 429 as `POST /v1/batches` over the queued-lines quota."
+            ),
+            query=s.BatchRetryQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
             "getBatchResults",
             "GET",
             "/v1/batches/{batch_id}/results",
@@ -376,7 +402,9 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "batches",
             {
                 200: Answer(
-                    "One `BatchResultLine` per finished request, in input order (NDJSON)",
+                    "One `BatchResultLine` per finished request, in input order (NDJSON); "
+                    "with `format=input`, each as an input line instead (`custom_id`, "
+                    "`method` and `url` of a modify or delete, `body`), to fix and submit",
                     TEXT,
                     media="application/x-ndjson",
                 ),

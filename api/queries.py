@@ -33,6 +33,7 @@ _MODELS: dict[frozenset[str], type[BaseModel]] = {
         schemas.CreateQuery,
         schemas.ExportQuery,
         schemas.BatchResultsQuery,
+        schemas.BatchRetryQuery,
         schemas.DeliveryListQuery,
     )
 }

@@ -132,6 +132,9 @@ class Batch(BaseModel):
     request_counts: RequestCounts
     callback_url: str | None
     metadata: dict[str, Any]
+    retry_of: str | None = Field(
+        description="the batch whose failed or cancelled lines this one retries"
+    )
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -408,6 +411,17 @@ class ExportQuery(_Query):
 
 class BatchResultsQuery(_Query):
     status: Literal["succeeded", "failed", "cancelled"] = ABSENT
+    format: Literal["result", "input"] = Field(
+        "result",
+        description="input: the lines as input JSONL (custom_id, method and url of a "
+        "modify or delete, body), to fix and submit again",
+    )
+
+
+class BatchRetryQuery(_Query):
+    only: Literal["failed", "cancelled"] = Field(
+        ABSENT, description="retry only the lines that failed, or only those cancelled"
+    )
 
 
 class DeliveryListQuery(_Query):

@@ -160,3 +160,132 @@ def test_a_wait_on_a_batch_answers_it_completed(tenant: Tenant) -> None:
     assert answer.json()["status"] == "completed"
     assert answer.json()["request_counts"]["completed"] == 5
     assert "Retry-After" not in answer.headers
+
+
+def submit_lines(tenant: Tenant, lines: list[Any], query: str = "") -> dict[str, Any]:
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    response = tenant.request("POST", f"/v1/batches{query}", data=data, headers=JSONL)
+    assert response.status_code == 202, response.text
+    batch: dict[str, Any] = response.json()
+    return batch
+
+
+def finished(tenant: Tenant, batch_id: str) -> dict[str, Any]:
+    answer = tenant.request("GET", f"/v1/batches/{batch_id}", headers={"Prefer": "wait=60"})
+    batch: dict[str, Any] = answer.json()
+    assert batch["status"] in ("completed", "cancelled"), batch
+    return batch
+
+
+def lines_of(tenant: Tenant, batch_id: str, query: str = "") -> list[dict[str, Any]]:
+    response = tenant.request("GET", f"/v1/batches/{batch_id}/results{query}")
+    assert response.status_code == 200, response.text
+    return [json.loads(text) for text in response.text.splitlines()]
+
+
+def retry(tenant: Tenant, batch_id: str, query: str = "") -> Any:
+    return tenant.request("POST", f"/v1/batches/{batch_id}/retry{query}")
+
+
+MIXED = [
+    {"custom_id": "ok-1", "body": {"model": "m", "name": "one"}},
+    {"custom_id": "bad", "body": {"name": "no model"}},
+    {
+        "custom_id": "gone",
+        "method": "POST",
+        "url": "/v1/assistants/asst_none",
+        "body": {"name": "x"},
+    },
+    {"custom_id": "ok-2", "body": {"model": "m"}},
+]
+
+
+def test_failed_lines_read_back_as_input(tenant: Tenant) -> None:
+    batch = submit_lines(tenant, MIXED)
+    finished(tenant, batch["id"])
+    assert lines_of(tenant, batch["id"], "?status=failed&format=input") == [
+        {"custom_id": "bad", "body": {"name": "no model"}},
+        {
+            "custom_id": "gone",
+            "method": "POST",
+            "url": "/v1/assistants/asst_none",
+            "body": {"name": "x"},
+        },
+    ]
+    everything = lines_of(tenant, batch["id"], "?format=input")
+    assert [line["custom_id"] for line in everything] == ["ok-1", "bad", "gone", "ok-2"]
+    bad = tenant.request("GET", f"/v1/batches/{batch['id']}/results?format=jsonl")
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["query", "format"]
+
+
+def test_a_retry_holds_the_failed_lines_and_a_retry_of_it_works(tenant: Tenant) -> None:
+    parent = submit_lines(tenant, MIXED, "?job_events=false")
+    finished(tenant, parent["id"])
+    before = lines_of(tenant, parent["id"])
+    answer = retry(tenant, parent["id"])
+    assert answer.status_code == 202, answer.text
+    child = answer.json()
+    assert answer.headers["Location"].endswith(f"/v1/batches/{child['id']}")
+    assert (child["retry_of"], child["mode"], child["request_counts"]["total"]) == (
+        parent["id"],
+        "create",
+        2,
+    )
+    finished(tenant, child["id"])
+    results = lines_of(tenant, child["id"])
+    assert [(r["custom_id"], r["status_code"]) for r in results] == [("bad", 422), ("gone", 404)]
+    assert lines_of(tenant, parent["id"]) == before  # the parent's results stay
+    nothing = retry(tenant, parent["id"], "?only=cancelled")
+    assert nothing.status_code == 409
+    assert "no cancelled lines" in nothing.json()["detail"]
+    grandchild = retry(tenant, child["id"], "?only=failed")
+    assert grandchild.status_code == 202, grandchild.text
+    assert grandchild.json()["retry_of"] == child["id"]
+    assert finished(tenant, grandchild.json()["id"])["request_counts"]["failed"] == 2
+
+
+def test_a_batch_that_all_succeeded_has_nothing_to_retry(tenant: Tenant) -> None:
+    batch = submit_lines(tenant, [{"body": {"model": "m"}}])
+    finished(tenant, batch["id"])
+    answer = retry(tenant, batch["id"])
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == (
+        f"Batch {batch['id']} has no failed or cancelled lines left to retry"
+    )
+    assert retry(tenant, "batch_none").status_code == 404
+    assert retry(tenant, batch["id"], "?only=everything").status_code == 422
+
+
+def test_an_apply_retry_keeps_its_mode(tenant: Tenant) -> None:
+    parent = submit_lines(
+        tenant,
+        [{"custom_id": "k1", "body": {"model": "m"}}, {"custom_id": "k2", "body": {}}],
+        "?mode=apply",
+    )
+    finished(tenant, parent["id"])
+    child = retry(tenant, parent["id"]).json()
+    assert (child["mode"], child["request_counts"]["total"]) == ("apply", 1)
+    (result,) = lines_of(tenant, finished(tenant, child["id"])["id"])
+    assert (result["custom_id"], result["status_code"]) == ("k2", 422)
+
+
+def test_a_running_batch_is_not_retried_and_its_cancelled_lines_are(no_bulk: Local) -> None:
+    tenant = no_bulk.new_tenant()
+    lines = [{"custom_id": f"c{i}", "body": {"model": "m"}} for i in range(3)]
+    parent = submit_lines(tenant, lines)
+    running = retry(tenant, parent["id"])
+    assert running.status_code == 409
+    assert running.json()["detail"] == (
+        f"Batch {parent['id']} is still in_progress; retry it once it is completed or cancelled"
+    )
+    assert tenant.request("POST", f"/v1/batches/{parent['id']}/cancel").status_code == 200
+    assert retry(tenant, parent["id"], "?only=failed").status_code == 409
+    child = retry(tenant, parent["id"], "?only=cancelled")
+    assert child.status_code == 202, child.text
+    assert child.json()["request_counts"]["total"] == 3
+    assert [line["custom_id"] for line in lines_of(tenant, parent["id"], "?format=input")] == [
+        "c0",
+        "c1",
+        "c2",
+    ]
