@@ -7,12 +7,17 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from tests.local import NO_BULK, Local, running_local
-from tests.stack import Servers, Tenant
+from tests.receiver import Hang, Receiver
+from tests.stack import Servers, Tenant, wait_until
+from worker.domain import events
+from worker.store import deliveries
+from worker.store.connection import Store
 
 JSONL = {"Content-Type": "application/x-ndjson"}
 
@@ -289,3 +294,58 @@ def test_a_running_batch_is_not_retried_and_its_cancelled_lines_are(no_bulk: Loc
         "c1",
         "c2",
     ]
+
+
+def test_batch_completed_comes_after_each_job_event_had_its_first_attempt(
+    tenant: Tenant,
+) -> None:
+    """Job events answered slowly (the first attempts take a second each) would let
+    the batch's event overtake them; it waits until each was attempted once."""
+    lines = [{"custom_id": f"c{i}", "body": {"model": "m"} if i % 2 else {}} for i in range(8)]
+    with Receiver() as hook:
+        hook.then(*[Hang(seconds=1.0)] * 8)
+        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        response = tenant.request(
+            "POST",
+            "/v1/batches?job_events=true",
+            data=data,
+            headers={**JSONL, "Callback-URL": hook.url()},
+        )
+        assert response.status_code == 202, response.text
+        wait_until(lambda: len({r.body for r in hook.requests}) >= 9, timeout=90)
+        events = [json.loads(r.body)["type"] for r in hook.requests]
+    assert sorted(set(events)) == ["batch.completed", "job.failed", "job.succeeded"]
+    first_batch_event = events.index("batch.completed")
+    assert first_batch_event == 8, events  # every job event arrived before it
+
+
+def test_a_batch_event_is_not_claimed_while_a_job_event_awaits_its_first_attempt(
+    db: Store, tenant: Tenant
+) -> None:
+    now = time.time()
+    owner = tenant.name
+    made = {
+        name: events.new_delivery(
+            msg_id=f"msg_{name}_{now}",
+            tenant=owner,
+            event_type=event_type,
+            url="http://127.0.0.1:9/hook",
+            body="{}",
+            now=now,
+            expire_at=datetime(2100, 1, 1),
+        )
+        for name, event_type in (("job", "job.failed"), ("batch", "batch.completed"))
+    }
+    made["job"]["batch_id"] = "batch_gated"
+    made["job"]["next_attempt_at"] = now + 3600  # its first attempt is not due yet
+    made["batch"]["after_jobs_of"] = "batch_gated"
+    deliveries.insert(db, list(made.values()))
+    batch_id = made["batch"]["_id"]
+    assert deliveries.claim(db, batch_id, now, 30) is None
+    deferred = db.deliveries.find_one({"_id": batch_id})
+    assert deferred is not None and "lease" not in deferred
+    assert deferred["next_attempt_at"] > now
+    later = deferred["next_attempt_at"]
+    db.deliveries.update_one({"_id": made["job"]["_id"]}, {"$push": {"attempts": {"n": 1}}})
+    claimed = deliveries.claim(db, batch_id, later, 30)
+    assert claimed is not None and claimed[0]["_id"] == batch_id

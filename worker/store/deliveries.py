@@ -25,6 +25,11 @@ def ensure_indexes(store: Store) -> None:
     )
     store.deliveries.create_index([("status", ASCENDING), ("next_attempt_at", ASCENDING)])
     store.deliveries.create_index("expire_at", expireAfterSeconds=0)
+    # A batch's job events, for its batch event's wait (`claim`).
+    store.deliveries.create_index(
+        [("batch_id", ASCENDING), ("status", ASCENDING)],
+        partialFilterExpression={"batch_id": {"$type": "string"}},
+    )
 
 
 def insert(store: Store, deliveries: list[Delivery]) -> list[str]:
@@ -136,7 +141,35 @@ def claim(
     doc = store.deliveries.find_one({"_id": delivery_id})
     if doc is None or doc.get("lease") != token:
         return None
+    if doc.get("after_jobs_of") and _jobs_unattempted(store, doc["tenant"], doc["after_jobs_of"]):
+        # A batch event waits until each of its job events had a first attempt.
+        defer(store, delivery_id, token, now + JOB_EVENTS_WAIT)
+        return None
     return cast(Delivery, doc), token
+
+
+# How soon a batch event whose job events are not all attempted yet is due again.
+JOB_EVENTS_WAIT = 1.0
+
+
+def _jobs_unattempted(store: Store, tenant: str, batch_id: str) -> bool:
+    """Whether a job event of the batch has not had its first attempt: one still
+    owed by a chunk (not yet a delivery), or a pending delivery without one."""
+    owed = store.jobs.find_one(
+        {"batch_id": batch_id, "tenant": tenant, "events_pending": True}, {"_id": 1}
+    )
+    if owed is not None:
+        return True
+    waiting = store.deliveries.find_one(
+        {
+            "batch_id": batch_id,
+            "tenant": tenant,
+            "status": DeliveryStatus.PENDING,
+            "attempts": {"$size": 0},
+        },
+        {"_id": 1},
+    )
+    return waiting is not None
 
 
 def defer(store: Store, delivery_id: str, token: str, due: float) -> bool:
