@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         metrics,
         models,
         openapi,
+        queries,
         webhooks,
     )
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     auth.register(app)
     limits.register(app, settings)  # after auth: 401 comes before 429
+    queries.register(app)  # after both: a query's 422 comes after 401 and 429
     for blueprint in (assistants.bp, jobs.bp, batches.bp, models.bp, health.bp, webhooks.bp):
         app.register_blueprint(blueprint)
     openapi.register(app)

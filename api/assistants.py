@@ -70,6 +70,12 @@ def _wait() -> tuple[int | None, bool]:
     return min(config.default_wait_seconds, config.max_wait_seconds), preferred
 
 
+def _plan(line: dict[str, object]) -> Response:
+    """A dry run's answer: its plan line, encoded as a batch's plan lines are,
+    so the two read the same."""
+    return Response(ndjson.encode(line) + b"\n", 200, mimetype=NDJSON)
+
+
 def _answer(done: Accepted) -> Response:
     """202 with the job, or the job's result when it finishes within the wait."""
     wait, preferred = _wait()
@@ -80,14 +86,13 @@ def _answer(done: Accepted) -> Response:
 
 
 @bp.post("/assistants")
+@queries.own_query
 def create_assistant() -> Response:
     queries.allow_only(("dry_run",))
     dry_run = queries.choice("dry_run", ("true", "false"), "false") == "true"
     raw, key, callback = _read_submission()
     if dry_run:  # validated now by the workers' own code; nothing is stored or sent
-        line = planning.plan_create(runtime(), decode_text(raw))
-        # Encoded as a batch's plan lines are, so the two read the same.
-        return Response(ndjson.encode(line) + b"\n", 200, mimetype=NDJSON)
+        return _plan(planning.plan_create(runtime(), decode_text(raw)))
     wait, preferred = _wait()
     job_id = new_id("job_")
     with contextlib.ExitStack() as cleanup:
@@ -117,8 +122,14 @@ def create_assistant() -> Response:
 
 
 @bp.post("/assistants/<assistant_id:assistant_id>")
+@queries.own_query
 def modify_assistant(assistant_id: str) -> Response:
+    queries.allow_only(("dry_run",))
+    dry_run = queries.choice("dry_run", ("true", "false"), "false") == "true"
     raw, key, callback = _read_submission()
+    if dry_run:
+        text = decode_text(raw)
+        return _plan(planning.plan_change(runtime(), tenant(), "modify", assistant_id, text))
     try:
         done = submit_modify(
             runtime(),
@@ -137,6 +148,7 @@ def modify_assistant(assistant_id: str) -> Response:
 
 
 @bp.get("/assistants/export")
+@queries.own_query
 def export_assistants() -> Response:
     """Every assistant of the tenant as apply lines, in creation order, streamed."""
     queries.allow_only(())
@@ -153,12 +165,18 @@ def get_assistant(assistant_id: str) -> Response:
 
 
 @bp.delete("/assistants/<assistant_id:assistant_id>")
+@queries.own_query
 def delete_assistant(assistant_id: str) -> Response:
     """Deleted at once, unless changes of the assistant accepted earlier are still
     open: then the delete is queued behind them, as a modify would be, and
     answered when it is done (within MAX_WAIT_SECONDS; a 202 with its job if not),
-    so changes of one assistant apply in the order they were accepted."""
+    so changes of one assistant apply in the order they were accepted. With
+    `?dry_run=true`, the plan line of the delete; nothing is deleted."""
+    queries.allow_only(("dry_run",))
+    dry_run = queries.choice("dry_run", ("true", "false"), "false") == "true"
     db, owner = store(), tenant()
+    if dry_run:
+        return _plan(planning.plan_change(runtime(), owner, "delete", assistant_id))
     if not units.changes_open(db, owner, assistant_id):
         if not assistants.delete(db, owner, assistant_id):
             raise not_found("No assistant found")
@@ -175,6 +193,7 @@ def delete_assistant(assistant_id: str) -> Response:
 
 
 @bp.get("/assistants")
+@queries.own_query
 def list_assistants() -> Response:
     queries.allow_only(("limit", "order", "after", "before"))
     limit = queries.limit()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
@@ -17,8 +18,11 @@ from api import inputs, ndjson, queries
 from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
+from api.jobs import listener
+from api.waiting import parse_prefer
 from worker.domain.batches import new_batch, public
 from worker.domain.ids import new_id
+from worker.domain.statuses import BatchStatus
 from worker.runtime import Runtime
 from worker.services import batches, intake, planning, turns
 from worker.store import batches as batch_store
@@ -30,6 +34,7 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl")
 
 
 @bp.post("/batches")
+@queries.own_query
 def create_batch() -> Response:
     queries.allow_only(("job_events", "mode", "prune", "dry_run"))
     job_events = queries.choice("job_events", ("true", "false"), "false") == "true"
@@ -289,21 +294,43 @@ def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
     return response
 
 
+def _settled(doc: dict[str, Any]) -> bool:
+    return doc["status"] not in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)
+
+
 @bp.get("/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
-    doc = batch_store.get(store(), tenant(), batch_id)
+    """The batch; with `Prefer: wait=N`, once it is no longer in progress (or
+    cancelling) or N seconds passed. `Retry-After` while it still is."""
+    wait = parse_prefer(request.headers.getlist("Prefer"), settings().max_wait_seconds)
+    db, owner = store(), tenant()
+    if wait:
+        read = functools.partial(batch_store.get, db, owner, batch_id)
+        doc = listener().wait(batch_id, wait, read, _settled, g.get("stages"))
+    else:
+        doc = batch_store.get(db, owner, batch_id)
     if doc is None:
         raise not_found("No batch found")
-    return jsonify(public(doc))
+    response = jsonify(public(doc))
+    if not _settled(doc):
+        response.headers["Retry-After"] = "1"
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
 
 
 @bp.get("/batches")
+@queries.own_query
 def list_batches() -> Response:
-    queries.allow_only(("limit", "after"))
-    limit, after = queries.limit(), queries.text("after")
-    page = batch_store.list_page(store(), tenant(), limit=limit, after=after)
-    if page is None:
-        raise queries.unknown_cursor("after", after)
+    queries.allow_only(("limit", "order", "after", "before"))
+    limit = queries.limit()
+    order = queries.choice("order", ("asc", "desc"), "desc") or "desc"
+    after, before = queries.text("after"), queries.text("before")
+    page = batch_store.list_page(
+        store(), tenant(), limit=limit, order=order, after=after, before=before
+    )
+    if isinstance(page, str):
+        raise queries.unknown_cursor(page, after if page == "after" else before)
     docs, has_more = page
     return jsonify(queries.list_object([public(doc) for doc in docs], has_more))
 
@@ -316,13 +343,36 @@ def cancel_batch(batch_id: str) -> Response:
     return jsonify(public(doc))
 
 
+@bp.post("/batches/<batch_id>/retry")
+@queries.own_query
+def retry_batch(batch_id: str) -> Response:
+    """A new batch of the lines that failed or were cancelled (202), stored and
+    put in line as an upload is; 409 while the batch runs or if none is left."""
+    queries.allow_only(("only",))
+    only = queries.choice("only", ("cancelled", "failed"))
+    rt = runtime()
+    _refuse_over_quota(rt)
+    try:
+        doc = batches.retry(rt, tenant(), batch_id, only=only, request_id=request_id())
+    except batches.RetryRefused as exc:
+        raise ApiError(409, str(exc)) from None
+    except PyMongoError as exc:
+        raise intake.Unavailable from exc
+    if doc is None:
+        raise not_found("No batch found")
+    return _answer(doc, replayed=False)
+
+
 @bp.get("/batches/<batch_id>/results")
+@queries.own_query
 def batch_results(batch_id: str) -> Response:
-    queries.allow_only(("status",))
+    queries.allow_only(("status", "format"))
     status = queries.choice("status", ("succeeded", "failed", "cancelled"))
     db = store()
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
+    if queries.choice("format", ("input", "result"), "result") == "input":
+        return ndjson.stream(batches.iter_input(db, tenant(), batch_id, status))
 
     return ndjson.stream(_first_read(batches.iter_results(db, tenant(), batch_id, status)))
 

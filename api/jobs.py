@@ -55,15 +55,25 @@ def get_job(job_id: str) -> Response:
 
 
 @bp.get("/jobs")
+@queries.own_query
 def list_jobs() -> Response:
-    queries.allow_only(("batch_id", "status", "limit", "after"))
+    queries.allow_only(("batch_id", "status", "limit", "order", "after", "before"))
     limit = queries.limit()
     status = queries.choice("status", tuple(JobStatus))
-    batch_id, after = queries.text("batch_id"), queries.text("after")
+    order = queries.choice("order", ("asc", "desc"), "asc") or "asc"
+    batch_id = queries.text("batch_id")
+    after, before = queries.text("after"), queries.text("before")
     page = units.list_jobs(
-        store(), tenant(), batch_id=batch_id, status=status, limit=limit, after=after
+        store(),
+        tenant(),
+        batch_id=batch_id,
+        status=status,
+        limit=limit,
+        order=order,
+        after=after,
+        before=before,
     )
-    if page is None:
-        raise queries.unknown_cursor("after", after)
+    if isinstance(page, str):
+        raise queries.unknown_cursor(page, after if page == "after" else before)
     data, has_more = page
     return jsonify(queries.list_object(data, has_more))

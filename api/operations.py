@@ -55,7 +55,7 @@ idempotency): **any JSON value is accepted** and its fields are judged by the
 worker, whose `422` detail (FastAPI's shape) becomes the job's result. Clients
 poll the job, wait for it with `Prefer: wait=N`, or receive a signed webhook.
 
-Order of the edge's checks: 401, 429, 415, 413, header 422s, body 422
+Order of the edge's checks: 401, 429, query 422s, 415, 413, header 422s, body 422
 (`json_invalid`), 409, then 202 or 503. Every `/v1` answer but 401 carries
 `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`; every answer
 carries `X-Request-ID`.
@@ -75,7 +75,9 @@ TEXT: dict[str, Any] = {"type": "string"}
 
 
 def _errors(*statuses: int) -> dict[int, Answer]:
-    """The error answers of a /v1 route: 401, 429 and 503 always, plus `statuses`."""
+    """The error answers of a /v1 route: 401, 422, 429 and 503 always (every
+    route answers a query parameter it does not take with 422 at `["query",
+    name]`), plus `statuses`."""
     text = {
         401: ("Missing, unknown or revoked API key", ("WWW-Authenticate!",)),
         404: ("No such object for this tenant (another tenant's id included)", ()),
@@ -90,7 +92,7 @@ def _errors(*statuses: int) -> dict[int, Answer]:
         503: ("The store is unavailable; nothing was accepted", ("Retry-After",)),
     }
     answers: dict[int, Answer] = {}
-    for status in sorted({401, 429, 503, *statuses}):
+    for status in sorted({401, 422, 429, 503, *statuses}):
         if status == 422:
             answers[422] = Answer(
                 "Invalid input: `loc` says where (`body`, `query` or `header`)",
@@ -174,9 +176,12 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "assistants",
             {
                 200: Answer(
-                    "With `Prefer: wait=N`, the job succeeded in time: the updated assistant",
+                    "With `Prefer: wait=N`, the job succeeded in time: the updated "
+                    "assistant (with `Location` of its job). With `?dry_run=true`: one "
+                    "`PlanLine` (NDJSON)",
                     Assistant,
-                    headers=("Location!", "Preference-Applied", "Idempotent-Replayed"),
+                    headers=("Location", "Preference-Applied", "Idempotent-Replayed"),
+                    also={"application/x-ndjson": TEXT},
                 ),
                 202: job_accepted,
                 **_errors(404, 409, 413, 415, 422),
@@ -187,8 +192,12 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 "have is a 404 at once; otherwise any JSON body is accepted (202) and "
                 "checked by the worker, as a create is. Modifies of one assistant apply "
                 "in the order they were accepted; one that loses a race with a delete "
-                "ends with a 404 result."
+                "ends with a 404 result. With `?dry_run=true` the body is validated now "
+                "and the answer is 200 with one `PlanLine` (NDJSON, `action` `update`, "
+                "`unchanged` or `invalid`, status 404 for an assistant the tenant does not "
+                "have); nothing is changed."
             ),
+            query=s.CreateQuery,
             headers=(s.SubmitHeaders, s.WaitHeaders, s.TraceHeaders),
             body={"application/json": modify},
         ),
@@ -220,7 +229,11 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "Delete an assistant",
             "assistants",
             {
-                **_ok("Deleted", s.AssistantDeleted),
+                200: Answer(
+                    "Deleted. With `?dry_run=true`: one `PlanLine` (NDJSON)",
+                    s.AssistantDeleted,
+                    also={"application/x-ndjson": TEXT},
+                ),
                 202: Answer(
                     "Queued behind earlier changes of the assistant and not done within "
                     "MAX_WAIT_SECONDS: the delete's job",
@@ -232,8 +245,11 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             description=(
                 "Deleted at once, unless changes of the assistant accepted earlier are "
                 "still open: then it is queued behind them and answered when done, so "
-                "one assistant's changes apply in acceptance order."
+                "one assistant's changes apply in acceptance order. With `?dry_run=true` "
+                "the answer is 200 with one `PlanLine` (NDJSON, `action` `delete`, or "
+                "`invalid` with status 404); nothing is deleted."
             ),
+            query=s.CreateQuery,
             headers=(s.TraceHeaders,),
         ),
         Operation(
@@ -268,7 +284,7 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/jobs",
             "List jobs",
             "jobs",
-            {**_ok("A page of jobs", s.JobList), **_errors(422)},
+            {**_ok("A page of jobs, oldest first by default", s.JobList), **_errors(422)},
             query=s.JobListQuery,
             headers=(s.TraceHeaders,),
         ),
@@ -328,7 +344,7 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/batches",
             "List batches",
             "batches",
-            {**_ok("A page of batches", s.BatchList), **_errors(422)},
+            {**_ok("A page of batches, newest first by default", s.BatchList), **_errors(422)},
             query=s.BatchListQuery,
             headers=(s.TraceHeaders,),
         ),
@@ -338,8 +354,14 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/batches/{batch_id}",
             "Read a batch",
             "batches",
-            {**_ok("The batch", s.Batch), **_errors(404)},
-            headers=(s.TraceHeaders,),
+            {
+                **_ok("The batch", s.Batch, "Retry-After", "Preference-Applied"),
+                **_errors(404),
+            },
+            description="`Retry-After` is set while the batch is `in_progress` or "
+            "`cancelling`. `Prefer: wait=N` long-polls until it is neither (completed or "
+            "cancelled) or N seconds pass.",
+            headers=(s.WaitHeaders, s.TraceHeaders),
         ),
         Operation(
             "cancelBatch",
@@ -351,6 +373,32 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             headers=(s.TraceHeaders,),
         ),
         Operation(
+            "retryBatch",
+            "POST",
+            "/v1/batches/{batch_id}/retry",
+            "Retry a batch's failed or cancelled lines as a new batch",
+            "batches",
+            {
+                202: Answer(
+                    "The new batch (`retry_of` the parent), stored and in line",
+                    s.Batch,
+                    headers=("Location!",),
+                ),
+                **_errors(404, 409),
+            },
+            description=(
+                "A new batch holding the lines of a finished batch whose results failed "
+                "(404, 422, 500) or were cancelled (`only=failed|cancelled`: just those), "
+                "with their custom_ids and bodies, in its mode, with its `job_events`, "
+                "callback and metadata (not `prune`, which would delete what the retry "
+                "leaves out). The parent's results stay as they were; a retry can be "
+                "retried. 409 while the parent is `in_progress` or `cancelling`, or when "
+                "it has no such lines; 429 as `POST /v1/batches` over the queued-lines quota."
+            ),
+            query=s.BatchRetryQuery,
+            headers=(s.TraceHeaders,),
+        ),
+        Operation(
             "getBatchResults",
             "GET",
             "/v1/batches/{batch_id}/results",
@@ -358,7 +406,9 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "batches",
             {
                 200: Answer(
-                    "One `BatchResultLine` per finished request, in input order (NDJSON)",
+                    "One `BatchResultLine` per finished request, in input order (NDJSON); "
+                    "with `format=input`, each as an input line instead (`custom_id`, "
+                    "`method` and `url` of a modify or delete, `body`), to fix and submit",
                     TEXT,
                     media="application/x-ndjson",
                 ),
@@ -427,7 +477,10 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
             "/v1/webhook_deliveries",
             "List webhook deliveries",
             "webhooks",
-            {**_ok("A page of deliveries", s.WebhookDeliveryList), **_errors(422)},
+            {
+                **_ok("A page of deliveries, oldest first by default", s.WebhookDeliveryList),
+                **_errors(422),
+            },
             query=s.DeliveryListQuery,
             headers=(s.TraceHeaders,),
         ),

@@ -13,10 +13,10 @@ programming error.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Flask, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from api import schemas
@@ -33,9 +33,33 @@ _MODELS: dict[frozenset[str], type[BaseModel]] = {
         schemas.CreateQuery,
         schemas.ExportQuery,
         schemas.BatchResultsQuery,
+        schemas.BatchRetryQuery,
         schemas.DeliveryListQuery,
     )
 }
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+def own_query(view: View) -> View:
+    """Mark a view that validates its query string itself (`allow_only`); every
+    other `/v1` route takes none, and `register`'s check refuses any name given."""
+    view.validates_query = True  # type: ignore[attr-defined]
+    return view
+
+
+def register(app: Flask) -> None:
+    """A `/v1` route that takes no query parameters answers 422 for any given:
+    a parameter it would ignore (`?dry_run=true` where there is none) must not
+    change what the request does. Registered after auth and rate limits."""
+
+    @app.before_request
+    def refuse_unknown_parameters() -> None:
+        if not request.args or not request.path.startswith("/v1/") or request.endpoint is None:
+            return
+        view = current_app.view_functions.get(request.endpoint)
+        if view is not None and not getattr(view, "validates_query", False):
+            allow_only(())
 
 
 def allow_only(names: Iterable[str]) -> None:

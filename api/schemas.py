@@ -132,6 +132,9 @@ class Batch(BaseModel):
     request_counts: RequestCounts
     callback_url: str | None
     metadata: dict[str, Any]
+    retry_of: str | None = Field(
+        description="the batch whose failed or cancelled lines this one retries"
+    )
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -386,20 +389,30 @@ ABSENT: Any = None
 class AssistantListQuery(_Query):
     limit: QueryInt = Field(20, ge=1, le=100)
     order: Literal["asc", "desc"] = "desc"
-    after: Cursor = Field(ABSENT, description="an assistant id")
-    before: Cursor = Field(ABSENT, description="an assistant id")
+    after: Cursor = Field(
+        ABSENT, description="an assistant id; one deleted since pages on from where it was"
+    )
+    before: Cursor = Field(
+        ABSENT, description="an assistant id; one deleted since pages on from where it was"
+    )
 
 
 class JobListQuery(_Query):
     batch_id: Cursor = ABSENT
     status: Literal["queued", "in_progress", "succeeded", "failed", "cancelled"] = ABSENT
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field(
+        "asc", description="asc: oldest first (a batch's jobs in input order), as ever"
+    )
     after: Cursor = Field(ABSENT, description="a job id")
+    before: Cursor = Field(ABSENT, description="a job id")
 
 
 class BatchListQuery(_Query):
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field("desc", description="desc: newest first")
     after: Cursor = Field(ABSENT, description="a batch id")
+    before: Cursor = Field(ABSENT, description="a batch id")
 
 
 class BatchCreateQuery(_Query):
@@ -423,8 +436,10 @@ class BatchCreateQuery(_Query):
 
 
 class CreateQuery(_Query):
+    """The query of a single create, modify or delete."""
+
     dry_run: Literal["true", "false"] = Field(
-        "false", description="validate now and answer the plan line; nothing is created"
+        "false", description="validate now and answer the plan line; nothing is changed"
     )
 
 
@@ -434,12 +449,25 @@ class ExportQuery(_Query):
 
 class BatchResultsQuery(_Query):
     status: Literal["succeeded", "failed", "cancelled"] = ABSENT
+    format: Literal["result", "input"] = Field(
+        "result",
+        description="input: the lines as input JSONL (custom_id, method and url of a "
+        "modify or delete, body), to fix and submit again",
+    )
+
+
+class BatchRetryQuery(_Query):
+    only: Literal["failed", "cancelled"] = Field(
+        ABSENT, description="retry only the lines that failed, or only those cancelled"
+    )
 
 
 class DeliveryListQuery(_Query):
     status: Literal["pending", "delivered", "failed"] = ABSENT
     limit: QueryInt = Field(20, ge=1, le=100)
+    order: Literal["asc", "desc"] = Field("asc", description="asc: oldest first, as ever")
     after: Cursor = Field(ABSENT, description="a delivery id")
+    before: Cursor = Field(ABSENT, description="a delivery id")
 
 
 class SubmitHeaders(BaseModel):

@@ -64,14 +64,18 @@ class DeliveryRecovery(BaseModel):
 
 
 @bp.get("/webhook_deliveries")
+@queries.own_query
 def list_deliveries() -> Response:
-    queries.allow_only(("status", "limit", "after"))
+    queries.allow_only(("status", "limit", "order", "after", "before"))
     limit = queries.limit()
     status = queries.choice("status", tuple(DeliveryStatus))
-    after = queries.text("after")
-    page = deliveries.list_page(store(), tenant(), status=status, limit=limit, after=after)
-    if page is None:
-        raise queries.unknown_cursor("after", after)
+    order = queries.choice("order", ("asc", "desc"), "asc") or "asc"
+    after, before = queries.text("after"), queries.text("before")
+    page = deliveries.list_page(
+        store(), tenant(), status=status, limit=limit, order=order, after=after, before=before
+    )
+    if isinstance(page, str):
+        raise queries.unknown_cursor(page, after if page == "after" else before)
     docs, has_more = page
     return jsonify(queries.list_object([delivery_public(doc) for doc in docs], has_more))
 

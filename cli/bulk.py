@@ -2,6 +2,10 @@
 
     assistant-ingest bulk submit requests.jsonl --wait
     assistant-ingest bulk results batch_... > results.jsonl
+    assistant-ingest bulk status|wait|cancel|retry batch_...
+
+Ctrl-C on a command that waits leaves the batch running, and says how to
+follow it again (`bulk wait`).
 
 The API address and key come from --url/--api-key or ASSISTANT_INGEST_URL and
 ASSISTANT_INGEST_API_KEY. Progress goes to stderr; data to stdout.
@@ -48,6 +52,17 @@ def add_parser(sub: Any) -> None:
     results.add_argument("batch_id")
     results.add_argument("--status", choices=("succeeded", "failed", "cancelled"), default=None)
     results.add_argument("--output", "-o", type=Path, default=None)
+    for name, text in (
+        ("status", "print a batch"),
+        ("wait", "show a batch's progress until it finishes"),
+        ("cancel", "cancel a batch's requests not yet started"),
+        ("retry", "submit a batch's failed and cancelled lines again, as a new batch"),
+    ):
+        command = commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("batch_id")
+    retry_parser = commands.choices["retry"]
+    retry_parser.add_argument("--only", choices=("failed", "cancelled"), default=None)
+    retry_parser.add_argument("--wait", action="store_true", help="show progress until it finishes")
 
 
 def add_api_options(parser: Any) -> None:
@@ -78,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         return fail(args, UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
     client = Client(api_base(args.url), args.api_key)
-    return guarded(args, client, submit if args.bulk_command == "submit" else results)
+    commands: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+        "submit": submit,
+        "results": results,
+        "status": status,
+        "wait": wait,
+        "cancel": cancel,
+        "retry": retry,
+    }
+    return guarded(args, client, commands[args.bulk_command])
 
 
 def guarded(
@@ -278,7 +301,20 @@ def submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def follow(client: Client, batch: dict[str, Any]) -> dict[str, Any]:
-    """Poll the batch, drawing a progress line: counts, rate and time left."""
+    """Poll the batch, drawing a progress line: counts, rate and time left. On
+    Ctrl-C, say that the batch goes on and how to follow it again."""
+    try:
+        return _follow(client, batch)
+    except KeyboardInterrupt:
+        print(
+            f"\nbatch {batch['id']} goes on; follow it again with: "
+            f"assistant-ingest bulk wait {batch['id']}",
+            file=sys.stderr,
+        )
+        raise
+
+
+def _follow(client: Client, batch: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     while True:
         counts = batch["request_counts"]
@@ -300,6 +336,40 @@ def follow(client: Client, batch: dict[str, Any]) -> dict[str, Any]:
             return batch
         time.sleep(1)
         batch = client.json("GET", f"/v1/batches/{batch['id']}")
+
+
+def finished(batch: dict[str, Any]) -> int:
+    """Print the batch; 3 when requests failed, as `submit --wait`."""
+    print(json.dumps(batch))
+    return 0 if batch["request_counts"]["failed"] == 0 else 3
+
+
+def status(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(client.json("GET", f"/v1/batches/{args.batch_id}")))
+    return 0
+
+
+def wait(client: Client, args: argparse.Namespace) -> int:
+    return finished(follow(client, client.json("GET", f"/v1/batches/{args.batch_id}")))
+
+
+def cancel(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(client.json("POST", f"/v1/batches/{args.batch_id}/cancel")))
+    return 0
+
+
+def retry(client: Client, args: argparse.Namespace) -> int:
+    query = f"?only={args.only}" if args.only else ""
+    batch = client.json("POST", f"/v1/batches/{args.batch_id}/retry{query}")
+    total = batch["request_counts"]["total"]
+    print(
+        f"batch {batch['id']}: {plural(total, 'request')}, a retry of {args.batch_id}",
+        file=sys.stderr,
+    )
+    if args.wait:
+        return finished(follow(client, batch))
+    print(json.dumps(batch))
+    return 0
 
 
 def progress_bar(done: int, total: int) -> str:

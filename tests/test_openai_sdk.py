@@ -8,6 +8,7 @@ each call), which is the SDK's notice, not this service's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,9 @@ import openai
 import pytest
 
 from tests.local import Local, LocalTenant, running_local
-from tests.stack import Servers, Tenant
+from tests.stack import Servers, Tenant, wait_until
 
+JSONL = {"Content-Type": "application/x-ndjson"}
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
 
 
@@ -76,6 +78,22 @@ def test_create_retrieve_update_list_and_delete(tenant: Tenant) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.beta.assistants.update(made.id, name="gone")
     assert list(sdk.models.list()) == []
+
+
+def test_the_sdks_delete_while_listing_loop_empties_a_tenant(tenant: Tenant) -> None:
+    """Each page's last id, the SDK's next `after`, is an assistant deleted since."""
+    line = {"custom_id": "c", "body": {"model": "m"}}
+    lines = "".join(json.dumps({**line, "custom_id": f"c{i}"}) + "\n" for i in range(50))
+    batch = tenant.request("POST", "/v1/batches", data=lines, headers=JSONL)
+    assert batch.status_code in (200, 201, 202), batch.text
+    wait_until(lambda: len(tenant.request("GET", "/v1/assistants?limit=100").json()["data"]) == 50)
+    sdk = client(tenant)
+    deleted = 0
+    for assistant in sdk.beta.assistants.list(limit=3):
+        assert sdk.beta.assistants.delete(assistant.id).deleted is True
+        deleted += 1
+    assert deleted == 50
+    assert tenant.request("GET", "/v1/assistants").json()["data"] == []
 
 
 def test_without_prefer_the_sdk_gets_a_job_unless_a_default_wait_is_set(tenant: Tenant) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from bson import ObjectId
 
 from tests.local import Local, running_local
-from tests.stack import Servers, Stack, Tenant
+from tests.stack import Servers, Stack, Tenant, wait_until
 
 
 def create_assistants(tenant: Tenant, count: int) -> list[dict[str, Any]]:
@@ -276,12 +277,36 @@ def test_another_tenants_assistant_cannot_be_deleted(tenant: Tenant, other_tenan
     assert tenant.request("GET", path).json() == assistant
 
 
-def test_a_deleted_assistant_is_an_unknown_cursor(tenant: Tenant) -> None:
-    first, second = create_assistants(tenant, 2)
-    assert tenant.request("DELETE", f"/v1/assistants/{first['id']}").status_code == 200
-    entry = query_error(tenant, after=first["id"])
+def test_a_cursor_naming_a_deleted_assistant_pages_on_from_where_it_was(tenant: Tenant) -> None:
+    made = [a["id"] for a in create_assistants(tenant, 5)]
+    assert tenant.request("DELETE", f"/v1/assistants/{made[2]}").status_code == 200
+    assert ids(list_page(tenant, after=made[2])) == [made[1], made[0]]
+    assert ids(list_page(tenant, after=made[2], order="asc")) == made[3:]
+    assert ids(list_page(tenant, before=made[2])) == made[3:][::-1]
+    assert ids(list_page(tenant, before=made[2], order="asc")) == made[:2]
+
+
+def test_a_cursor_naming_an_assistant_deleted_by_a_batch_pages_on(tenant: Tenant) -> None:
+    made = [a["id"] for a in create_assistants(tenant, 3)]
+    line = {"custom_id": "d", "method": "DELETE", "url": f"/v1/assistants/{made[1]}"}
+    response = tenant.request(
+        "POST",
+        "/v1/batches",
+        data=json.dumps(line) + "\n",
+        headers={"Prefer": "wait=30", "Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code in (200, 201, 202), response.text
+    wait_until(lambda: tenant.request("GET", f"/v1/assistants/{made[1]}").status_code == 404)
+    assert ids(list_page(tenant, after=made[1], order="asc")) == [made[2]]
+
+
+def test_a_cursor_naming_another_tenants_deleted_assistant_is_unknown(
+    tenant: Tenant, other_tenant: Tenant
+) -> None:
+    (assistant,) = create_assistants(tenant, 1)
+    assert tenant.request("DELETE", f"/v1/assistants/{assistant['id']}").status_code == 200
+    entry = query_error(other_tenant, after=assistant["id"])
     assert entry["loc"] == ["query", "after"]
-    assert ids(list_page(tenant)) == [second["id"]]
 
 
 def test_without_a_model_list_models_is_empty_and_any_model_is_accepted(tenant: Tenant) -> None:

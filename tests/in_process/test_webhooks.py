@@ -496,7 +496,8 @@ def test_deliveries_list_pages_and_belongs_to_its_tenant(
         ({"limit": "101"}, ["query", "limit"], "less_than_equal"),
         ({"limit": "x"}, ["query", "limit"], "int_parsing"),
         ({"after": "msg_nothere000000000000000000"}, ["query", "after"], "value_error"),
-        ({"order": "asc"}, ["query", "order"], "extra_forbidden"),
+        ({"order": "up"}, ["query", "order"], "literal_error"),
+        ({"sort": "asc"}, ["query", "sort"], "extra_forbidden"),
     ],
 )
 def test_deliveries_list_refuses_bad_query(

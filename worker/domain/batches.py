@@ -25,8 +25,9 @@ def new_batch(
     request_id: str | None,
     mode: str = "create",
     prune: bool = False,
+    retry_of: str | None = None,
 ) -> Doc:
-    return {
+    doc: Doc = {
         "_id": batch_id,
         "tenant": tenant,
         "status": BatchStatus.VALIDATING,
@@ -44,6 +45,9 @@ def new_batch(
         "mode": mode,
         "prune": prune,
     }
+    if retry_of is not None:
+        doc["retry_of"] = retry_of  # the batch whose failed or cancelled lines it holds
+    return doc
 
 
 def public(doc: Doc) -> Doc:
@@ -60,6 +64,7 @@ def public(doc: Doc) -> Doc:
         "request_counts": request_counts(doc),
         "callback_url": doc.get("callback_url"),
         "metadata": json.loads(doc.get("metadata_json") or "{}"),
+        "retry_of": doc.get("retry_of"),
     }
 
 

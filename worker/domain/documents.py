@@ -91,3 +91,8 @@ class Delivery(TypedDict):
     retry_from: NotRequired[int]
     lease: NotRequired[str]
     lease_expires: NotRequired[float]
+    # A job event of a batch: its batch's id.
+    batch_id: NotRequired[str]
+    # A batch event of a batch with job events: not attempted before each of
+    # them had its first attempt (`deliveries.claim`).
+    after_jobs_of: NotRequired[str]

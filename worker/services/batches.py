@@ -19,7 +19,7 @@ from typing import IO, cast
 import bson
 
 from worker.domain import assistants as assistant_docs
-from worker.domain.batches import tally
+from worker.domain.batches import new_batch, tally
 from worker.domain.documents import Doc, Item, Tally, Unit
 from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
@@ -299,6 +299,9 @@ def refresh(rt: Runtime, tenant: str, batch_id: str, tallies: dict[int, Tally]) 
             now=now,
             expire_at=expire_at(rt.settings, now),
         ):
+            # Requests waiting on the batch (`Prefer: wait`) hear its id as a
+            # finished job's, and read it again.
+            rt.publish_finished({batch_id: None})
             outbox.flush_batch_event(rt, tenant, batch_id)
             return
 
@@ -358,3 +361,115 @@ def iter_results(store: Store, tenant: str, batch_id: str, status: str | None) -
                 "body": result_body(unit, index),
                 "action": item_action(unit, index),
             }
+
+
+# Retries: a new batch of a finished batch's failed or cancelled lines.
+
+# What `only` keeps of a finished batch's lines.
+RETRYABLE: dict[str | None, tuple[str, ...]] = {
+    None: (JobStatus.FAILED, JobStatus.CANCELLED),
+    JobStatus.FAILED: (JobStatus.FAILED,),
+    JobStatus.CANCELLED: (JobStatus.CANCELLED,),
+}
+
+
+class RetryRefused(Exception):
+    """Why a batch cannot be retried now (the 409's detail)."""
+
+
+def line_outcomes(store: Store, tenant: str, batch_id: str) -> Iterator[tuple[Item, str | None]]:
+    """Each request line of the batch in input order, with how it ended
+    (`succeeded`, `failed`, `cancelled`), None while it is open. A prune's
+    deletions are not lines of the input and are left out."""
+    for unit in units.iter_chunks(store, tenant, batch_id):
+        if unit.get("prune"):
+            continue
+        for index, item in enumerate(unit["items"]):
+            code = unit["codes"][index]
+            if code is not None:
+                outcome: str | None = JobStatus.SUCCEEDED if code == 200 else JobStatus.FAILED
+            elif unit["status"] == UnitStatus.CANCELLED:
+                outcome = JobStatus.CANCELLED
+            else:
+                outcome = None
+            yield item, outcome
+
+
+def input_line(item: Item) -> Doc:
+    """A line as it can be submitted again: its custom_id, the `method` and `url`
+    of a modify or delete, and its body."""
+    line: Doc = {"custom_id": item["custom_id"]}
+    op, target = item.get("op"), item.get("target")
+    if op in ("modify", "delete") and target is not None:
+        line["method"] = "DELETE" if op == "delete" else "POST"
+        line["url"] = f"/v1/assistants/{target}"
+    line["body"] = json.loads(item["body"])
+    return line
+
+
+def iter_input(store: Store, tenant: str, batch_id: str, status: str | None) -> Iterator[Doc]:
+    """The batch's finished lines (of `status`, if given) as input lines."""
+    for item, outcome in line_outcomes(store, tenant, batch_id):
+        if outcome is not None and status in (None, outcome):
+            yield input_line(item)
+
+
+def retry(
+    rt: Runtime, tenant: str, batch_id: str, *, only: str | None, request_id: str | None
+) -> Doc | None:
+    """Store a new batch holding the lines of a finished batch whose results failed
+    or were cancelled (`only` one of these), with their custom_ids and bodies,
+    in the parent's mode, job events, callback and metadata, and put it in the
+    tenant's line. The parent is unchanged. None if the tenant has no such batch;
+    RetryRefused while it is still running or when it has nothing to retry.
+
+    A prune is not carried over: it would delete every keyed assistant the
+    retried lines leave out.
+    """
+    parent = batches.get(rt.store, tenant, batch_id)
+    if parent is None:
+        return None
+    if parent["status"] in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
+        raise RetryRefused(
+            f"Batch {batch_id} is still {parent['status']}; retry it once it is "
+            "completed or cancelled"
+        )
+    wanted = RETRYABLE[only]
+    stager: Stager | None = None
+    count = 0
+    try:
+        for item, outcome in line_outcomes(rt.store, tenant, batch_id):
+            if outcome not in wanted:
+                continue
+            if stager is None:  # stored only once there is a line to retry
+                stager = Stager(rt, _retry_batch(parent, request_id))
+            op = item.get("op")
+            # An apply line finds its assistant again, as it is now.
+            target = item.get("target") if op in ("modify", "delete") else None
+            stager.add(item["custom_id"] or "", item["body"], op=op, target=target)
+            count += 1
+        if stager is None:
+            which = " or ".join(wanted)
+            raise RetryRefused(f"Batch {batch_id} has no {which} lines left to retry")
+        return stager.commit(count)
+    except BaseException:
+        if stager is not None:
+            stager.abort()
+        raise
+
+
+def _retry_batch(parent: Doc, request_id: str | None) -> Doc:
+    doc = new_batch(
+        batch_id=new_ids("batch_", 1)[0],
+        tenant=parent["tenant"],
+        total=0,
+        now=int(time.time()),
+        callback_url=parent.get("callback_url"),
+        metadata={},
+        job_events=parent["job_events"],
+        request_id=request_id,
+        mode=parent.get("mode", "create"),
+        retry_of=parent["_id"],
+    )
+    doc["metadata_json"] = parent.get("metadata_json") or "{}"
+    return doc

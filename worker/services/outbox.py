@@ -67,6 +67,8 @@ def flush_unit_events(rt: Runtime, unit_ids: list[str]) -> None:
                     data=job,
                 )
             )
+            if unit.get("batch_id"):
+                made[-1]["batch_id"] = unit["batch_id"]
     created = deliveries.insert(rt.store, made)
     units.events_flushed(rt.store, [unit["_id"] for unit in owing])
     send(rt, created)
@@ -91,6 +93,7 @@ def flush_batch_event(rt: Runtime, tenant: str, batch_id: str) -> None:
                     url=url,
                     data=batch_public(doc),
                 )
+                | ({"after_jobs_of": batch_id} if doc.get("job_events") else {})
             ],
         )
     batches.event_flushed(rt.store, tenant, batch_id)

@@ -191,3 +191,11 @@ def plan_create(rt: Runtime, body_text: str) -> Doc:
     line = Line(None, body_text)
     body = json.loads(body_text)
     return _plan_line(line, _check(rt, line, body), {}, body)
+
+
+def plan_change(rt: Runtime, tenant: str, op: str, target: str, body_text: str = "") -> Doc:
+    """The dry run of a single modify or delete of the assistant `target`, planned
+    as a batch's modify or delete line is (`invalid` with 404 for one the tenant
+    does not have)."""
+    line = Line(None, body_text, op, target)
+    return next(plan(rt, tenant, [line]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
@@ -13,6 +14,13 @@ from worker.store import pages
 from worker.store.connection import Store, find_in, insert_new
 
 KEY_INDEX = [("tenant", ASCENDING), (KEY, ASCENDING)]
+
+# How long a deleted assistant's place in the list is kept: a list cursor naming
+# it pages on from there (the delete-while-listing loop of the OpenAI SDK) for
+# this long; after it, the cursor is unknown again.
+TOMBSTONE_SECONDS = 7 * 24 * 3600
+# What a tombstone keeps: the assistant's place in the (created_at, _id) order.
+PLACE = {"id": 1, "tenant": 1, "created_at": 1}
 
 
 def ensure_indexes(store: Store) -> None:
@@ -25,6 +33,16 @@ def ensure_indexes(store: Store) -> None:
     store.assistants.create_index(
         KEY_INDEX, unique=True, partialFilterExpression={KEY: {"$type": "string"}}
     )
+    # A tombstone's `_id` is its assistant's; it is found by tenant and id.
+    store.tombstones.create_index([("tenant", ASCENDING), ("id", ASCENDING)])
+    store.tombstones.create_index("deleted_at", expireAfterSeconds=TOMBSTONE_SECONDS)
+
+
+def _bury(store: Store, places: list[Doc]) -> None:
+    """Keep where these assistants were: written before a delete answers, so a
+    cursor the client read on a page before deleting its object still pages on."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    insert_new(store.tombstones, [{**place, "deleted_at": now} for place in places])
 
 
 def keyed(store: Store, tenant: str) -> dict[str, Doc]:
@@ -135,6 +153,7 @@ def iter_keyed(store: Store, tenant: str) -> Iterator[Doc]:
 
 def delete_by_oids(store: Store, oids: list[Any]) -> None:
     if oids:
+        _bury(store, list(find_in(store.assistants, "_id", oids, PLACE)))
         store.assistants.delete_many({"_id": {"$in": oids}})
 
 
@@ -158,7 +177,11 @@ def exists(store: Store, tenant: str, assistant_id: str) -> bool:
 
 
 def delete(store: Store, tenant: str, assistant_id: str) -> bool:
-    return store.assistants.delete_one({"id": assistant_id, "tenant": tenant}).deleted_count == 1
+    gone = store.assistants.find_one_and_delete({"id": assistant_id, "tenant": tenant}, PLACE)
+    if gone is None:
+        return False
+    _bury(store, [gone])
+    return True
 
 
 def find_by_public_ids(store: Store, assistant_ids: list[str]) -> list[Doc]:
@@ -167,7 +190,9 @@ def find_by_public_ids(store: Store, assistant_ids: list[str]) -> list[Doc]:
 
 
 def delete_by_public_ids(store: Store, assistant_ids: list[str]) -> None:
-    store.assistants.delete_many({"id": {"$in": assistant_ids}})
+    if assistant_ids:
+        _bury(store, list(find_in(store.assistants, "id", assistant_ids, PLACE)))
+        store.assistants.delete_many({"id": {"$in": assistant_ids}})
 
 
 def _set_literally(fields: Doc) -> list[Doc]:
@@ -224,7 +249,8 @@ def rewrite(store: Store, rewrites: list[tuple[Doc, Doc]]) -> int:
 
 
 class UnknownCursor(LookupError):
-    """An `after` or `before` id that names no assistant of the tenant."""
+    """An `after` or `before` id that names no assistant of the tenant, nor one
+    deleted within TOMBSTONE_SECONDS."""
 
     def __init__(self, name: str, value: str) -> None:
         super().__init__(f"{name}={value}")
@@ -244,25 +270,29 @@ def list_page(
     """A page ordered by (created_at, _id) and whether more follow in its direction.
 
     `after` continues in the list's own order, `before` goes back against it.
+    A cursor naming an assistant deleted since pages on from where it was.
     Raises UnknownCursor for a cursor id the tenant does not have.
     """
-    ascending = order == "asc"
-    bounds: list[Doc] = []
+    anchors: dict[str, Doc] = {}
     for name, cursor_id in (("after", after), ("before", before)):
         if cursor_id is None:
             continue
-        anchor = store.assistants.find_one({"id": cursor_id, "tenant": tenant}, {"created_at": 1})
+        anchor = _place(store, tenant, cursor_id)
         if anchor is None:
             raise UnknownCursor(name, cursor_id)
-        bounds.append(pages.beyond(anchor, ascending=(name == "after") == ascending))
-    query: Doc = {"tenant": tenant}
-    if bounds:
-        query["$and"] = bounds
-    # Going back from `before` alone reads towards the start, then restores the order.
-    backwards = before is not None and after is None
-    page, has_more = pages.read(
-        store.assistants, query, ascending=ascending != backwards, limit=limit
+        anchors[name] = anchor
+    return pages.window(
+        store.assistants,
+        {"tenant": tenant},
+        ascending=order == "asc",
+        limit=limit,
+        after=anchors.get("after"),
+        before=anchors.get("before"),
     )
-    if backwards:
-        page.reverse()
-    return page, has_more
+
+
+def _place(store: Store, tenant: str, assistant_id: str) -> Doc | None:
+    """Where the assistant is in the list, or was if it is deleted."""
+    named = {"id": assistant_id, "tenant": tenant}
+    found = store.assistants.find_one(named, {"created_at": 1})
+    return found if found is not None else store.tombstones.find_one(named, {"created_at": 1})

@@ -81,16 +81,31 @@ def get(store: Store, tenant: str, batch_id: str) -> Doc | None:
 
 
 def list_page(
-    store: Store, tenant: str, *, limit: int, after: str | None
-) -> tuple[list[Doc], bool] | None:
-    """Newest first, as OpenAI lists batches; None when `after` is unknown."""
-    query: Doc = {"tenant": tenant, **VISIBLE}
-    if after is not None:
-        anchor = get(store, tenant, after)
-        if anchor is None:
-            return None
-        query.update(pages.beyond(anchor, ascending=False))
-    return pages.read(store.batches, query, ascending=False, limit=limit)
+    store: Store,
+    tenant: str,
+    *,
+    limit: int,
+    order: str = "desc",
+    after: str | None = None,
+    before: str | None = None,
+) -> tuple[list[Doc], bool] | str:
+    """A page, newest first by default as OpenAI lists batches; the name of the
+    cursor (`after` or `before`) whose batch is unknown instead."""
+    anchors: dict[str, Doc] = {}
+    for name, cursor_id in (("after", after), ("before", before)):
+        if cursor_id is not None:
+            anchor = get(store, tenant, cursor_id)
+            if anchor is None:
+                return name
+            anchors[name] = anchor
+    return pages.window(
+        store.batches,
+        {"tenant": tenant, **VISIBLE},
+        ascending=order == "asc",
+        limit=limit,
+        after=anchors.get("after"),
+        before=anchors.get("before"),
+    )
 
 
 def add_tallies(store: Store, tenant: str, batch_id: str, tallies: dict[int, Tally]) -> Doc | None:

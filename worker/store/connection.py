@@ -124,6 +124,11 @@ class Store:
         return self.db["assistants"]
 
     @property
+    def tombstones(self) -> Collection[Doc]:
+        """Where deleted assistants were in their list, for cursors naming them."""
+        return self.db["assistant_tombstones"]
+
+    @property
     def tenants(self) -> Collection[Doc]:
         return self.db["tenants"]
 

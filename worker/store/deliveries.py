@@ -35,6 +35,11 @@ def ensure_indexes(store: Store) -> None:
         ]
     )
     store.deliveries.create_index("expire_at", expireAfterSeconds=0)
+    # A batch's job events, for its batch event's wait (`claim`).
+    store.deliveries.create_index(
+        [("batch_id", ASCENDING), ("status", ASCENDING)],
+        partialFilterExpression={"batch_id": {"$type": "string"}},
+    )
 
 
 def insert(store: Store, deliveries: list[Delivery]) -> list[str]:
@@ -57,18 +62,37 @@ def count_pending(store: Store, tenant: str, limit: int, max_time_ms: int) -> in
 
 
 def list_page(
-    store: Store, tenant: str, *, status: str | None, limit: int, after: str | None
-) -> tuple[list[Doc], bool] | None:
-    """Oldest first; None when `after` is unknown."""
+    store: Store,
+    tenant: str,
+    *,
+    status: str | None,
+    limit: int,
+    order: str = "asc",
+    after: str | None = None,
+    before: str | None = None,
+) -> tuple[list[Doc], bool] | str:
+    """A page, oldest first by default; the name of the cursor (`after` or
+    `before`) whose delivery is unknown instead."""
     query: Doc = {"tenant": tenant}
     if status is not None:
         query["status"] = status
-    if after is not None:
-        anchor = store.deliveries.find_one({"_id": after, "tenant": tenant}, {"created_at": 1})
-        if anchor is None:
-            return None
-        query.update(pages.beyond(anchor, ascending=True))
-    return pages.read(store.deliveries, query, ascending=True, limit=limit)
+    anchors: dict[str, Doc] = {}
+    for name, cursor_id in (("after", after), ("before", before)):
+        if cursor_id is not None:
+            anchor = store.deliveries.find_one(
+                {"_id": cursor_id, "tenant": tenant}, {"created_at": 1}
+            )
+            if anchor is None:
+                return name
+            anchors[name] = anchor
+    return pages.window(
+        store.deliveries,
+        query,
+        ascending=order == "asc",
+        limit=limit,
+        after=anchors.get("after"),
+        before=anchors.get("before"),
+    )
 
 
 def restart(store: Store, tenant: str, delivery_id: str, now: float, expire_at: datetime) -> bool:
@@ -186,7 +210,35 @@ def claim(
     doc = store.deliveries.find_one({"_id": delivery_id})
     if doc is None or doc.get("lease") != token:
         return None
+    if doc.get("after_jobs_of") and _jobs_unattempted(store, doc["tenant"], doc["after_jobs_of"]):
+        # A batch event waits until each of its job events had a first attempt.
+        defer(store, delivery_id, token, now + JOB_EVENTS_WAIT, waiting=False)
+        return None
     return cast(Delivery, doc), token
+
+
+# How soon a batch event whose job events are not all attempted yet is due again.
+JOB_EVENTS_WAIT = 1.0
+
+
+def _jobs_unattempted(store: Store, tenant: str, batch_id: str) -> bool:
+    """Whether a job event of the batch has not had its first attempt: one still
+    owed by a chunk (not yet a delivery), or a pending delivery without one."""
+    owed = store.jobs.find_one(
+        {"batch_id": batch_id, "tenant": tenant, "events_pending": True}, {"_id": 1}
+    )
+    if owed is not None:
+        return True
+    waiting = store.deliveries.find_one(
+        {
+            "batch_id": batch_id,
+            "tenant": tenant,
+            "status": DeliveryStatus.PENDING,
+            "attempts": {"$size": 0},
+        },
+        {"_id": 1},
+    )
+    return waiting is not None
 
 
 def defer(store: Store, delivery_id: str, token: str, due: float, waiting: bool) -> bool:

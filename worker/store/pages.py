@@ -36,3 +36,28 @@ def read(
     direction = 1 if ascending else -1
     docs = list(collection.find(query, sort=[(key, direction) for key in ORDER], limit=limit + 1))
     return docs[:limit], len(docs) > limit
+
+
+def window(
+    collection: Collection[Doc],
+    query: Doc,
+    *,
+    ascending: bool,
+    limit: int,
+    after: Doc | None = None,
+    before: Doc | None = None,
+) -> tuple[list[Doc], bool]:
+    """A page of the list in its order (`ascending` or not) and whether more follow
+    in the direction read: what follows `after`, what precedes `before`, or what
+    lies between both. `before` alone reads back towards the start, then restores
+    the order, as OpenAI's lists do."""
+    bounds = [beyond(after, ascending=ascending)] if after is not None else []
+    if before is not None:
+        bounds.append(beyond(before, ascending=not ascending))
+    if bounds:
+        query = {**query, "$and": [*query.get("$and", []), *bounds]}
+    backwards = before is not None and after is None
+    docs, has_more = read(collection, query, ascending=ascending != backwards, limit=limit)
+    if backwards:
+        docs.reverse()
+    return docs, has_more

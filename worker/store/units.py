@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, cast
 
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 
 from worker.domain.documents import Doc, Unit
 from worker.domain.statuses import CLOSED_UNIT, JobStatus, UnitStatus
@@ -99,46 +99,69 @@ def list_jobs(
     status: str | None,
     limit: int,
     after: str | None,
-) -> tuple[list[Doc], bool] | None:
-    """A page of jobs and whether more follow; None when `after` is unknown.
+    before: str | None = None,
+    order: str = "asc",
+) -> tuple[list[Doc], bool] | str:
+    """A page of jobs in the list's order (oldest first by default; a batch's in
+    input order) and whether more follow in the direction read; the name of
+    the cursor (`after` or `before`) that names no job of the list instead.
 
     With a status, only units holding jobs of that status are read, through
-    an index on `job_statuses`: a page costs the units it shows.
+    an index on `job_statuses`: a page costs the units it shows. `before`
+    alone reads back towards the start, then restores the order.
     """
+    ascending = order == "asc"
     query: Doc = {"tenant": tenant}
     if batch_id is not None:
         query["batch_id"] = batch_id
-        sort = [("seq", ASCENDING)]
-    else:
-        sort = [(key, ASCENDING) for key in pages.ORDER]
     if status is not None:
         query["job_statuses"] = status
     else:
         # A chunk stored while its batch still streams in is not shown yet.
         query["status"] = {"$ne": UnitStatus.STAGED}
-    anchor = None
-    if after is not None:
-        anchor = find_unit(store, tenant, after, {"created_at": 1, "seq": 1, "batch_id": 1})
+    anchors: dict[str, Unit] = {}
+    for name, cursor_id in (("after", after), ("before", before)):
+        if cursor_id is None:
+            continue
+        anchor = find_unit(store, tenant, cursor_id, {"created_at": 1, "seq": 1, "batch_id": 1})
         if anchor is None or (batch_id is not None and anchor.get("batch_id") != batch_id):
-            return None
+            return name
+        anchors[name] = anchor
+    backwards = before is not None and after is None
+    forward = ascending != backwards  # the direction units are read in
+    # Where reading starts (its unit included) and where it stops.
+    start, stop = (before or "", "") if backwards else (after or "", before or "")
+    start_unit = anchors.get("before" if backwards else "after")
+    stop_unit = None if backwards else anchors.get("before")
+    bounds = []
+    for anchor, ahead in ((start_unit, forward), (stop_unit, not forward)):
+        if anchor is None:
+            continue
         if batch_id is not None:
-            query["seq"] = {"$gte": anchor["seq"]}
+            bounds.append({"seq": {"$gte" if ahead else "$lte": anchor["seq"]}})
         else:
-            query.update(pages.beyond(cast(Doc, anchor), ascending=True, inclusive=True))
+            bounds.append(pages.beyond(cast(Doc, anchor), ascending=ahead, inclusive=True))
+    if bounds:
+        query["$and"] = bounds
+    direction = ASCENDING if forward else DESCENDING
+    keys = ("seq",) if batch_id is not None else pages.ORDER
     page: list[Doc] = []
-    for unit in store.jobs.find(query, sort=sort, batch_size=8):
-        start = 0
-        if anchor is not None and unit["_id"] == anchor["_id"]:
-            # The cursor's own unit: only the jobs after it.
-            start = 1 + next(i for i, item in enumerate(unit["items"]) if item["id"] == after)
-        for index in range(start, len(unit["items"])):
+    for unit in store.jobs.find(query, sort=[(key, direction) for key in keys], batch_size=8):
+        ids = [item["id"] for item in unit["items"]]
+        indexes = list(range(len(ids)) if forward else reversed(range(len(ids))))
+        if start_unit is not None and unit["_id"] == start_unit["_id"]:
+            # The cursor's own unit: only the jobs beyond it.
+            indexes = indexes[indexes.index(ids.index(start)) + 1 :]
+        if stop_unit is not None and unit["_id"] == stop_unit["_id"]:
+            indexes = indexes[: indexes.index(ids.index(stop))]
+        for index in indexes:
             job = job_public(cast(Unit, unit), index)
             if status is not None and job["status"] != status:
                 continue
             if len(page) == limit:
-                return page, True
+                return (page[::-1] if backwards else page), True
             page.append(job)
-    return page, False
+    return (page[::-1] if backwards else page), False
 
 
 def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
