@@ -184,9 +184,20 @@ def tour(local: Local, recorder: Recorder) -> None:
     other.request("POST", f"/v1/batches/{late}/cancel")
     worker()
     tenant.request("GET", "/v1/webhook_deliveries?limit=2")
+    tenant.request("GET", "/v1/webhook_deliveries?limit=2&order=desc")
+    tenant.request("POST", "/v1/webhook_deliveries/recover", json={"since": 0})
     tenant.request("GET", "/v1/assistants/export")
+    tenant.request("GET", f"/v1/batches/{batch}/results?status=failed&format=input")
+    tenant.request("POST", f"/v1/batches/{late}/retry")
+    other.request("POST", f"/v1/batches/{late}/retry")
+    tenant.request("GET", "/v1/jobs?limit=2&order=desc")
+    tenant.request("GET", "/v1/batches?limit=2&order=asc")
     other.request("DELETE", f"/v1/assistants/{assistant}")
+    tenant.request("DELETE", f"/v1/assistants/{assistant}?dry_run=true")
     tenant.request("DELETE", f"/v1/assistants/{assistant}")
+    # A cursor naming the assistant just deleted pages on from where it was.
+    tenant.request("GET", f"/v1/assistants?limit=1&after={assistant}")
+    tenant.request("GET", f"/v1/assistants?limit=1&before={assistant}")
     worker()
 
 

@@ -85,11 +85,8 @@ def find_named(
         keyed = keyed_ids(store, tenant)
     ids = {keyed.get(name, name) for name in names}
     ids = {one for one in ids if may_be_id(one)}
-    found = {
-        doc["id"]: doc
-        for doc in find_in(store.assistants, "id", sorted(ids))
-        if doc["tenant"] == tenant
-    }
+    mine = {"tenant": tenant}
+    found = {doc["id"]: doc for doc in find_in(store.assistants, "id", sorted(ids), where=mine)}
     named: dict[str, Doc] = {}
     for name in names:
         doc = found.get(keyed[name]) if name in keyed else None
@@ -118,8 +115,8 @@ def find_mine(
     """The tenant's assistants with these ids, by id."""
     if not ids:
         return {}
-    found = find_in(store.assistants, "id", ids, projection)
-    return {doc["id"]: doc for doc in found if doc["tenant"] == tenant}
+    found = find_in(store.assistants, "id", ids, projection, where={"tenant": tenant})
+    return {doc["id"]: doc for doc in found}
 
 
 def set_content(store: Store, updates: list[tuple[Any, Doc]]) -> set[Any]:

@@ -27,12 +27,17 @@ IN_GROUP = 50
 
 
 def find_in(
-    collection: Collection[Doc], field: str, values: Sequence[Any], projection: Doc | None = None
+    collection: Collection[Doc],
+    field: str,
+    values: Sequence[Any],
+    projection: Doc | None = None,
+    where: Doc | None = None,
 ) -> Iterator[Doc]:
-    """The documents whose `field` is one of `values`, read in groups of IN_GROUP."""
+    """The documents whose `field` is one of `values` (and that match `where`,
+    the tenant for one), read in groups of IN_GROUP."""
     for start in range(0, len(values), IN_GROUP):
         group = list(values[start : start + IN_GROUP])
-        yield from collection.find({field: {"$in": group}}, projection)
+        yield from collection.find({field: {"$in": group}, **(where or {})}, projection)
 
 
 def insert_new(collection: Collection[Doc], docs: list[Doc]) -> set[int]:
