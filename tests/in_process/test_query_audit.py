@@ -29,7 +29,7 @@ from worker.runtime import Runtime
 from worker.store.connection import Store
 
 # The collections whose documents belong to a tenant.
-TENANT_OWNED = {"assistants", "jobs", "batches", "webhook_deliveries"}
+TENANT_OWNED = {"assistants", "jobs", "batches", "webhook_deliveries", "assistant_tombstones"}
 # Commands that read or change documents, and where each keeps its filters.
 FILTERED = {"find", "update", "delete", "findAndModify", "count", "aggregate", "distinct"}
 QUERIES = Path(__file__).resolve().parents[2] / "docs" / "QUERIES.md"
