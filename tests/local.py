@@ -52,7 +52,8 @@ SERVICES: dict[str, Callable[[Runtime, Any], None]] = {
 }
 
 
-# A worker of every queue but the bulk one.
+# A worker of every queue but the bulk one: with EXPRESS_BATCH_LINES=0 a batch
+# stays in progress (a small one would otherwise go to the single queue).
 NO_BULK = (routes.SINGLE_QUEUE, routes.WEBHOOK_QUEUE, routes.MAINTENANCE_QUEUE)
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def served(servers: Servers) -> Iterator[tuple[Local, str]]:
-    with running_local(servers.settings(), NO_BULK) as deployment:
+    with running_local(servers.settings(EXPRESS_BATCH_LINES="0"), NO_BULK) as deployment:
         server = make_server("127.0.0.1", 0, deployment.app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()

@@ -23,7 +23,8 @@ JSONL = {"Content-Type": "application/x-ndjson"}
 @pytest.fixture(scope="module")
 def no_bulk(servers: Servers) -> Iterator[Local]:
     """Chunks of 3, and no worker of the bulk queue: a batch's chunks stay queued."""
-    with running_local(servers.settings(CHUNK_SIZE="3"), NO_BULK) as deployment:
+    settings = servers.settings(CHUNK_SIZE="3", EXPRESS_BATCH_LINES="0")
+    with running_local(settings, NO_BULK) as deployment:
         yield deployment
 
 

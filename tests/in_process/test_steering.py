@@ -117,7 +117,7 @@ def test_modify_dry_run_answers_the_plan_line_and_changes_nothing(tenant: Tenant
 @pytest.fixture(scope="module")
 def no_bulk(servers: Servers) -> Iterator[Local]:
     """No worker of the bulk queue: a batch stays in progress until cancelled."""
-    with running_local(servers.settings(), NO_BULK) as deployment:
+    with running_local(servers.settings(EXPRESS_BATCH_LINES="0"), NO_BULK) as deployment:
         yield deployment
 
 
