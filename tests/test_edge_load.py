@@ -26,8 +26,9 @@ KEYS = 4
 
 @pytest.fixture
 def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    # No bulk worker: the batches the waiters wait on stay queued all along.
-    stack = Stack(servers, logs_dir)
+    # No bulk worker (and no small-batch lane to the single-create workers): the
+    # batches the waiters wait on stay queued all along.
+    stack = Stack(servers, logs_dir, {"EXPRESS_BATCH_LINES": "0"})
     try:
         stack.start(
             # As `dev` runs it: a threads pool, whose running messages are processed together.
