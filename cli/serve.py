@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from worker.queueing.routes import WEBHOOK_QUEUE
 # Imported where they are used: `api` only execs gunicorn, which reads them itself.
 if TYPE_CHECKING:
     from worker.settings import Settings
+    from worker.store.connection import Store
 
 EDGE_APP = "api.app:create_app()"
 EDGE_CONFIG = "python:api.gunicorn_conf"
@@ -95,9 +97,7 @@ def _run_worker(
         worker_ready.connect(lambda **_: exposition.serve(settings.metrics_port), weak=False)
     if on_ready is not None:
         worker_ready.connect(lambda **_: on_ready(), weak=False)
-    store = Store.connect(settings, timeout_ms=30_000)
-    ensure_indexes(store)
-    store.close()
+    _ensure_indexes_when_up(Store.connect(settings, timeout_ms=30_000), ensure_indexes)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     pool, concurrency = args.pool or "prefork", args.concurrency or settings.worker_concurrency
     if queues == [WEBHOOK_QUEUE] and args.pool is None:
@@ -231,6 +231,26 @@ def _run_apart(args: argparse.Namespace, settings: Settings, queues: list[str]) 
             return _run_worker(main, settings, on_ready=start_child)
         finally:
             stop_children()
+
+
+def _ensure_indexes_when_up(store: Store, ensure: Callable[[Store], None]) -> None:
+    """Declare the indexes, waiting for the store if it is down: a worker started
+    during an outage (or the webhooks worker a worker starts) waits for it, as a
+    running worker waits out one, instead of exiting and taking its parent down."""
+    from pymongo.errors import PyMongoError
+
+    try:
+        while True:
+            try:
+                ensure(store)
+                return
+            except PyMongoError as exc:
+                logging.getLogger("worker").warning(
+                    "the store is not answering (%s); declaring the indexes again shortly", exc
+                )
+                time.sleep(2)
+    finally:
+        store.close()
 
 
 def _die_with_parent() -> None:
