@@ -186,6 +186,24 @@ class BatchCreate(BaseModel):
     metadata: Metadata = None
 
 
+class FieldChange(BaseModel):
+    """One field's change: its value now and the value the line sets."""
+
+    from_: Any = Field(alias="from", description="the current value (null: absent)")
+    to: Any = Field(description="the value set (null: a metadata key removed)")
+    cut: Literal[True] | SkipJsonSchema[None] = Field(
+        None,
+        description="in a plan only: a value longer than 1000 characters (as JSON text) is "
+        'shown as its first 1000 and "…[cut: N more characters]"',
+    )
+
+
+FIELD_CHANGES = (
+    'for an update: {"<field>": {"from", "to"}} for each field that differs, metadata '
+    'key by key ("metadata.<key>")'
+)
+
+
 class BatchResultLine(BaseModel):
     """One line of `GET /v1/batches/{batch_id}/results` (NDJSON)."""
 
@@ -195,6 +213,9 @@ class BatchResultLine(BaseModel):
     body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage | None
     action: Action | None = Field(description="what a 200 did; null if failed or cancelled")
     status: Literal["cancelled"] | SkipJsonSchema[None] = None
+    changes: dict[str, FieldChange] | SkipJsonSchema[None] = Field(
+        None, description=FIELD_CHANGES + " (whole values; absent on a redelivered update)"
+    )
 
 
 class AssistantDraft(BaseModel):
@@ -220,9 +241,7 @@ class PlanLine(BaseModel):
     action: Literal["create", "update", "unchanged", "delete", "invalid"]
     status_code: Literal[200, 404, 422]
     body: AssistantDraft | AssistantDeleted | ValidationErrors | ErrorMessage
-    changes: list[str] | SkipJsonSchema[None] = Field(
-        None, description="for an update: the fields that would change"
-    )
+    changes: dict[str, FieldChange] | SkipJsonSchema[None] = Field(None, description=FIELD_CHANGES)
 
 
 class ExportLine(BaseModel):

@@ -107,6 +107,40 @@ def test_editing_one_line_updates_one_assistant_to_exactly_the_body(tenant: Tena
     assert row["body"]["name"] is None
     assert row["body"]["metadata"] == {}
     assert tenant.request("GET", f"/v1/assistants/{row['body']['id']}").json() == row["body"]
+    assert row["changes"] == {
+        "name": {"from": "n5", "to": None},
+        "model": {"from": "gpt-4", "to": "gpt-4o"},
+        "instructions": {"from": None, "to": "be brief"},
+        "metadata.team": {"from": "a", "to": None},
+    }
+    assert "changes" not in results(tenant, batch["id"])[6]
+
+
+def test_a_plan_shows_each_field_change_and_cuts_long_values(tenant: Tenant) -> None:
+    lines = manifest(2)
+    apply(tenant, lines)
+    long = "x" * 3000
+    lines[0]["body"] = {
+        "model": "gpt-4",
+        "name": "n0",
+        "instructions": long,
+        "metadata": {"team": "b", "tier": "1"},
+    }
+    plan = dry_run(tenant, lines)
+    assert plan[0]["action"] == "update"
+    assert plan[1]["action"] == "unchanged" and "changes" not in plan[1]
+    changes = plan[0]["changes"]
+    assert changes["metadata.team"] == {"from": "a", "to": "b"}
+    assert changes["metadata.tier"] == {"from": None, "to": "1"}
+    cut = changes["instructions"]
+    assert cut["cut"] is True and cut["from"] is None
+    assert cut["to"] == "x" * 1000 + "…[cut: 2000 more characters]"
+    assert plan[0]["body"]["instructions"] == long  # the body is whole
+    batch = apply(tenant, lines)
+    row = results(tenant, batch["id"])[0]
+    assert row["changes"]["instructions"] == {"from": None, "to": long}  # never cut
+    now = tenant.request("GET", f"/v1/assistants/{row['body']['id']}").json()
+    assert now["instructions"] == long
 
 
 def test_a_line_may_name_an_unkeyed_assistant_by_its_id(tenant: Tenant) -> None:
@@ -163,7 +197,10 @@ def test_dry_run_of_each_case_creates_nothing(stack: Stack, tenant: Tenant) -> N
     lines[2]["body"] = {"model": "gpt-4", "name": "renamed"}
     plan = dry_run(tenant, lines)
     assert plan[2]["action"] == "update"
-    assert plan[2]["changes"] == ["name", "metadata"]
+    assert plan[2]["changes"] == {
+        "name": {"from": "n2", "to": "renamed"},
+        "metadata.team": {"from": "a", "to": None},
+    }
     assert plan[2]["body"]["name"] == "renamed"
     assert plan[3]["action"] == "unchanged"
     assert sorted((str(doc["_id"]), doc["name"]) for doc in stored(stack, tenant)) == before

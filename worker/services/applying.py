@@ -24,7 +24,7 @@ from typing import Any
 from worker.domain import assistants as assistant_docs
 from worker.domain.documents import Doc, Unit
 from worker.domain.schema import AssistantCreate
-from worker.domain.units import accepted_at
+from worker.domain.units import RESULT_CHANGES, accepted_at
 from worker.runtime import Runtime
 from worker.store import assistants, units
 
@@ -121,25 +121,33 @@ def _update(
     rt: Runtime, existing: list[tuple[Line, Doc]], outcomes: Outcomes, actions: Actions
 ) -> None:
     """Set the existing assistants that differ from their lines. The content hash
-    decides where the assistant has one; the others are read whole and compared."""
-    unhashed = [doc["id"] for _, doc in existing if not doc.get(assistant_docs.CONTENT_HASH)]
-    whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], unhashed) if unhashed else {}
+    decides where the assistant has one; the others are read whole and compared.
+    Those that differ are read whole too, for their changes."""
+    need = [
+        doc["id"] for line, doc in existing if doc.get(assistant_docs.CONTENT_HASH) != _hash(line)
+    ]
+    whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], need) if need else {}
     updates: list[tuple[Any, Doc]] = []
-    changed: list[tuple[Line, Doc]] = []
+    changed: list[tuple[Line, Doc, Doc]] = []
     for line, doc in existing:
         unit, index, request = line
         job_id = unit["items"][index]["id"]
         wanted = _hash(line)
         stored = doc.get(assistant_docs.CONTENT_HASH)
-        if stored:
-            differs = stored != wanted
+        fields_changed: Doc = {}
+        if stored == wanted:
+            differs = False
         else:
             current = whole.get(doc["id"])
             if current is None:  # deleted since it was read: as a line naming a deleted one
                 _set(outcomes, actions, line, 404, NOT_FOUND, None)
                 continue
             body = json.loads(unit["items"][index]["body"])
-            differs = bool(assistant_docs.differences(current, body))
+            fields_changed = assistant_docs.field_changes(
+                assistant_docs.public(current),
+                assistant_docs.public_from_request(body, assistant_docs.reference(current)),
+            )
+            differs = bool(stored) or bool(fields_changed)
         if differs:
             fields = {
                 **assistant_docs.content(request),
@@ -147,7 +155,7 @@ def _update(
                 assistant_docs.CONTENT_HASH: wanted,
             }
             updates.append((doc["_id"], fields))
-            changed.append((line, doc))
+            changed.append((line, doc, fields_changed))
         else:
             # Equal: unchanged, unless this job made it so before a crash.
             action = "unchanged"
@@ -157,11 +165,13 @@ def _update(
                 action = "updated"
             _set(outcomes, actions, line, 200, assistant_docs.reference(doc), action)
     missing = assistants.set_content(rt.store, updates)
-    for line, doc in changed:
+    for line, doc, fields_changed in changed:
         if doc["_id"] in missing:
             _set(outcomes, actions, line, 404, NOT_FOUND, None)
         else:
-            _set(outcomes, actions, line, 200, assistant_docs.reference(doc), "updated")
+            # The result keeps the changes with its reference (`result_changes`).
+            result = {**assistant_docs.reference(doc), RESULT_CHANGES: fields_changed}
+            _set(outcomes, actions, line, 200, result, "updated")
 
 
 def _name(line: Line) -> str:

@@ -25,7 +25,7 @@ from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
 from worker.domain.schema import validate_create
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
-from worker.domain.units import item_action, new_unit, result_body
+from worker.domain.units import item_action, new_unit, result_body, result_changes
 from worker.runtime import Runtime
 from worker.services import outbox, planning, turns
 from worker.services.ahead import read_ahead
@@ -351,10 +351,13 @@ def iter_results(store: Store, tenant: str, batch_id: str, status: str | None) -
             outcome = JobStatus.SUCCEEDED if code == 200 else JobStatus.FAILED
             if status is not None and status != outcome:
                 continue
-            yield {
+            line = {
                 "custom_id": item["custom_id"],
                 "job_id": item["id"] or None,  # a prune deletion has no job
                 "status_code": code,
                 "body": result_body(unit, index),
                 "action": item_action(unit, index),
             }
+            if line["action"] == "updated" and (changed := result_changes(unit, index)):
+                line["changes"] = changed
+            yield line

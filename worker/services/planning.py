@@ -176,10 +176,10 @@ def _plan_line(line: Line, request: Checked, named: dict[str, Doc], body: Any) -
 
 def _change(line: Line, doc: Doc, after: Doc) -> Doc:
     state = assistant_docs.public(after)
-    changed = assistant_docs.differences(doc, state)
+    changed = assistant_docs.field_changes(assistant_docs.public(doc), state)
     if not changed:
         return _answer(line, "unchanged", 200, state)
-    return {**_answer(line, "update", 200, state), "changes": changed}
+    return {**_answer(line, "update", 200, state), "changes": assistant_docs.plan_changes(changed)}
 
 
 def _answer(line: Line, action: str, code: int, body: Any) -> Doc:
