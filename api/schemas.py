@@ -209,7 +209,7 @@ class BatchResultLine(BaseModel):
 
     custom_id: str
     job_id: str | None = Field(description="null for a `prune` deletion")
-    status_code: Literal[200, 404, 422, 500] | None
+    status_code: Literal[200, 404, 412, 422, 500] | None
     body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage | None
     action: Action | None = Field(description="what a 200 did; null if failed or cancelled")
     status: Literal["cancelled"] | SkipJsonSchema[None] = None
@@ -459,6 +459,16 @@ class DeliveryListQuery(_Query):
     status: Literal["pending", "delivered", "failed"] = ABSENT
     limit: QueryInt = Field(20, ge=1, le=100)
     after: Cursor = Field(ABSENT, description="a delivery id")
+
+
+class PlanHeaders(BaseModel):
+    if_match: str | SkipJsonSchema[None] = Field(
+        None,
+        alias="If-Match",
+        description="with mode=apply: the ETag of the dry run reviewed; the batch is "
+        "taken only if its plan is still that one (else 412), and each line applies only "
+        "if its assistant is still as planned (else that line's 412 result)",
+    )
 
 
 class SubmitHeaders(BaseModel):

@@ -283,3 +283,22 @@ def test_plan_exits_0_when_nothing_would_change_2_when_something_would_1_on_erro
     # Nothing was applied by any plan.
     names = {a["name"] for a in tenant.request("GET", "/v1/assistants").json()["data"]}
     assert names == {"n0", "n1", "n2", "n3"}
+
+
+def test_apply_if_plan_shows_the_plan_then_applies_exactly_it(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    manifest = tmp_path / "assistants.jsonl"
+    manifest.write_text('{"custom_id": "k", "body": {"model": "m", "name": "one"}}\n')
+    asked = cli(stack, "apply", str(manifest), "--if-plan", env=env)  # stdin is not a terminal
+    assert asked.returncode == 2
+    assert '+ "k" (new, model "m")' in asked.stderr
+    assert asked.stderr.splitlines()[-1] == "error: --if-plan asks before applying: give --yes"
+    assert tenant.request("GET", "/v1/assistants").json()["data"] == []
+    applied = cli(stack, "apply", str(manifest), "--if-plan", "--yes", "--wait", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "  created    1" in applied.stderr
+    again = cli(stack, "apply", str(manifest), "--if-plan", "--yes", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to apply" in again.stderr

@@ -206,6 +206,14 @@ def hashes_as(doc: Doc, body: dict[str, Any]) -> bool:
     return bool(stored) and stored == content_hash(body)
 
 
+def version(doc: Doc) -> str:
+    """The assistant's version as a plan sees it: the hash of its content (the
+    content hash an apply stored, else computed), so any change of the content
+    is a new version. Not part of the assistant object."""
+    stored = doc.get(CONTENT_HASH)
+    return str(stored) if stored else content_hash(public(doc))
+
+
 def left_out(doc: Doc, names: Container[str]) -> bool:
     """Whether a manifest whose lines give `names` leaves this keyed assistant out
     (a line names an assistant by its key, or else by its id): prune deletes it."""

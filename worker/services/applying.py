@@ -33,6 +33,11 @@ Actions = dict[str, list[str | None]]
 Line = tuple[Unit, int, AssistantCreate]
 
 NOT_FOUND = {"detail": "No assistant found"}
+# A line applied under If-Match whose assistant is no longer at the version
+# its plan saw: it changes nothing.
+PLAN_STALE = {
+    "detail": "The assistant changed since the plan was made; this line changed nothing: plan again"
+}
 APPLIED_BY = "applied_by"
 
 
@@ -58,7 +63,11 @@ def _apply_tenant(
     existing: list[tuple[Line, Doc]] = []
     for line, target in zip(lines, targets, strict=True):
         doc = found.get(target) if target is not None else None
-        if doc is not None:
+        expect = _expect(line)
+        if expect is not None and (doc is None) != (expect == ""):
+            # Planned as a create and there is one now, or the reverse.
+            _set(outcomes, actions, line, 412, PLAN_STALE, None)
+        elif doc is not None:
             existing.append((line, doc))
         elif (target is not None and target == _name(line)) or (
             target is None and assistants.may_be_id(_name(line))
@@ -101,6 +110,8 @@ def _apply_tenant(
                 _set(outcomes, actions, line, 404, NOT_FOUND, None)
             elif winner["job_id"] == doc["job_id"]:
                 _set(outcomes, actions, line, 200, assistant_docs.reference(winner), "created")
+            elif _expect(line) is not None:  # planned as a create: another made it
+                _set(outcomes, actions, line, 412, PLAN_STALE, None)
             else:
                 existing.append((line, winner))
         new = [(line, doc) for line, doc in new if id(doc) not in lost]
@@ -115,6 +126,10 @@ def _hash(line: Line) -> str:
 
 def _target(line: Line) -> str | None:
     return line[0]["items"][line[1]].get("target")
+
+
+def _expect(line: Line) -> str | None:
+    return line[0]["items"][line[1]].get("expect")
 
 
 def _update(
@@ -134,6 +149,14 @@ def _update(
         job_id = unit["items"][index]["id"]
         wanted = _hash(line)
         stored = doc.get(assistant_docs.CONTENT_HASH)
+        expect = _expect(line)
+        if expect is not None and doc.get(APPLIED_BY) != job_id and doc.get("job_id") != job_id:
+            # Under If-Match: only at the version the plan saw (unless this job
+            # applied it before a crash). Read whole where it has no content hash.
+            current = doc if stored else whole.get(doc["id"])
+            if current is None or assistant_docs.version(current) != expect:
+                _set(outcomes, actions, line, 412, PLAN_STALE, None)
+                continue
         fields_changed: Doc = {}
         if stored == wanted:
             differs = False

@@ -79,13 +79,21 @@ class Stager:
             self.reading = read_ahead(self._read_state)
 
     def add(
-        self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
+        self,
+        custom_id: str,
+        body_text: str,
+        *,
+        op: str | None = None,
+        target: str | None = None,
+        expect: str | None = None,
     ) -> None:
         item: Item = {"id": "", "custom_id": custom_id, "body": body_text}
         if op is not None:
             item["op"] = op
         if target is not None:
             item["target"] = target
+        if expect is not None:
+            item["expect"] = expect
         self.items.append(item)
         self.size += len(body_text)
         settings = self.rt.settings
