@@ -61,10 +61,6 @@ def create_batch() -> Response:
     if dry_run:
         return _dry_run(reader, requests, prune)
     _refuse_over_quota(rt)
-    seen: list[str | None] | None = None
-    if expected is not None:
-        # Applied only as planned: the plan computed now must be the one shown.
-        requests, seen = _check_plan(reader, requests, prune, expected)
     batch_id = new_id("batch_")
     scope = intake.batch_key_scope(tenant(), key) if key is not None else None
     stager = None
@@ -95,6 +91,15 @@ def create_batch() -> Response:
     if holder is not None and scope is not None:
         _abort_quietly(stager)
         return _replay(reader, requests, scope, callback)
+    seen: list[str | None] | None = None
+    if expected is not None:
+        # Applied only as planned: the plan computed now must be the one shown.
+        # Checked once the key is held, so a retry of an apply taken replays.
+        try:
+            requests, seen = _check_plan(reader, requests, prune, expected)
+        except BaseException:
+            _give_up(stager, scope)
+            raise
     return _answer(_store(stager, reader, requests, scope, callback, seen), replayed=False)
 
 

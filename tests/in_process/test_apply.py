@@ -467,13 +467,11 @@ def plan_with_etag(tenant: Tenant, lines: list[Any]) -> tuple[list[dict[str, Any
     return [json.loads(line) for line in response.text.splitlines()], etag
 
 
-def apply_if_match(tenant: Tenant, lines: list[Any], etag: str) -> Any:
-    return tenant.request(
-        "POST",
-        "/v1/batches?mode=apply",
-        data=jsonl(lines),
-        headers={"Content-Type": NDJSON, "If-Match": etag},
-    )
+def apply_if_match(tenant: Tenant, lines: list[Any], etag: str, key: str | None = None) -> Any:
+    headers = {"Content-Type": NDJSON, "If-Match": etag}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return tenant.request("POST", "/v1/batches?mode=apply", data=jsonl(lines), headers=headers)
 
 
 def modify(tenant: Tenant, assistant_id: str, change: dict[str, Any]) -> None:
@@ -516,9 +514,14 @@ def test_an_apply_under_if_match_applies_only_the_plan_it_names(
 
     # Planned again, it applies: exactly the planned lines.
     plan, etag = plan_with_etag(tenant, lines)
-    accepted = apply_if_match(tenant, lines, etag)
+    accepted = apply_if_match(tenant, lines, etag, key="reviewed")
     assert accepted.status_code == 202, accepted.text
     batch = finished_batch(tenant, accepted.json()["id"])
+    # Its plan no longer holds (it was applied), but a retry with its key replays.
+    retried = apply_if_match(tenant, lines, etag, key="reviewed")
+    assert retried.status_code == 202, retried.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["id"] == batch["id"]
     done = {"update": "updated", "create": "created", "unchanged": "unchanged"}
     rows = results(tenant, batch["id"])
     assert [row["action"] for row in rows] == [done[line["action"]] for line in plan]
