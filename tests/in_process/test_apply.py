@@ -583,3 +583,21 @@ def test_a_line_whose_assistant_changes_after_the_check_fails_412(paused: Local)
     assert "changed since the plan" in rows[0]["body"]["detail"]
     assert (rows[1]["action"], rows[2]["action"]) == ("updated", "unchanged")
     assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "meanwhile"
+
+
+def test_plan_edge_and_worker_make_one_decision(stack: Stack, tenant: Tenant) -> None:
+    lines = manifest(3)
+    apply(tenant, lines)
+    # A content hash that is not the content's (one written by an earlier hash
+    # scheme, say): the content decides, in the plan as in the apply.
+    stack.db.assistants.update_one(
+        {"tenant": tenant.name, "provisioning_key": "k1"}, {"$set": {"content_hash": "stale"}}
+    )
+    lines[2]["body"]["name"] = "renamed"
+    plan = dry_run(tenant, lines)
+    assert [line["action"] for line in plan] == ["unchanged", "unchanged", "update"]
+    batch = apply(tenant, lines)
+    done = {"update": "updated", "unchanged": "unchanged"}
+    rows = results(tenant, batch["id"])
+    assert [row["action"] for row in rows] == [done[line["action"]] for line in plan]
+    assert rows[2]["changes"] == plan[2]["changes"]

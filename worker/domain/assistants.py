@@ -214,6 +214,25 @@ def version(doc: Doc) -> str:
     return str(stored) if stored else content_hash(public(doc))
 
 
+def decide(doc: Doc | None, body: dict[str, Any]) -> tuple[str, Doc | None]:
+    """What an apply line with the valid create body `body` does to the assistant
+    it names (`doc`, None for none): `create`, `unchanged` or `update`, with the
+    field changes of an update. The one decision the dry run, the edge and the
+    workers all make, so a plan and its apply cannot disagree.
+
+    A content hash equal to the body's is `unchanged` without the content; else
+    the content decides, and an assistant read without it (`APPLY_VIEW`) is an
+    `update` whose changes (None) are known once it is read whole."""
+    if doc is None:
+        return "create", {}
+    if hashes_as(doc, body):
+        return "unchanged", {}
+    if "model" not in doc:
+        return "update", None
+    found = field_changes(public(doc), public_from_request(body, reference(doc)))
+    return ("update" if found else "unchanged"), found
+
+
 def left_out(doc: Doc, names: Container[str]) -> bool:
     """Whether a manifest whose lines give `names` leaves this keyed assistant out
     (a line names an assistant by its key, or else by its id): prune deletes it."""

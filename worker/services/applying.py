@@ -157,20 +157,15 @@ def _update(
             if current is None or assistant_docs.version(current) != expect:
                 _set(outcomes, actions, line, 412, PLAN_STALE, None)
                 continue
-        fields_changed: Doc = {}
-        if stored == wanted:
-            differs = False
-        else:
-            current = whole.get(doc["id"])
-            if current is None:  # deleted since it was read: as a line naming a deleted one
-                _set(outcomes, actions, line, 404, NOT_FOUND, None)
-                continue
-            body = json.loads(unit["items"][index]["body"])
-            fields_changed = assistant_docs.field_changes(
-                assistant_docs.public(current),
-                assistant_docs.public_from_request(body, assistant_docs.reference(current)),
-            )
-            differs = bool(stored) or bool(fields_changed)
+        # The decision the plan made: from the hash, else from the whole document.
+        current = doc if stored == wanted else whole.get(doc["id"])
+        if current is None:  # deleted since it was read: as a line naming a deleted one
+            _set(outcomes, actions, line, 404, NOT_FOUND, None)
+            continue
+        decision, fields_changed = assistant_docs.decide(
+            current, json.loads(unit["items"][index]["body"])
+        )
+        differs = decision == "update"
         if differs:
             fields = {
                 **assistant_docs.content(request),
@@ -178,7 +173,7 @@ def _update(
                 assistant_docs.CONTENT_HASH: wanted,
             }
             updates.append((doc["_id"], fields))
-            changed.append((line, doc, fields_changed))
+            changed.append((line, doc, fields_changed or {}))
         else:
             # Equal: unchanged, unless this job made it so before a crash.
             action = "unchanged"

@@ -192,7 +192,7 @@ class Stager:
             body = json.loads(item["body"])
             if isinstance(validate_create(body, models), list):
                 return None
-            if not assistant_docs.hashes_as(doc, body):
+            if assistant_docs.decide(doc, body)[0] != "unchanged":
                 return None
             answers.append(json.dumps(assistant_docs.reference(doc), ensure_ascii=False))
         for item in self.items:

@@ -118,7 +118,7 @@ def plan_seen(
                 continue
             known = (keyed or {}).get(line.custom_id)
             body = bodies[index]
-            if known is not None and assistant_docs.hashes_as(known, body):
+            if known is not None and assistant_docs.decide(known, body)[0] == "unchanged":
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
             else:
                 wanted.append(line.custom_id)
@@ -193,7 +193,11 @@ def _plan_line(line: Line, request: Checked, named: dict[str, Doc], body: Any) -
         return _answer(line, "invalid", 404, NOT_FOUND)
     if doc is None:
         return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
-    return _change(line, doc, {**doc, **assistant_docs.content(request)})
+    action, changed = assistant_docs.decide(doc, body)
+    state = assistant_docs.public({**doc, **assistant_docs.content(request)})
+    if action == "unchanged" or not changed:
+        return _answer(line, "unchanged", 200, state)
+    return {**_answer(line, "update", 200, state), "changes": assistant_docs.plan_changes(changed)}
 
 
 def _change(line: Line, doc: Doc, after: Doc) -> Doc:
