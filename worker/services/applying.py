@@ -138,16 +138,18 @@ def _update(
     """Set the existing assistants that differ from their lines. The content hash
     decides where the assistant has one; the others are read whole and compared.
     Those that differ are read whole too, for their changes."""
+    hashes = [_hash(line) for line, _ in existing]
     need = [
-        doc["id"] for line, doc in existing if doc.get(assistant_docs.CONTENT_HASH) != _hash(line)
+        doc["id"]
+        for (_, doc), wanted in zip(existing, hashes, strict=True)
+        if doc.get(assistant_docs.CONTENT_HASH) != wanted
     ]
     whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], need) if need else {}
     updates: list[tuple[Any, Doc]] = []
     changed: list[tuple[Line, Doc, Doc]] = []
-    for line, doc in existing:
+    for (line, doc), wanted in zip(existing, hashes, strict=True):
         unit, index, request = line
         job_id = unit["items"][index]["id"]
-        wanted = _hash(line)
         stored = doc.get(assistant_docs.CONTENT_HASH)
         expect = _expect(line)
         if expect is not None and doc.get(APPLIED_BY) != job_id and doc.get("job_id") != job_id:
