@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from api import inputs, ndjson, queries
+from api import inputs, ndjson, preconditions, queries
 from api.batch_input import Reader, Request, Spool, TooLarge
 from api.context import request_id, runtime, settings, store, tenant
 from api.errors import ApiError, not_found, unprocessable
@@ -45,6 +45,7 @@ def create_batch() -> Response:
         raise unprocessable(
             ["query", "prune"], "value_error", "Value error, prune needs mode=apply", input="true"
         )
+    expected = preconditions.plan_etag(apply=mode == "apply", dry_run=dry_run)
     mimetype = inputs.require_content_type(*JSONL_TYPES, "application/json")
     limits = settings()
     if request.content_length is not None and request.content_length > limits.max_batch_bytes:
@@ -95,7 +96,16 @@ def create_batch() -> Response:
     if holder is not None and scope is not None:
         _abort_quietly(stager)
         return _replay(reader, requests, scope, callback)
-    return _answer(_store(stager, reader, requests, scope, callback), replayed=False)
+    seen: list[str | None] | None = None
+    if expected is not None:
+        # Applied only as planned: the plan computed now must be the one shown.
+        # Checked once the key is held, so a retry of an apply taken replays.
+        try:
+            requests, seen = _check_plan(reader, requests, prune, expected)
+        except BaseException:
+            _give_up(stager, scope)
+            raise
+    return _answer(_store(stager, reader, requests, scope, callback, seen), replayed=False)
 
 
 # What a tenant over its quota of queued lines is told to wait: about the
@@ -129,6 +139,7 @@ def _store(
     requests: Iterator[Request],
     scope: str | None,
     callback: str | None,
+    seen: list[str | None] | None = None,
 ) -> dict[str, object]:
     """Stage the upload as it streams in, then commit it (after the key, if any,
     has its fingerprint); the batch, or on any failure nothing, is kept."""
@@ -136,10 +147,18 @@ def _store(
     if stager.reading is not None:
         requests = _while_reading(stager.reading, requests)
     try:
-        for item in requests:
+        for index, item in enumerate(requests):
             if reader.errors or reader.count > limits.max_batch_requests:
                 continue  # keep reading only to report every offending line
-            stager.add(item.custom_id, item.body_text, op=item.op, target=item.target)
+            stager.add(
+                item.custom_id,
+                item.body_text,
+                op=item.op,
+                target=item.target,
+                # The version the checked plan saw ("" for none): the worker applies
+                # the line only if the assistant is still at it.
+                expect=None if seen is None else (seen[index] or ""),
+            )
         _refuse_if_invalid(reader, limits.max_batch_requests)
         if reader.metadata:
             batch_store.set_metadata_json(
@@ -210,8 +229,17 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
         for item in (valid() if keyed is None else _while_reading(keyed, valid()))
     )
     spool = ndjson.Spool()
+    digests: list[bytes] = []
+
+    def planned() -> Iterator[dict[str, Any]]:
+        for line, seen in planning.plan_seen(
+            rt, owner, lines, prune_except=names, keyed_ahead=keyed
+        ):
+            digests.append(planning.line_digest(line, seen))
+            yield line
+
     try:
-        spool.extend(planning.plan(rt, owner, lines, prune_except=names, keyed_ahead=keyed))
+        spool.extend(planned())
         _refuse_if_invalid(reader, limits.max_batch_requests)
     except TooLarge:
         spool.close()
@@ -222,7 +250,59 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
     except BaseException:
         spool.close()
         raise
-    return spool.response()
+    response = spool.response()
+    if reader.apply:
+        digest = planning.plan_digest(digests)
+        preconditions.remember_plan(rt, owner, digest, digests)
+        response.headers["ETag"] = f'"{digest}"'
+    return response
+
+
+def _check_plan(
+    reader: Reader, requests: Iterator[Request], prune: bool, expected: str
+) -> tuple[Iterator[Request], list[str | None]]:
+    """Plan the upload now, as its dry run did, holding its requests in a spool;
+    412 unless the plan's digest is `expected`. Returns the held requests and
+    the version of the assistant each line's plan saw."""
+    limits = settings()
+    rt, owner = runtime(), tenant()
+    held = Spool()
+    seen: list[str | None] = []
+    digests: list[bytes] = []
+    lines: list[tuple[str | None, str, int]] = []
+
+    def valid() -> Iterator[planning.Line]:
+        for item in requests:
+            if reader.errors or reader.count > limits.max_batch_requests:
+                continue  # refused below: read on only to report every offending line
+            held.add(item)
+            yield planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
+
+    names = reader.names if prune else None
+    try:
+        for line, version in planning.plan_seen(rt, owner, valid(), prune_except=names):
+            seen.append(version)
+            digests.append(planning.line_digest(line, version))
+            lines.append((line["custom_id"], line["action"], line["status_code"]))
+        _refuse_if_invalid(reader, limits.max_batch_requests)
+        digest = planning.plan_digest(digests)
+        if digest != expected:
+            raise preconditions.plan_changed(rt, owner, expected, digests, lines)
+    except TooLarge:
+        held.close()
+        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
+    except PyMongoError as exc:
+        held.close()
+        raise intake.Unavailable from exc
+    except BaseException:
+        held.close()
+        raise
+
+    def replay() -> Iterator[Request]:
+        with held:
+            yield from held
+
+    return replay(), seen
 
 
 def _while_reading(read: Future[Any], requests: Iterator[Request]) -> Iterator[Request]:

@@ -44,6 +44,10 @@ HEADERS: dict[str, tuple[dict[str, Any], str]] = {
     "WWW-Authenticate": (_schema_of(str), "`Bearer`"),
     "Idempotent-Replayed": (_schema_of(str), "`true` when an Idempotency-Key replayed"),
     "Preference-Applied": (_schema_of(str), "`wait=N`: the wait that was applied"),
+    "ETag": (
+        _schema_of(str),
+        "an apply's dry run: the plan's digest, quoted; send it as If-Match to apply it",
+    ),
 }
 RATE = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 

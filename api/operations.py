@@ -298,14 +298,28 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 200: Answer(
                     "With `?dry_run=true`: the plan, one `PlanLine` per request in input "
                     "order, then (with `prune`) one `delete` line per assistant that would "
-                    "go (NDJSON); nothing is created, changed or sent",
+                    "go (NDJSON); nothing is created, changed or sent. An apply's plan "
+                    "has an `ETag`: its digest, with the version of each assistant it names",
                     TEXT,
                     media="application/x-ndjson",
+                    headers=("ETag",),
                 ),
                 202: Answer(
                     "Accepted: the batch",
                     s.Batch,
                     headers=("Location!", "Idempotent-Replayed"),
+                ),
+                400: Answer(
+                    "An If-Match that names no plan (`*`, weak, malformed, a list), or on "
+                    "a dry run or a create batch; any If-None-Match",
+                    s.ErrorMessage,
+                ),
+                412: Answer(
+                    "If-Match: the plan computed now is not the one its ETag names; "
+                    "nothing was stored. `detail` lists the lines whose plan changed (`loc` "
+                    '`["body", <index>]`, with `custom_id` and the `action` planned now; the '
+                    'first 100), or `["header", "If-Match"]` for a plan not known',
+                    s.ValidationErrors,
                 ),
                 **_errors(409, 413, 415, 422),
             },
@@ -326,12 +340,15 @@ def table(create: type[BaseModel], modify: type[BaseModel]) -> list[Operation]:
                 "says which. With `prune=true` the tenant's keyed assistants the manifest "
                 "does not name are deleted too, as result lines after the input's "
                 "(`job_id` null). `?dry_run=true` (either mode) answers the plan at once."
+                "\n\n`If-Match: <ETag of an apply's dry run>` applies exactly that plan: "
+                "412 if the plan computed now differs; a line whose assistant changes "
+                "between this check and its worker's turn is a 412 result, changing nothing."
                 "\n\nBatches are served across tenants in turn. 429 with `Retry-After` also "
                 "when the tenant's batches already hold `MAX_QUEUED_LINES_PER_TENANT` "
                 "lines not yet started (nothing stored)."
             ),
             query=s.BatchCreateQuery,
-            headers=(s.SubmitHeaders, s.TraceHeaders),
+            headers=(s.SubmitHeaders, s.PlanHeaders, s.TraceHeaders),
             body={
                 "application/json": s.BatchCreate,
                 "application/x-ndjson": TEXT,

@@ -189,15 +189,36 @@ class BatchCreate(BaseModel):
     metadata: Metadata = None
 
 
+class FieldChange(BaseModel):
+    """One field's change: its value now and the value the line sets."""
+
+    from_: Any = Field(alias="from", description="the current value (null: absent)")
+    to: Any = Field(description="the value set (null: a metadata key removed)")
+    cut: Literal[True] | SkipJsonSchema[None] = Field(
+        None,
+        description="in a plan only: a value longer than 1000 characters (as JSON text) is "
+        'shown as its first 1000 and "…[cut: N more characters]"',
+    )
+
+
+FIELD_CHANGES = (
+    'for an update: {"<field>": {"from", "to"}} for each field that differs, metadata '
+    'key by key ("metadata.<key>")'
+)
+
+
 class BatchResultLine(BaseModel):
     """One line of `GET /v1/batches/{batch_id}/results` (NDJSON)."""
 
     custom_id: str
     job_id: str | None = Field(description="null for a `prune` deletion")
-    status_code: Literal[200, 404, 422, 500] | None
+    status_code: Literal[200, 404, 412, 422, 500] | None
     body: Assistant | AssistantDeleted | ValidationErrors | ErrorMessage | None
     action: Action | None = Field(description="what a 200 did; null if failed or cancelled")
     status: Literal["cancelled"] | SkipJsonSchema[None] = None
+    changes: dict[str, FieldChange] | SkipJsonSchema[None] = Field(
+        None, description=FIELD_CHANGES + " (whole values; absent on a redelivered update)"
+    )
 
 
 class AssistantDraft(BaseModel):
@@ -223,9 +244,7 @@ class PlanLine(BaseModel):
     action: Literal["create", "update", "unchanged", "delete", "invalid"]
     status_code: Literal[200, 404, 422]
     body: AssistantDraft | AssistantDeleted | ValidationErrors | ErrorMessage
-    changes: list[str] | SkipJsonSchema[None] = Field(
-        None, description="for an update: the fields that would change"
-    )
+    changes: dict[str, FieldChange] | SkipJsonSchema[None] = Field(None, description=FIELD_CHANGES)
 
 
 class ExportLine(BaseModel):
@@ -468,6 +487,16 @@ class DeliveryListQuery(_Query):
     order: Literal["asc", "desc"] = Field("asc", description="asc: oldest first, as ever")
     after: Cursor = Field(ABSENT, description="a delivery id")
     before: Cursor = Field(ABSENT, description="a delivery id")
+
+
+class PlanHeaders(BaseModel):
+    if_match: str | SkipJsonSchema[None] = Field(
+        None,
+        alias="If-Match",
+        description="with mode=apply: the ETag of the dry run reviewed; the batch is "
+        "taken only if its plan is still that one (else 412), and each line applies only "
+        "if its assistant is still as planned (else that line's 412 result)",
+    )
 
 
 class SubmitHeaders(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import bulk, dev, keys, migrate, provision, serve
+    from cli import bulk, dev, keys, migrate, plans, provision, serve
 
     parser = argparse.ArgumentParser(prog="assistant-ingest")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bulk.add_parser(sub)
     provision.add_parsers(sub)
+    plans.add_parser(sub)
     migrate.add_parser(sub)
 
     args = parser.parse_args(argv)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "bulk": bulk.run,
         "apply": provision.run,
         "export": provision.run,
+        "plan": plans.run,
         "migrate": migrate.run,
     }[args.command]
     result: int = command(args)

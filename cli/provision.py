@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cli import bulk
+from cli import bulk, plans
 
 SHOWN = 20  # failed lines listed in the summary
 
@@ -33,6 +33,12 @@ def add_parsers(sub: Any) -> None:
     )
     apply.add_argument("--wait", action="store_true", help="show progress, then a summary")
     apply.add_argument("--json", action="store_true", help="report an error as one JSON line")
+    apply.add_argument(
+        "--if-plan",
+        action="store_true",
+        help="plan, show the diff, ask, then apply only that plan (If-Match: its ETag)",
+    )
+    apply.add_argument("--yes", action="store_true", help="with --if-plan: apply without asking")
     export = sub.add_parser("export", help="write every assistant as a manifest (JSONL)")
     bulk.add_api_options(export)
     export.add_argument("--output", "-o", type=Path, default=None)
@@ -43,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.api_key:
         return bulk.fail(args, bulk.UNUSABLE, "give --api-key or set ASSISTANT_INGEST_API_KEY")
     client = bulk.Client(bulk.api_base(args.url), args.api_key)
+    if args.command == "apply" and args.if_plan:
+        return bulk.guarded(args, client, apply_planned)
     return bulk.guarded(args, client, apply if args.command == "apply" else export)
 
 
@@ -152,6 +160,60 @@ def _line_numbers(path: Path) -> dict[str, int]:
             if isinstance(value, dict) and isinstance(value.get("custom_id"), str):
                 found.setdefault(value["custom_id"], number)
     return found
+
+
+def apply_planned(client: bulk.Client, args: argparse.Namespace) -> int:
+    """`apply --if-plan`: plan, show the diff (stderr), ask (unless --yes), then
+    apply with `If-Match: <the plan's ETag>`, so what runs is what was shown; a
+    plan that no longer holds is refused whole (HTTP 412, exit 1)."""
+    if args.dry_run:
+        return bulk.fail(args, bulk.UNUSABLE, "--if-plan applies; for the plan alone use `plan`")
+    plan = plans.fetch(client, args.file, prune=args.prune)
+    code = plans.show(plan, False, out=sys.stderr)
+    if code == plans.ERROR:
+        print("not applied: the plan has invalid lines", file=sys.stderr)
+        return 3
+    if code == plans.NO_CHANGES:
+        print("nothing to apply", file=sys.stderr)
+        return 0
+    if plan.etag is None:
+        return bulk.fail(args, bulk.REFUSED, "the server's plan has no ETag to apply it by")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return bulk.fail(args, bulk.UNUSABLE, "--if-plan asks before applying: give --yes")
+        print("Apply this plan? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("not applied", file=sys.stderr)
+            return 0
+    headers = {
+        "Content-Type": "application/x-ndjson",
+        "Content-Length": str(args.file.stat().st_size),
+        "If-Match": plan.etag,
+    }
+    query = "mode=apply" + ("&prune=true" if args.prune else "")
+    with (
+        args.file.open("rb") as upload,
+        client.open("POST", f"/v1/batches?{query}", upload, headers) as response,
+    ):
+        batch = json.load(response)
+    total = batch["request_counts"]["total"]
+    print(f"batch {batch['id']}: {bulk.plural(total, 'line')}", file=sys.stderr)
+    if args.wait:
+        batch = bulk.follow(client, batch)
+        counts = batch["request_counts"]
+        _summary(
+            [
+                (name, counts[name])
+                for name in ("created", "updated", "unchanged", "deleted", "failed")
+            ],
+            [],
+            0,
+            {},
+        )
+        print(json.dumps(batch))
+        return 0 if counts["failed"] == 0 else 3
+    print(json.dumps(batch))
+    return 0
 
 
 def export(client: bulk.Client, args: argparse.Namespace) -> int:

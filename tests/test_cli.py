@@ -222,3 +222,83 @@ def test_apply_and_export_with_a_missing_file_or_a_server_that_is_down_say_so_in
         done = cli(stack, *args, env=down)
         assert done.returncode == 2
         assert one_line_error(done).startswith("error: cannot reach http://127.0.0.1:")
+
+
+def test_plan_exits_0_when_nothing_would_change_2_when_something_would_1_on_error(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    manifest = tmp_path / "assistants.jsonl"
+    lines = [
+        {"custom_id": f"k{i}", "body": {"model": "m", "name": f"n{i}", "metadata": {"team": "a"}}}
+        for i in range(4)
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    fresh = cli(stack, "plan", str(manifest), env=env)
+    assert fresh.returncode == 2, fresh.stderr
+    assert '+ "k0" (new, model "m")' in fresh.stdout.splitlines()
+    assert "plan: 4 to create, 0 to update, 0 to delete, 0 unchanged" in fresh.stderr
+    assert tenant.request("GET", "/v1/assistants").json()["data"] == []  # nothing changed
+    applied = cli(stack, "apply", str(manifest), "--wait", env=env)
+    assert applied.returncode == 0, applied.stderr
+
+    same = cli(stack, "plan", str(manifest), env=env)
+    assert same.returncode == 0, same.stderr
+    assert same.stdout == "4 unchanged\n"
+
+    # The file `export` wrote plans as a no-op: no drift.
+    exported = tmp_path / "export.jsonl"
+    assert cli(stack, "export", "-o", str(exported), env=env).returncode == 0
+    drift = cli(stack, "plan", str(exported), "--prune", env=env)
+    assert drift.returncode == 0, drift.stdout + drift.stderr
+
+    lines[1]["body"] = {"model": "m", "name": "renamed", "metadata": {"team": "b"}}
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines[:3]))
+    changed = cli(stack, "plan", str(manifest), "--prune", env=env)
+    assert changed.returncode == 2, changed.stderr
+    shown = changed.stdout.splitlines()
+    update = shown.index(next(line for line in shown if line.startswith('~ "k1"')))
+    assert shown[update + 1 : update + 3] == [
+        '    name: "n1" -> "renamed"',
+        '    metadata.team: "a" -> "b"',
+    ]
+    assert any(line.startswith('- "k3"') for line in shown)
+    assert shown[-1] == "2 unchanged"
+    as_json = cli(stack, "plan", str(manifest), "--prune", "--json", env=env)
+    assert as_json.returncode == 2
+    planned = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert planned[1]["changes"]["name"] == {"from": "n1", "to": "renamed"}
+
+    lines[2]["body"] = {"model": "m", "bogus": 1}
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines[:3]))
+    invalid = cli(stack, "plan", str(manifest), env=env)
+    assert invalid.returncode == 1
+    assert '! "k2" (422): bogus: Extra inputs are not permitted' in invalid.stdout
+    missing = cli(stack, "plan", str(tmp_path / "missing.jsonl"), env=env)
+    assert missing.returncode == 1
+    down = {**env, "ASSISTANT_INGEST_URL": f"http://127.0.0.1:{free_port()}"}
+    unreachable = cli(stack, "plan", str(manifest), env=down)
+    assert unreachable.returncode == 1
+    assert one_line_error(unreachable).startswith("error: cannot reach http://127.0.0.1:")
+    # Nothing was applied by any plan.
+    names = {a["name"] for a in tenant.request("GET", "/v1/assistants").json()["data"]}
+    assert names == {"n0", "n1", "n2", "n3"}
+
+
+def test_apply_if_plan_shows_the_plan_then_applies_exactly_it(
+    stack: Stack, tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {"ASSISTANT_INGEST_URL": stack.url, "ASSISTANT_INGEST_API_KEY": tenant.api_key}
+    manifest = tmp_path / "assistants.jsonl"
+    manifest.write_text('{"custom_id": "k", "body": {"model": "m", "name": "one"}}\n')
+    asked = cli(stack, "apply", str(manifest), "--if-plan", env=env)  # stdin is not a terminal
+    assert asked.returncode == 2
+    assert '+ "k" (new, model "m")' in asked.stderr
+    assert asked.stderr.splitlines()[-1] == "error: --if-plan asks before applying: give --yes"
+    assert tenant.request("GET", "/v1/assistants").json()["data"] == []
+    applied = cli(stack, "apply", str(manifest), "--if-plan", "--yes", "--wait", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "  created    1" in applied.stderr
+    again = cli(stack, "apply", str(manifest), "--if-plan", "--yes", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to apply" in again.stderr

@@ -107,6 +107,40 @@ def test_editing_one_line_updates_one_assistant_to_exactly_the_body(tenant: Tena
     assert row["body"]["name"] is None
     assert row["body"]["metadata"] == {}
     assert tenant.request("GET", f"/v1/assistants/{row['body']['id']}").json() == row["body"]
+    assert row["changes"] == {
+        "name": {"from": "n5", "to": None},
+        "model": {"from": "gpt-4", "to": "gpt-4o"},
+        "instructions": {"from": None, "to": "be brief"},
+        "metadata.team": {"from": "a", "to": None},
+    }
+    assert "changes" not in results(tenant, batch["id"])[6]
+
+
+def test_a_plan_shows_each_field_change_and_cuts_long_values(tenant: Tenant) -> None:
+    lines = manifest(2)
+    apply(tenant, lines)
+    long = "x" * 3000
+    lines[0]["body"] = {
+        "model": "gpt-4",
+        "name": "n0",
+        "instructions": long,
+        "metadata": {"team": "b", "tier": "1"},
+    }
+    plan = dry_run(tenant, lines)
+    assert plan[0]["action"] == "update"
+    assert plan[1]["action"] == "unchanged" and "changes" not in plan[1]
+    changes = plan[0]["changes"]
+    assert changes["metadata.team"] == {"from": "a", "to": "b"}
+    assert changes["metadata.tier"] == {"from": None, "to": "1"}
+    cut = changes["instructions"]
+    assert cut["cut"] is True and cut["from"] is None
+    assert cut["to"] == "x" * 1000 + "…[cut: 2000 more characters]"
+    assert plan[0]["body"]["instructions"] == long  # the body is whole
+    batch = apply(tenant, lines)
+    row = results(tenant, batch["id"])[0]
+    assert row["changes"]["instructions"] == {"from": None, "to": long}  # never cut
+    now = tenant.request("GET", f"/v1/assistants/{row['body']['id']}").json()
+    assert now["instructions"] == long
 
 
 def test_a_line_may_name_an_unkeyed_assistant_by_its_id(tenant: Tenant) -> None:
@@ -163,7 +197,10 @@ def test_dry_run_of_each_case_creates_nothing(stack: Stack, tenant: Tenant) -> N
     lines[2]["body"] = {"model": "gpt-4", "name": "renamed"}
     plan = dry_run(tenant, lines)
     assert plan[2]["action"] == "update"
-    assert plan[2]["changes"] == ["name", "metadata"]
+    assert plan[2]["changes"] == {
+        "name": {"from": "n2", "to": "renamed"},
+        "metadata.team": {"from": "a", "to": None},
+    }
     assert plan[2]["body"]["name"] == "renamed"
     assert plan[3]["action"] == "unchanged"
     assert sorted((str(doc["_id"]), doc["name"]) for doc in stored(stack, tenant)) == before
@@ -415,3 +452,152 @@ def test_a_line_naming_an_id_no_assistant_has_is_404_and_creates_nothing(
     # No assistant is keyed with an id string.
     keys = {doc.get("provisioning_key") for doc in stored(stack, tenant)}
     assert keys == {"k0"}
+
+
+def plan_with_etag(tenant: Tenant, lines: list[Any]) -> tuple[list[dict[str, Any]], str]:
+    response = tenant.request(
+        "POST",
+        "/v1/batches?mode=apply&dry_run=true",
+        data=jsonl(lines),
+        headers={"Content-Type": NDJSON},
+    )
+    assert response.status_code == 200, response.text
+    etag = response.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) == 66
+    return [json.loads(line) for line in response.text.splitlines()], etag
+
+
+def apply_if_match(tenant: Tenant, lines: list[Any], etag: str, key: str | None = None) -> Any:
+    headers = {"Content-Type": NDJSON, "If-Match": etag}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return tenant.request("POST", "/v1/batches?mode=apply", data=jsonl(lines), headers=headers)
+
+
+def modify(tenant: Tenant, assistant_id: str, change: dict[str, Any]) -> None:
+    response = tenant.request("POST", f"/v1/assistants/{assistant_id}", json=change)
+    assert response.status_code in (200, 202), response.text
+    wait_until(
+        lambda: all(
+            tenant.request("GET", f"/v1/assistants/{assistant_id}").json()[name] == value
+            for name, value in change.items()
+        )
+    )
+
+
+def test_an_apply_under_if_match_applies_only_the_plan_it_names(
+    stack: Stack, tenant: Tenant
+) -> None:
+    lines = manifest(5)
+    ids = {
+        row["custom_id"]: row["body"]["id"] for row in results(tenant, apply(tenant, lines)["id"])
+    }
+    lines[1]["body"]["name"] = "renamed"
+    lines.append({"custom_id": "k9", "body": {"model": "gpt-4"}})
+    plan, etag = plan_with_etag(tenant, lines)
+    assert [line["action"] for line in plan] == [
+        "unchanged", "update", "unchanged", "unchanged", "unchanged", "create",
+    ]  # fmt: skip
+    assert plan_with_etag(tenant, lines)[1] == etag  # the same state plans the same
+
+    # Another change of a named assistant: the plan no longer holds.
+    modify(tenant, ids["k2"], {"name": "changed elsewhere"})
+    before = sorted((doc["provisioning_key"], doc["name"]) for doc in stored(stack, tenant))
+    refused = apply_if_match(tenant, lines, etag)
+    assert refused.status_code == 412, refused.text
+    detail = refused.json()["detail"]
+    assert [(entry["loc"], entry["custom_id"], entry["action"]) for entry in detail] == [
+        (["body", 2], "k2", "update")
+    ]
+    assert sorted((doc["provisioning_key"], doc["name"]) for doc in stored(stack, tenant)) == before
+    assert tenant.request("GET", "/v1/batches").json()["data"][0]["request_counts"]["total"] == 5
+
+    # Planned again, it applies: exactly the planned lines.
+    plan, etag = plan_with_etag(tenant, lines)
+    accepted = apply_if_match(tenant, lines, etag, key="reviewed")
+    assert accepted.status_code == 202, accepted.text
+    batch = finished_batch(tenant, accepted.json()["id"])
+    # Its plan no longer holds (it was applied), but a retry with its key replays.
+    retried = apply_if_match(tenant, lines, etag, key="reviewed")
+    assert retried.status_code == 202, retried.text
+    assert retried.headers["Idempotent-Replayed"] == "true"
+    assert retried.json()["id"] == batch["id"]
+    done = {"update": "updated", "create": "created", "unchanged": "unchanged"}
+    rows = results(tenant, batch["id"])
+    assert [row["action"] for row in rows] == [done[line["action"]] for line in plan]
+    assert rows[2]["changes"] == plan[2]["changes"]
+    names = {doc["provisioning_key"]: doc["name"] for doc in stored(stack, tenant)}
+    assert (names["k1"], names["k2"], names["k9"]) == ("renamed", "n2", None)
+
+
+def test_if_match_that_names_no_plan_is_refused_clearly(tenant: Tenant) -> None:
+    lines = manifest(2)
+    _, etag = plan_with_etag(tenant, lines)
+    bad = {
+        "*": 400,
+        'W/"' + "0" * 64 + '"': 400,
+        "0" * 64: 400,
+        f"{etag}, {etag}": 400,
+    }
+    for value, code in bad.items():
+        response = apply_if_match(tenant, lines, value)
+        assert response.status_code == code, (value, response.text)
+        assert "If-Match" in response.json()["detail"]
+    unknown = apply_if_match(tenant, lines, '"' + "0" * 64 + '"')
+    assert unknown.status_code == 412
+    assert unknown.json()["detail"][0]["loc"] == ["header", "If-Match"]
+    for query, headers in (
+        ("mode=apply&dry_run=true", {"If-Match": etag}),
+        ("mode=create", {"If-Match": etag}),
+        ("mode=apply", {"If-None-Match": "*"}),
+    ):
+        response = tenant.request(
+            "POST",
+            f"/v1/batches?{query}",
+            data=jsonl(lines),
+            headers={"Content-Type": NDJSON, **headers},
+        )
+        assert response.status_code == 400, (query, response.text)
+    assert tenant.request("GET", "/v1/batches").json()["data"] == []
+
+
+def test_a_line_whose_assistant_changes_after_the_check_fails_412(paused: Local) -> None:
+    tenant = paused.new_tenant()
+    lines = manifest(3)
+    with paused.worker.running():
+        first = apply(tenant, lines)
+    target = results(tenant, first["id"])[0]["body"]["id"]
+    # A modify accepted and not run yet: the plan (and the edge's check) see the
+    # assistant as it is now; the worker, which runs the modify first, does not.
+    changed = tenant.request("POST", f"/v1/assistants/{target}", json={"name": "meanwhile"})
+    assert changed.status_code == 202, changed.text
+    lines[0]["body"]["name"] = "planned"
+    lines[1]["body"]["name"] = "planned too"
+    _, etag = plan_with_etag(tenant, lines)
+    accepted = apply_if_match(tenant, lines, etag)
+    assert accepted.status_code == 202, accepted.text
+    with paused.worker.running():
+        batch = finished_batch(tenant, accepted.json()["id"])
+    rows = results(tenant, batch["id"])
+    assert (rows[0]["status_code"], rows[0]["action"]) == (412, None)
+    assert "changed since the plan" in rows[0]["body"]["detail"]
+    assert (rows[1]["action"], rows[2]["action"]) == ("updated", "unchanged")
+    assert tenant.request("GET", f"/v1/assistants/{target}").json()["name"] == "meanwhile"
+
+
+def test_plan_edge_and_worker_make_one_decision(stack: Stack, tenant: Tenant) -> None:
+    lines = manifest(3)
+    apply(tenant, lines)
+    # A content hash that is not the content's (one written by an earlier hash
+    # scheme, say): the content decides, in the plan as in the apply.
+    stack.db.assistants.update_one(
+        {"tenant": tenant.name, "provisioning_key": "k1"}, {"$set": {"content_hash": "stale"}}
+    )
+    lines[2]["body"]["name"] = "renamed"
+    plan = dry_run(tenant, lines)
+    assert [line["action"] for line in plan] == ["unchanged", "unchanged", "update"]
+    batch = apply(tenant, lines)
+    done = {"update": "updated", "unchanged": "unchanged"}
+    rows = results(tenant, batch["id"])
+    assert [row["action"] for row in rows] == [done[line["action"]] for line in plan]
+    assert rows[2]["changes"] == plan[2]["changes"]

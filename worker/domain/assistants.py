@@ -138,6 +138,55 @@ def differences(doc: Doc, body: dict[str, Any]) -> list[str]:
     return [name for name in CONTENT if _canonical(have[name]) != _canonical(want[name])]
 
 
+def field_changes(have: dict[str, Any], want: dict[str, Any]) -> Doc:
+    """What an update changes, between two assistant objects: `{field: {"from",
+    "to"}}` for each content field that differs, metadata key by key
+    (`metadata.<key>`, a removed key going `to` null). Values are whole."""
+    found: Doc = {}
+    for name in CONTENT:
+        old, new = have[name], want[name]
+        if _canonical(old) == _canonical(new):
+            continue
+        if name == "metadata" and isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted({*old, *new}):
+                before, after = old.get(key), new.get(key)
+                if key not in old or key not in new or _canonical(before) != _canonical(after):
+                    found[f"metadata.{key}"] = {"from": before, "to": after}
+        else:
+            found[name] = {"from": old, "to": new}
+    return found
+
+
+# A value of a plan's change longer than this, as JSON text, is cut: shown as
+# the start of that text and a marker (`cut_value`). What is applied is whole.
+PLAN_VALUE_CHARS = 1000
+CUT_MARKER = "…[cut: {more} more characters]"
+
+
+def cut_value(value: Any, limit: int = PLAN_VALUE_CHARS) -> tuple[Any, bool]:
+    """A change's value as a plan shows it, and whether it was cut: a string
+    longer than `limit` keeps its first `limit` characters; any other value
+    whose JSON text is longer becomes that text's first `limit` characters;
+    either ends with CUT_MARKER, which says how many characters were left out."""
+    text = value if isinstance(value, str) else _canonical(value)
+    if len(text) <= limit:
+        return value, False
+    return text[:limit] + CUT_MARKER.format(more=len(text) - limit), True
+
+
+def plan_changes(changes: Doc, limit: int = PLAN_VALUE_CHARS) -> Doc:
+    """`field_changes` as a plan shows them: long values cut, each cut change
+    marked `"cut": true`."""
+    shown: Doc = {}
+    for name, change in changes.items():
+        before, cut_from = cut_value(change["from"], limit)
+        after, cut_to = cut_value(change["to"], limit)
+        shown[name] = {"from": before, "to": after}
+        if cut_from or cut_to:
+            shown[name]["cut"] = True
+    return shown
+
+
 # A hash of the content an apply line set, kept on the assistant so that an
 # unchanged line is known without reading the whole document. Any other change
 # of the content (a modify) removes it; without it the document is compared.
@@ -155,6 +204,33 @@ def hashes_as(doc: Doc, body: dict[str, Any]) -> bool:
     content hash alone (an assistant changed otherwise since has none)."""
     stored = doc.get(CONTENT_HASH)
     return bool(stored) and stored == content_hash(body)
+
+
+def version(doc: Doc) -> str:
+    """The assistant's version as a plan sees it: the hash of its content (the
+    content hash an apply stored, else computed), so any change of the content
+    is a new version. Not part of the assistant object."""
+    stored = doc.get(CONTENT_HASH)
+    return str(stored) if stored else content_hash(public(doc))
+
+
+def decide(doc: Doc | None, body: dict[str, Any]) -> tuple[str, Doc | None]:
+    """What an apply line with the valid create body `body` does to the assistant
+    it names (`doc`, None for none): `create`, `unchanged` or `update`, with the
+    field changes of an update. The one decision the dry run, the edge and the
+    workers all make, so a plan and its apply cannot disagree.
+
+    A content hash equal to the body's is `unchanged` without the content; else
+    the content decides, and an assistant read without it (`APPLY_VIEW`) is an
+    `update` whose changes (None) are known once it is read whole."""
+    if doc is None:
+        return "create", {}
+    if hashes_as(doc, body):
+        return "unchanged", {}
+    if "model" not in doc:
+        return "update", None
+    found = field_changes(public(doc), public_from_request(body, reference(doc)))
+    return ("update" if found else "unchanged"), found
 
 
 def left_out(doc: Doc, names: Container[str]) -> bool:

@@ -19,6 +19,9 @@ class Item(TypedDict):
     # The assistant a modify or delete changes; for an apply line, the
     # assistant its key named when the edge stored it (none for a new key).
     target: NotRequired[str]
+    # For an apply line sent with If-Match: the version of its assistant that
+    # the checked plan saw ("" for none); it applies only at that version.
+    expect: NotRequired[str]
     # The edge request that carried it, in a unit holding several single creates.
     request_id: NotRequired[str | None]
 

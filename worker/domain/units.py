@@ -208,6 +208,22 @@ def result_body(unit: Unit, index: int) -> Any:
     return body
 
 
+# An apply line's `updated` result keeps, with its assistant's reference, the
+# fields it changed (`{field: {"from", "to"}}`), shown on its result line.
+RESULT_CHANGES = "changes"
+
+
+def result_changes(unit: Unit, index: int) -> Doc | None:
+    """The field changes an apply line's update made, if it recorded them (a
+    redelivered line that finds its update already made has none to tell)."""
+    item = unit["items"][index]
+    stored = unit["results"][index]
+    if unit["codes"][index] != 200 or item.get("op") != "apply" or stored is None:
+        return None
+    changes = json.loads(stored).get(RESULT_CHANGES)
+    return changes if isinstance(changes, dict) else None
+
+
 def is_finished(job: Doc) -> bool:
     return job["status"] in FINISHED_JOB
 

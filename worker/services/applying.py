@@ -24,7 +24,7 @@ from typing import Any
 from worker.domain import assistants as assistant_docs
 from worker.domain.documents import Doc, Unit
 from worker.domain.schema import AssistantCreate
-from worker.domain.units import accepted_at
+from worker.domain.units import RESULT_CHANGES, accepted_at
 from worker.runtime import Runtime
 from worker.store import assistants, units
 
@@ -33,6 +33,11 @@ Actions = dict[str, list[str | None]]
 Line = tuple[Unit, int, AssistantCreate]
 
 NOT_FOUND = {"detail": "No assistant found"}
+# A line applied under If-Match whose assistant is no longer at the version
+# its plan saw: it changes nothing.
+PLAN_STALE = {
+    "detail": "The assistant changed since the plan was made; this line changed nothing: plan again"
+}
 APPLIED_BY = "applied_by"
 
 
@@ -58,7 +63,11 @@ def _apply_tenant(
     existing: list[tuple[Line, Doc]] = []
     for line, target in zip(lines, targets, strict=True):
         doc = found.get(target) if target is not None else None
-        if doc is not None:
+        expect = _expect(line)
+        if expect is not None and (doc is None) != (expect == ""):
+            # Planned as a create and there is one now, or the reverse.
+            _set(outcomes, actions, line, 412, PLAN_STALE, None)
+        elif doc is not None:
             existing.append((line, doc))
         elif (target is not None and target == _name(line)) or (
             target is None and assistants.may_be_id(_name(line))
@@ -101,6 +110,8 @@ def _apply_tenant(
                 _set(outcomes, actions, line, 404, NOT_FOUND, None)
             elif winner["job_id"] == doc["job_id"]:
                 _set(outcomes, actions, line, 200, assistant_docs.reference(winner), "created")
+            elif _expect(line) is not None:  # planned as a create: another made it
+                _set(outcomes, actions, line, 412, PLAN_STALE, None)
             else:
                 existing.append((line, winner))
         new = [(line, doc) for line, doc in new if id(doc) not in lost]
@@ -117,29 +128,46 @@ def _target(line: Line) -> str | None:
     return line[0]["items"][line[1]].get("target")
 
 
+def _expect(line: Line) -> str | None:
+    return line[0]["items"][line[1]].get("expect")
+
+
 def _update(
     rt: Runtime, existing: list[tuple[Line, Doc]], outcomes: Outcomes, actions: Actions
 ) -> None:
     """Set the existing assistants that differ from their lines. The content hash
-    decides where the assistant has one; the others are read whole and compared."""
-    unhashed = [doc["id"] for _, doc in existing if not doc.get(assistant_docs.CONTENT_HASH)]
-    whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], unhashed) if unhashed else {}
+    decides where the assistant has one; the others are read whole and compared.
+    Those that differ are read whole too, for their changes."""
+    hashes = [_hash(line) for line, _ in existing]
+    need = [
+        doc["id"]
+        for (_, doc), wanted in zip(existing, hashes, strict=True)
+        if doc.get(assistant_docs.CONTENT_HASH) != wanted
+    ]
+    whole = assistants.find_mine(rt.store, existing[0][1]["tenant"], need) if need else {}
     updates: list[tuple[Any, Doc]] = []
-    changed: list[tuple[Line, Doc]] = []
-    for line, doc in existing:
+    changed: list[tuple[Line, Doc, Doc]] = []
+    for (line, doc), wanted in zip(existing, hashes, strict=True):
         unit, index, request = line
         job_id = unit["items"][index]["id"]
-        wanted = _hash(line)
         stored = doc.get(assistant_docs.CONTENT_HASH)
-        if stored:
-            differs = stored != wanted
-        else:
-            current = whole.get(doc["id"])
-            if current is None:  # deleted since it was read: as a line naming a deleted one
-                _set(outcomes, actions, line, 404, NOT_FOUND, None)
+        expect = _expect(line)
+        if expect is not None and doc.get(APPLIED_BY) != job_id and doc.get("job_id") != job_id:
+            # Under If-Match: only at the version the plan saw (unless this job
+            # applied it before a crash). Read whole where it has no content hash.
+            current = doc if stored else whole.get(doc["id"])
+            if current is None or assistant_docs.version(current) != expect:
+                _set(outcomes, actions, line, 412, PLAN_STALE, None)
                 continue
-            body = json.loads(unit["items"][index]["body"])
-            differs = bool(assistant_docs.differences(current, body))
+        # The decision the plan made: from the hash, else from the whole document.
+        current = doc if stored == wanted else whole.get(doc["id"])
+        if current is None:  # deleted since it was read: as a line naming a deleted one
+            _set(outcomes, actions, line, 404, NOT_FOUND, None)
+            continue
+        decision, fields_changed = assistant_docs.decide(
+            current, json.loads(unit["items"][index]["body"])
+        )
+        differs = decision == "update"
         if differs:
             fields = {
                 **assistant_docs.content(request),
@@ -147,7 +175,7 @@ def _update(
                 assistant_docs.CONTENT_HASH: wanted,
             }
             updates.append((doc["_id"], fields))
-            changed.append((line, doc))
+            changed.append((line, doc, fields_changed or {}))
         else:
             # Equal: unchanged, unless this job made it so before a crash.
             action = "unchanged"
@@ -157,11 +185,13 @@ def _update(
                 action = "updated"
             _set(outcomes, actions, line, 200, assistant_docs.reference(doc), action)
     missing = assistants.set_content(rt.store, updates)
-    for line, doc in changed:
+    for line, doc, fields_changed in changed:
         if doc["_id"] in missing:
             _set(outcomes, actions, line, 404, NOT_FOUND, None)
         else:
-            _set(outcomes, actions, line, 200, assistant_docs.reference(doc), "updated")
+            # The result keeps the changes with its reference (`result_changes`).
+            result = {**assistant_docs.reference(doc), RESULT_CHANGES: fields_changed}
+            _set(outcomes, actions, line, 200, result, "updated")
 
 
 def _name(line: Line) -> str:

@@ -25,7 +25,7 @@ from worker.domain.ids import new_ids
 from worker.domain.retention import expire_at
 from worker.domain.schema import validate_create
 from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
-from worker.domain.units import item_action, new_unit, result_body
+from worker.domain.units import item_action, new_unit, result_body, result_changes
 from worker.runtime import Runtime
 from worker.services import outbox, planning, turns
 from worker.services.ahead import read_ahead
@@ -79,13 +79,21 @@ class Stager:
             self.reading = read_ahead(self._read_state)
 
     def add(
-        self, custom_id: str, body_text: str, *, op: str | None = None, target: str | None = None
+        self,
+        custom_id: str,
+        body_text: str,
+        *,
+        op: str | None = None,
+        target: str | None = None,
+        expect: str | None = None,
     ) -> None:
         item: Item = {"id": "", "custom_id": custom_id, "body": body_text}
         if op is not None:
             item["op"] = op
         if target is not None:
             item["target"] = target
+        if expect is not None:
+            item["expect"] = expect
         self.items.append(item)
         self.size += len(body_text)
         settings = self.rt.settings
@@ -184,7 +192,7 @@ class Stager:
             body = json.loads(item["body"])
             if isinstance(validate_create(body, models), list):
                 return None
-            if not assistant_docs.hashes_as(doc, body):
+            if assistant_docs.decide(doc, body)[0] != "unchanged":
                 return None
             answers.append(json.dumps(assistant_docs.reference(doc), ensure_ascii=False))
         for item in self.items:
@@ -354,13 +362,16 @@ def iter_results(store: Store, tenant: str, batch_id: str, status: str | None) -
             outcome = JobStatus.SUCCEEDED if code == 200 else JobStatus.FAILED
             if status is not None and status != outcome:
                 continue
-            yield {
+            line = {
                 "custom_id": item["custom_id"],
                 "job_id": item["id"] or None,  # a prune deletion has no job
                 "status_code": code,
                 "body": result_body(unit, index),
                 "action": item_action(unit, index),
             }
+            if line["action"] == "updated" and (changed := result_changes(unit, index)):
+                line["changes"] = changed
+            yield line
 
 
 # Retries: a new batch of a finished batch's failed or cancelled lines.

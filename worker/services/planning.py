@@ -8,6 +8,7 @@ group, and yielded as they are planned: memory stays flat in the line count.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Container, Iterable, Iterator
@@ -16,7 +17,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from worker.domain import assistants as assistant_docs
-from worker.domain.assistants import reference
+from worker.domain.assistants import CONTENT_HASH, reference
 from worker.domain.documents import Doc
 from worker.domain.schema import (
     AssistantCreate,
@@ -74,6 +75,20 @@ def plan(
     """One plan line per request, in input order; then, with `prune_except` (the
     names the manifest gives), one `delete` line per keyed assistant it leaves out.
     `keyed_ahead` is the tenant's keyed assistants, if their read was started."""
+    for line, _ in plan_seen(rt, tenant, lines, prune_except=prune_except, keyed_ahead=keyed_ahead):
+        yield line
+
+
+def plan_seen(
+    rt: Runtime,
+    tenant: str,
+    lines: Iterable[Line],
+    *,
+    prune_except: Container[str] | None = None,
+    keyed_ahead: Future[dict[str, Doc]] | None = None,
+) -> Iterator[tuple[Doc, str | None]]:
+    """`plan`'s lines, each with the version of the assistant it saw (None: none,
+    or a deletion of a prune), which a plan's digest includes."""
     source = iter(lines)
     keyed: dict[str, Doc] | None = None  # the tenant's keyed assistants, read once if needed
     keyed_ids: dict[str, str] = {}
@@ -103,7 +118,7 @@ def plan(
                 continue
             known = (keyed or {}).get(line.custom_id)
             body = bodies[index]
-            if known is not None and assistant_docs.hashes_as(known, body):
+            if known is not None and assistant_docs.decide(known, body)[0] == "unchanged":
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
             else:
                 wanted.append(line.custom_id)
@@ -112,21 +127,28 @@ def plan(
         by_id = assistants.find_mine(rt.store, tenant, targets)
         for index, (line, request) in enumerate(zip(group, checked, strict=True)):
             breathe()
+            found = named if line.op == "apply" else by_id
+            name = _name(line)
             if index in unchanged:
-                yield _answer(line, "unchanged", 200, unchanged[index])
+                known = (keyed or {})[name or ""]
+                yield _answer(line, "unchanged", 200, unchanged[index]), known[CONTENT_HASH]
             else:
-                found = named if line.op == "apply" else by_id
-                yield _plan_line(line, request, found, bodies[index])
+                doc = found.get(name) if name is not None else None
+                seen = assistant_docs.version(doc) if doc is not None else None
+                yield _plan_line(line, request, found, bodies[index]), seen
     if prune_except is not None:
         for doc in assistants.iter_keyed(rt.store, tenant):
             if not assistant_docs.left_out(doc, prune_except):
                 continue
-            yield {
-                "custom_id": doc[assistant_docs.KEY],
-                "action": "delete",
-                "status_code": 200,
-                "body": assistant_docs.deleted(doc["id"]),
-            }
+            yield (
+                {
+                    "custom_id": doc[assistant_docs.KEY],
+                    "action": "delete",
+                    "status_code": 200,
+                    "body": assistant_docs.deleted(doc["id"]),
+                },
+                None,
+            )
 
 
 def read_keyed(rt: Runtime, tenant: str) -> Future[dict[str, Doc]]:
@@ -171,15 +193,19 @@ def _plan_line(line: Line, request: Checked, named: dict[str, Doc], body: Any) -
         return _answer(line, "invalid", 404, NOT_FOUND)
     if doc is None:
         return _answer(line, "create", 200, assistant_docs.public_from_request(body, UNSAVED))
-    return _change(line, doc, {**doc, **assistant_docs.content(request)})
+    action, changed = assistant_docs.decide(doc, body)
+    state = assistant_docs.public({**doc, **assistant_docs.content(request)})
+    if action == "unchanged" or not changed:
+        return _answer(line, "unchanged", 200, state)
+    return {**_answer(line, "update", 200, state), "changes": assistant_docs.plan_changes(changed)}
 
 
 def _change(line: Line, doc: Doc, after: Doc) -> Doc:
     state = assistant_docs.public(after)
-    changed = assistant_docs.differences(doc, state)
+    changed = assistant_docs.field_changes(assistant_docs.public(doc), state)
     if not changed:
         return _answer(line, "unchanged", 200, state)
-    return {**_answer(line, "update", 200, state), "changes": changed}
+    return {**_answer(line, "update", 200, state), "changes": assistant_docs.plan_changes(changed)}
 
 
 def _answer(line: Line, action: str, code: int, body: Any) -> Doc:
@@ -199,3 +225,19 @@ def plan_change(rt: Runtime, tenant: str, op: str, target: str, body_text: str =
     does not have)."""
     line = Line(None, body_text, op, target)
     return next(plan(rt, tenant, [line]))
+
+
+def line_digest(line: Doc, seen: str | None) -> bytes:
+    """A plan line's digest: what it would do (its whole body; its changes are
+    known from the body and the version) and the version of the assistant it saw."""
+    shown = {key: value for key, value in line.items() if key != "changes"}
+    text = json.dumps([shown, seen], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def plan_digest(line_digests: Iterable[bytes]) -> str:
+    """The digest of a whole plan, from its lines' digests in order: its ETag."""
+    whole = hashlib.sha256()
+    for digest in line_digests:
+        whole.update(digest)
+    return whole.hexdigest()
