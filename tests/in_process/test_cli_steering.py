@@ -72,6 +72,10 @@ def interrupted(url: str, tenant: LocalTenant, *args: str) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # As a terminal's foreground job gets it: a suite run in the background
+        # (`nohup ... &`, as CI may) starts with SIGINT ignored, and a process
+        # that starts so never sees Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr is not None
     seen = ""
