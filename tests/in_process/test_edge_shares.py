@@ -127,7 +127,16 @@ def test_a_tenants_streams_beyond_its_share_are_429(
     assert owner.request("GET", path).status_code == 200
 
 
-def test_a_tenants_uploads_beyond_its_share_are_429(shared: Local, owner: LocalTenant) -> None:
+@pytest.fixture(scope="module")
+def one_upload(servers: Servers) -> Iterator[Local]:
+    """One upload at a time per tenant, and the store's usual deadline: under load
+    `shared`'s short one may turn the first upload's writes into a 503."""
+    with running_local(servers.settings(MAX_UPLOADS_PER_TENANT="1")) as deployment:
+        yield deployment
+
+
+def test_a_tenants_uploads_beyond_its_share_are_429(one_upload: Local) -> None:
+    owner = one_upload.new_tenant()
     go_on = threading.Event()
     answers: list[Any] = []
 
