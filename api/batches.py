@@ -6,7 +6,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -146,7 +146,7 @@ def _store(
     limits, rt = settings(), stager.rt
     if stager.reading is not None:
         requests = _while_reading(stager.reading, requests)
-    try:
+    with _upload_errors(lambda: _give_up(stager, scope), limits.max_batch_bytes):
         for index, item in enumerate(requests):
             if reader.errors or reader.count > limits.max_batch_requests:
                 continue  # keep reading only to report every offending line
@@ -170,15 +170,6 @@ def _store(
         if scope is not None:
             intake.settle_batch_key(rt, scope, stager.batch["_id"], _fingerprint(reader, callback))
         return stager.commit(reader.count)
-    except TooLarge:
-        _give_up(stager, scope)
-        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
-    except PyMongoError as exc:
-        _give_up(stager, scope)
-        raise intake.Unavailable from exc
-    except BaseException:
-        _give_up(stager, scope)
-        raise
 
 
 def _replay(
@@ -238,24 +229,33 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
             digests.append(planning.line_digest(line, seen))
             yield line
 
-    try:
+    with _upload_errors(spool.close, limits.max_batch_bytes):
         spool.extend(planned())
         _refuse_if_invalid(reader, limits.max_batch_requests)
-    except TooLarge:
-        spool.close()
-        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
-    except PyMongoError as exc:
-        spool.close()
-        raise intake.Unavailable from exc
-    except BaseException:
-        spool.close()
-        raise
     response = spool.response()
     if reader.apply:
         digest = planning.plan_digest(digests)
         preconditions.remember_plan(rt, owner, digest, digests)
         response.headers["ETag"] = f'"{digest}"'
     return response
+
+
+@contextlib.contextmanager
+def _upload_errors(undo: Callable[[], None], max_bytes: int) -> Iterator[None]:
+    """Work on an upload as it is read: on any failure `undo` what it made, then
+    answer a body over the limit with 413 and a store failure with 503 (nothing
+    was accepted)."""
+    try:
+        yield
+    except TooLarge:
+        undo()
+        raise ApiError(413, f"Request body is larger than {max_bytes} bytes") from None
+    except PyMongoError as exc:
+        undo()
+        raise intake.Unavailable from exc
+    except BaseException:
+        undo()
+        raise
 
 
 def _check_plan(
@@ -279,7 +279,7 @@ def _check_plan(
             yield planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
 
     names = reader.names if prune else None
-    try:
+    with _upload_errors(held.close, limits.max_batch_bytes):
         for line, version in planning.plan_seen(rt, owner, valid(), prune_except=names):
             seen.append(version)
             digests.append(planning.line_digest(line, version))
@@ -288,15 +288,6 @@ def _check_plan(
         digest = planning.plan_digest(digests)
         if digest != expected:
             raise preconditions.plan_changed(rt, owner, expected, digests, lines)
-    except TooLarge:
-        held.close()
-        raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes") from None
-    except PyMongoError as exc:
-        held.close()
-        raise intake.Unavailable from exc
-    except BaseException:
-        held.close()
-        raise
 
     def replay() -> Iterator[Request]:
         with held:
