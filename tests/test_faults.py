@@ -52,15 +52,21 @@ def workers_of_their_own(edge: Stack) -> Iterator[Stack]:
         edge.stop(names=[name for name in edge.processes if name != "api"])
 
 
-@pytest.fixture(scope="module")
-def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
-    """A deployment's edge (gunicorn), which no test here breaks: shared."""
+def edge_alone(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """A deployment whose edge (gunicorn) alone is started: its tests start the
+    workers they break (`workers_of_their_own`)."""
     stack = Stack(servers, logs_dir, SMALLER_CHUNKS)
     try:
         stack.start_api()
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+    """A deployment's edge, which no test here breaks: shared."""
+    yield from edge_alone(servers, logs_dir)
 
 
 @pytest.fixture
@@ -105,12 +111,7 @@ def own_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServers
 @pytest.fixture(scope="module")
 def edge_on_own_servers(own_servers: OwnServers, logs_dir: Path) -> Iterator[Stack]:
     """An edge on the servers the tests kill: it stays up through their faults."""
-    stack = Stack(own_servers, logs_dir, SMALLER_CHUNKS)
-    try:
-        stack.start_api()
-        yield stack
-    finally:
-        stack.stop()
+    yield from edge_alone(own_servers, logs_dir)
 
 
 @pytest.fixture

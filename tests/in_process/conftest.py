@@ -4,8 +4,14 @@ in-process deployment's (tests/local.py). A test that needs real processes
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from cli.embedded import Server, start_mongo
 from tests.local import Local, LocalTenant
 from worker.store.connection import Store
 
@@ -28,3 +34,15 @@ def other_tenant(local: Local) -> LocalTenant:
 @pytest.fixture
 def db(local: Local) -> Store:
     return local.db
+
+
+@pytest.fixture
+def hung_store(tmp_path: Path) -> Iterator[Server]:
+    """A MongoDB-compatible server of the test's own, which the test may SIGSTOP
+    (a store that hangs); it is let go and stopped after."""
+    server = start_mongo(tmp_path / "mongo")
+    try:
+        yield server
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        server.stop()

@@ -10,13 +10,12 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient, monitoring
 
-from cli.embedded import Server, start_mongo
+from cli.embedded import Server
 from tests.in_process.test_batches import JSONL, finished_batch, jsonl, submit
 from tests.local import Local, LocalTenant, running_local
 from tests.stack import Servers, wait_until
@@ -205,16 +204,6 @@ def test_streams_take_few_store_connections_and_wait_no_longer_than_the_deadline
     assert took < 10, took  # the 1.5 s deadline, with room for a loaded machine
     assert created.status_code == 202
     assert owner.request("GET", f"/v1/batches/{batch_id}/results").status_code == 200
-
-
-@pytest.fixture
-def hung_store(tmp_path: Path) -> Iterator[Server]:
-    server = start_mongo(tmp_path / "mongo")
-    try:
-        yield server
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 def test_a_hung_store_is_a_503_with_retry_after_within_the_deadline(

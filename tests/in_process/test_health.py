@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from api.app import create_app
 from api.context import close
-from cli.embedded import Server, free_port, start_mongo
+from cli.embedded import Server, free_port
 from tests.local import Local
 from tests.stack import Servers, wait_until
 from worker.settings import Settings
@@ -34,16 +31,6 @@ def store_at(servers: Servers, port: int) -> Settings:
     """The tests' settings with the store at `port`, and a timeout of 1 s."""
     settings = servers.settings(STORE_TIMEOUT_MS="1000")
     return settings.model_copy(update={"mongodb_uri": f"mongodb://127.0.0.1:{port}/x"})
-
-
-@pytest.fixture
-def hung_store(tmp_path: Path) -> Iterator[Server]:
-    server = start_mongo(tmp_path / "mongo")
-    try:
-        yield server
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 def test_readyz_with_a_hung_store_answers_503_within_the_store_timeout_in_words(
