@@ -18,7 +18,7 @@ from pymongo import MongoClient, monitoring
 from cli.embedded import Server
 from tests.in_process.test_batches import JSONL, finished_batch, jsonl, submit
 from tests.local import Local, LocalTenant, running_local
-from tests.stack import Servers, wait_until
+from tests.stack import Servers
 from worker.services import batches
 from worker.store.connection import Store
 
@@ -136,11 +136,13 @@ def one_upload(servers: Servers) -> Iterator[Local]:
 
 def test_a_tenants_uploads_beyond_its_share_are_429(one_upload: Local) -> None:
     owner = one_upload.new_tenant()
-    go_on = threading.Event()
+    reading, go_on = threading.Event(), threading.Event()
     answers: list[Any] = []
 
     def slow_body() -> Iterator[bytes]:
         yield jsonl([{"body": {"model": "m"}}])
+        # Asked for more: the edge is reading the upload, its share is held.
+        reading.set()
         go_on.wait(30)
         yield jsonl([{"body": {"model": "m"}}])
 
@@ -151,12 +153,10 @@ def test_a_tenants_uploads_beyond_its_share_are_429(one_upload: Local) -> None:
     )
     upload.start()
     try:
+        assert reading.wait(30)
         # While the first upload is read, a second one is refused.
-        def second() -> Any:
-            answer = submit(owner, jsonl([{"body": {"model": "m"}}]))
-            return [answer] if answer.status_code == 429 else None  # a 429 answer is falsy
-
-        (refused,) = wait_until(second, timeout=20, interval=0.05)
+        refused = submit(owner, jsonl([{"body": {"model": "m"}}]))
+        assert refused.status_code == 429, refused.text
         assert refused.headers["Retry-After"] == "1"
         assert "batch uploads at once" in refused.json()["detail"]
     finally:
