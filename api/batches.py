@@ -7,7 +7,6 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
@@ -144,8 +143,6 @@ def _store(
     """Stage the upload as it streams in, then commit it (after the key, if any,
     has its fingerprint); the batch, or on any failure nothing, is kept."""
     limits, rt = settings(), stager.rt
-    if stager.reading is not None:
-        requests = _while_reading(stager.reading, requests)
     with _upload_errors(lambda: _give_up(stager, scope), limits.max_batch_bytes):
         for index, item in enumerate(requests):
             if reader.errors or reader.count > limits.max_batch_requests:
@@ -201,11 +198,9 @@ def _replay(
 def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Response:
     """Read and check the whole upload as a real one is (so structural errors
     answer the same), planning its lines in groups as they stream in and holding
-    the plan in a spool that moves to disk as it grows; then stream the plan.
-    An apply's keyed assistants are read by the store while the upload starts."""
+    the plan in a spool that moves to disk as it grows; then stream the plan."""
     limits = settings()
     rt, owner = runtime(), tenant()
-    keyed = planning.read_keyed(rt, owner) if reader.apply else None
 
     def valid() -> Iterator[Request]:
         for item in requests:
@@ -217,15 +212,13 @@ def _dry_run(reader: Reader, requests: Iterator[Request], prune: bool) -> Respon
     names = reader.names if prune else None
     lines = (
         planning.Line(item.custom_id, item.body_text, item.op, item.target, item.body)
-        for item in (valid() if keyed is None else _while_reading(keyed, valid()))
+        for item in valid()
     )
     spool = ndjson.Spool()
     digests: list[bytes] = []
 
     def planned() -> Iterator[dict[str, Any]]:
-        for line, seen in planning.plan_seen(
-            rt, owner, lines, prune_except=names, keyed_ahead=keyed
-        ):
+        for line, seen in planning.plan_seen(rt, owner, lines, prune_except=names):
             digests.append(planning.line_digest(line, seen))
             yield line
 
@@ -294,25 +287,6 @@ def _check_plan(
             yield from held
 
     return replay(), seen
-
-
-def _while_reading(read: Future[Any], requests: Iterator[Request]) -> Iterator[Request]:
-    """The requests, with those read before `read` is done (an apply's first
-    chunk, or its plan's first line, needs it) held in a spool meanwhile: the
-    upload is parsed while the store reads. Each held request gives the other
-    greenlets a turn, since the read runs on one and needs a turn for each
-    reply it takes."""
-    held = Spool()
-    try:
-        for request in requests:
-            held.add(request)
-            if read.done():
-                break
-            time.sleep(0)
-        yield from held
-    finally:
-        held.close()
-    yield from requests
 
 
 def _fingerprint(reader: Reader, callback: str | None) -> str:

@@ -14,10 +14,12 @@ import pytest
 from tests.in_process.test_batches import finished_batch, jsonl, results, submit
 from tests.local import Local
 from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from worker.domain.assistants import key_ref
 from worker.domain.schema import validate_create
 from worker.domain.units import new_unit
 from worker.services import applying
 from worker.store import assistants
+from worker.store.indexes import ensure_indexes
 
 NDJSON = "application/x-ndjson"
 
@@ -601,3 +603,34 @@ def test_plan_edge_and_worker_make_one_decision(stack: Stack, tenant: Tenant) ->
     rows = results(tenant, batch["id"])
     assert [row["action"] for row in rows] == [done[line["action"]] for line in plan]
     assert rows[2]["changes"] == plan[2]["changes"]
+
+
+def test_keys_stored_before_key_refs_are_found_after_the_index_moves(paused: Local) -> None:
+    """A store whose keys were held by the old per-tenant partial index: the
+    next start gives each keyed assistant its `key_ref` and drops that index, and
+    a re-apply finds every key (nothing made twice)."""
+    tenant, other = paused.new_tenant(), paused.new_tenant("7:x/")
+    with paused.worker.running():
+        apply(tenant, manifest(30))
+        apply(other, manifest(3))
+    db = paused.db
+    db.assistants.drop_index("key_ref_1")
+    db.assistants.update_many({}, {"$unset": {"key_ref": ""}})
+    db.assistants.create_index(
+        [("tenant", 1), ("provisioning_key", 1)],
+        unique=True,
+        partialFilterExpression={"provisioning_key": {"$type": "string"}},
+    )
+    ensure_indexes(db)
+    ensure_indexes(db)  # a second process starting: nothing left to do
+    indexes = db.assistants.index_information()
+    assert "tenant_1_provisioning_key_1" not in indexes
+    assert indexes["key_ref_1"]["unique"] and indexes["key_ref_1"]["sparse"]
+    for doc in db.assistants.find():
+        assert doc["key_ref"] == key_ref(doc["tenant"], doc["provisioning_key"])
+    with paused.worker.running():
+        again = apply(tenant, manifest(30))
+        mine = apply(other, manifest(3, prefix="k") + manifest(1, prefix="new"))
+    assert counts(again)["unchanged"] == 30
+    assert (counts(mine)["unchanged"], counts(mine)["created"]) == (3, 1)
+    assert db.assistants.count_documents({}) == 34

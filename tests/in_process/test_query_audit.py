@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +41,27 @@ class Recorder(monitoring.CommandListener):
     edge: bool = True
     seen: list[tuple[bool, str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Documents the edge read, by collection (`find` and `getMore` replies).
+    read: Counter[str] = field(default_factory=Counter)
+    reading: dict[int, str] = field(default_factory=dict)
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name in FILTERED:
             with self.lock:
                 self.seen.append((self.edge, event.command_name, dict(event.command)))
+        if self.edge and event.command_name in ("find", "getMore"):
+            collection = event.command["find" if event.command_name == "find" else "collection"]
+            with self.lock:
+                self.reading[event.request_id] = collection
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
+        with self.lock:
+            collection = self.reading.pop(event.request_id, None)
+        if collection is not None:
+            cursor = event.reply.get("cursor", {})
+            batch = cursor.get("firstBatch", cursor.get("nextBatch", []))
+            with self.lock:
+                self.read[collection] += len(batch)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
@@ -241,6 +255,42 @@ def test_every_query_names_the_tenant_and_has_an_index(
         "query shapes not in docs/QUERIES.md (run this test with WRITE_QUERIES=1):\n"
         + "\n".join(missing)
     )
+
+
+def test_an_apply_reads_the_assistants_its_lines_name_and_no_others(
+    audited: tuple[Local, Recorder],
+) -> None:
+    """Its cost is the manifest's, whatever else the tenant (or another) keyed."""
+    local, recorder = audited
+    tenant, other = local.new_tenant(), local.new_tenant()
+    nd = {"Content-Type": "application/x-ndjson"}
+
+    def manifest(keys: range, name: str) -> str:
+        return "".join(
+            json.dumps({"custom_id": f"k{i}", "body": {"model": "gpt-4", "name": name}}) + "\n"
+            for i in keys
+        )
+
+    for who in (tenant, other):
+        sent = who.request(
+            "POST", "/v1/batches?mode=apply", data=manifest(range(300), "a"), headers=nd
+        )
+        assert sent.status_code == 202, sent.text
+    local.worker.run_queued()
+    # Two keys changed, one unchanged, one new: each read is of those four.
+    lines = manifest(range(2), "b") + manifest(range(2, 3), "a") + manifest(range(900, 901), "a")
+    recorder.read.clear()
+    planned = tenant.request("POST", "/v1/batches?mode=apply&dry_run=true", data=lines, headers=nd)
+    actions = [json.loads(line)["action"] for line in planned.text.splitlines()]
+    assert actions == ["update", "update", "unchanged", "create"]
+    assert 0 < recorder.read["assistants"] <= 2 * 3, recorder.read
+    recorder.read.clear()
+    applied = tenant.request("POST", "/v1/batches?mode=apply", data=lines, headers=nd)
+    assert applied.status_code == 202, applied.text
+    assert 0 < recorder.read["assistants"] <= 3, recorder.read
+    local.worker.run_queued()
+    done = tenant.request("GET", f"/v1/batches/{applied.json()['id']}").json()["request_counts"]
+    assert (done["updated"], done["unchanged"], done["created"]) == (2, 1, 1)
 
 
 QUERIES_HEAD = """# Query shapes and the index serving each

@@ -103,11 +103,33 @@ def new_document(
     if key is not None:
         # Never in the public object: the origin's shape stays as it was.
         doc[KEY] = key
+        doc[KEY_REF] = key_ref(tenant, key)
     return doc
 
 
 # The field holding an assistant's provisioning key, unique per tenant.
 KEY = "provisioning_key"
+# The key with its tenant in one string (`key_ref`), which a unique sparse
+# index holds: unkeyed assistants are not in it, a manifest's keys are looked
+# up by it, and a tenant's keyed assistants are one range of it (`key_refs`).
+KEY_REF = "key_ref"
+
+
+def key_ref(tenant: str, key: str) -> str:
+    """The tenant's length first, so no tenant and key pair reads as another's."""
+    return f"{_key_ref_prefix(tenant)}{key}"
+
+
+def key_refs(tenant: str) -> tuple[str, str]:
+    """The range `[low, high)` holding every key ref of the tenant, and nothing else."""
+    low = _key_ref_prefix(tenant)
+    return low, low[:-1] + chr(ord(low[-1]) + 1)
+
+
+def _key_ref_prefix(tenant: str) -> str:
+    return f"{len(tenant)}:{tenant}/"
+
+
 CONTENT = ("name", "description", "model", "instructions", "tools", "file_ids", "metadata")
 
 

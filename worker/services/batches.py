@@ -13,7 +13,6 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import IO, cast
 
 import bson
@@ -28,7 +27,6 @@ from worker.domain.statuses import BatchStatus, JobStatus, UnitStatus
 from worker.domain.units import item_action, new_unit, result_body, result_changes
 from worker.runtime import Runtime
 from worker.services import outbox, planning, turns
-from worker.services.ahead import read_ahead
 from worker.store import assistants, batches, units
 from worker.store.connection import Store
 
@@ -56,13 +54,12 @@ class Stager:
         self.items: list[Item] = []
         self.size = 0
         self.next_stamp = 0.0
-        # Apply batches: the tenant's keyed assistants, read once for the upload;
-        # what its open changes target, read just before; the assistants lines
-        # named so far; and the chunks answered here, with their tallies.
-        self.keyed: dict[str, Doc] | None = None
-        self.busy: set[str] = set()
+        # Apply batches: what the tenant's open changes target (and whether a
+        # prune is open), read before the first chunk's assistants; the
+        # assistants lines named so far; and the chunks answered here, with
+        # their tallies.
+        self.busy: set[str] | None = None
         self.pruning = False
-        self.reading: Future[tuple[set[str], bool, dict[str, Doc]]] | None = None
         self.named: set[str] = set()
         self.settled: dict[int, Tally] = {}
         # The chunks a worker must run, with when each was accepted: their
@@ -73,10 +70,6 @@ class Stager:
         # `commit` or `abort`, one of which ends every stager.
         self.answered: IO[bytes] = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)  # noqa: SIM115
         batches.insert(rt.store, batch)
-        if batch.get("mode") == "apply":
-            # An apply's first chunk needs these: the caller may read on while
-            # the store reads them, until `reading` is done.
-            self.reading = read_ahead(self._read_state)
 
     def add(
         self,
@@ -137,37 +130,26 @@ class Stager:
 
     def _name_targets(self) -> list[Doc | None]:
         """Apply lines of assistants that exist now target them, so they apply in
-        order with those assistants' modifies and deletes (one read a chunk).
-        A new key has no target: its key's unique index orders its creation.
-        Returns each line's assistant as read (its id, times and content hash)."""
+        order with those assistants' modifies and deletes (one lookup of the
+        chunk's names). A new key has no target: its key's unique index orders
+        its creation. Returns each line's assistant as read (its id, times and
+        content hash).
+
+        What the tenant's open changes target is read first, once: in this
+        order, a change accepted before that read either shows in it or is
+        already in what the lookups find."""
         tenant = self.batch["tenant"]
-        if self.keyed is None:
-            assert self.reading is not None
-            self.busy, self.pruning, self.keyed = self.reading.result()
-        keyed = self.keyed
-        ids = [
-            name
-            for item in self.items
-            if (name := item["custom_id"] or "") not in keyed and assistants.may_be_id(name)
-        ]
-        found = assistants.find_mine(self.rt.store, tenant, ids, assistants.APPLY_VIEW)
+        if self.busy is None:
+            self.busy, self.pruning = units.open_changes_of(self.rt.store, tenant)
+        names = [item["custom_id"] or "" for item in self.items]
+        found = assistants.find_named(self.rt.store, tenant, names, assistants.APPLY_VIEW)
         docs: list[Doc | None] = []
-        for item in self.items:
-            name = item["custom_id"] or ""
-            doc = keyed.get(name) or found.get(name)
+        for name in names:
+            doc = found.get(name)
             if doc is not None:
-                item["target"] = doc["id"]
+                self.items[len(docs)]["target"] = doc["id"]
             docs.append(doc)
         return docs
-
-    def _read_state(self) -> tuple[set[str], bool, dict[str, Doc]]:
-        """What the tenant's open changes target, then its keyed assistants: read
-        in the background from the start of the upload (`read_ahead`). In this
-        order, a change accepted before the second read either shows in the
-        first or is already in the second."""
-        tenant = self.batch["tenant"]
-        busy, pruning = units.open_changes_of(self.rt.store, tenant)
-        return busy, pruning, assistants.keyed(self.rt.store, tenant)
 
     def _settle(self, docs: list[Doc | None]) -> list[str | None] | None:
         """The chunk's results, answered here, if every line is `unchanged`: its
@@ -178,8 +160,9 @@ class Stager:
         assistant an earlier line of the upload names waits its turn. None if
         any line must go to a worker."""
         fresh = not self.pruning
+        busy = self.busy or set()
         for doc in docs:
-            if doc is None or doc["id"] in self.busy or doc["id"] in self.named:
+            if doc is None or doc["id"] in busy or doc["id"] in self.named:
                 fresh = False
             if doc is not None:
                 self.named.add(doc["id"])

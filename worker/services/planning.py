@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from collections.abc import Container, Iterable, Iterator
-from concurrent.futures import Future
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -27,7 +26,6 @@ from worker.domain.schema import (
     validate_modify,
 )
 from worker.runtime import Runtime
-from worker.services.ahead import read_ahead
 from worker.store import assistants
 
 GROUP = 500
@@ -70,12 +68,10 @@ def plan(
     lines: Iterable[Line],
     *,
     prune_except: Container[str] | None = None,
-    keyed_ahead: Future[dict[str, Doc]] | None = None,
 ) -> Iterator[Doc]:
     """One plan line per request, in input order; then, with `prune_except` (the
-    names the manifest gives), one `delete` line per keyed assistant it leaves out.
-    `keyed_ahead` is the tenant's keyed assistants, if their read was started."""
-    for line, _ in plan_seen(rt, tenant, lines, prune_except=prune_except, keyed_ahead=keyed_ahead):
+    names the manifest gives), one `delete` line per keyed assistant it leaves out."""
+    for line, _ in plan_seen(rt, tenant, lines, prune_except=prune_except):
         yield line
 
 
@@ -85,17 +81,14 @@ def plan_seen(
     lines: Iterable[Line],
     *,
     prune_except: Container[str] | None = None,
-    keyed_ahead: Future[dict[str, Doc]] | None = None,
 ) -> Iterator[tuple[Doc, str | None]]:
     """`plan`'s lines, each with the version of the assistant it saw (None: none,
-    or a deletion of a prune), which a plan's digest includes."""
+    or a deletion of a prune), which a plan's digest includes. Each group of
+    lines reads the assistants its lines name, and no others."""
     source = iter(lines)
-    keyed: dict[str, Doc] | None = None  # the tenant's keyed assistants, read once if needed
-    keyed_ids: dict[str, str] = {}
     while group := list(islice(source, GROUP)):
-        if keyed is None and any(line.op == "apply" for line in group):
-            keyed = (keyed_ahead or read_keyed(rt, tenant)).result()
-            keyed_ids = {key: doc["id"] for key, doc in keyed.items()}
+        keys = [line.custom_id for line in group if line.op == "apply" and line.custom_id]
+        keyed = assistants.keyed(rt.store, tenant, keys)
         # Each body parsed once: for its validation, its hash and its plan.
         bodies: list[Any] = [
             None
@@ -116,13 +109,13 @@ def plan_seen(
         for index, (line, request) in enumerate(zip(group, checked, strict=True)):
             if line.op != "apply" or isinstance(request, list) or line.custom_id is None:
                 continue
-            known = (keyed or {}).get(line.custom_id)
+            known = keyed.get(line.custom_id)
             body = bodies[index]
             if known is not None and assistant_docs.decide(known, body)[0] == "unchanged":
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
             else:
                 wanted.append(line.custom_id)
-        named = assistants.find_named(rt.store, tenant, wanted, keyed_ids)
+        named = assistants.find_named(rt.store, tenant, wanted)
         targets = [line.target for line in group if line.target is not None]
         by_id = assistants.find_mine(rt.store, tenant, targets)
         for index, (line, request) in enumerate(zip(group, checked, strict=True)):
@@ -130,7 +123,7 @@ def plan_seen(
             found = named if line.op == "apply" else by_id
             name = _name(line)
             if index in unchanged:
-                known = (keyed or {})[name or ""]
+                known = keyed[name or ""]
                 yield _answer(line, "unchanged", 200, unchanged[index]), known[CONTENT_HASH]
             else:
                 doc = found.get(name) if name is not None else None
@@ -149,13 +142,6 @@ def plan_seen(
                 },
                 None,
             )
-
-
-def read_keyed(rt: Runtime, tenant: str) -> Future[dict[str, Doc]]:
-    """Start reading the tenant's keyed assistants (an apply's plan needs them):
-    one read of every keyed assistant, which the store can do while the edge
-    reads the upload."""
-    return read_ahead(lambda: assistants.keyed(rt.store, tenant))
 
 
 def _name(line: Line) -> str | None:

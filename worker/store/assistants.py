@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import OperationFailure
 
-from worker.domain.assistants import CONTENT_HASH, KEY
+from worker.domain.assistants import CONTENT_HASH, KEY, KEY_REF, key_ref, key_refs
 from worker.domain.documents import Doc
 from worker.store import pages
 from worker.store.connection import Store, find_in, insert_new
 
-KEY_INDEX = [("tenant", ASCENDING), (KEY, ASCENDING)]
+# The index that held keys before `key_ref`: per tenant, partial. MongoDB can
+# use a partial index only for a filter that implies its expression, and the
+# test store never plans one; a single-field sparse index serves both alike.
+OLD_KEY_INDEX = "tenant_1_provisioning_key_1"
 
 # How long a deleted assistant's place in the list is kept: a list cursor naming
 # it pages on from there (the delete-while-listing loop of the OpenAI SDK) for
@@ -28,11 +33,11 @@ def ensure_indexes(store: Store) -> None:
     store.assistants.create_index(
         [("tenant", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]
     )
-    # Provisioning keys: unique per tenant. Only keyed assistants are in it, so
-    # plain creates pay nothing, and deleting an assistant frees its key.
-    store.assistants.create_index(
-        KEY_INDEX, unique=True, partialFilterExpression={KEY: {"$type": "string"}}
-    )
+    # Provisioning keys, unique per tenant (the ref holds the tenant). Only
+    # keyed assistants are in it, so plain creates pay nothing, and deleting an
+    # assistant frees its key.
+    _give_keys_refs(store)
+    store.assistants.create_index(KEY_REF, unique=True, sparse=True)
     # A tombstone's `_id` is its assistant's; it is found by tenant and id.
     store.tombstones.create_index([("tenant", ASCENDING), ("id", ASCENDING)])
     store.tombstones.create_index("deleted_at", expireAfterSeconds=TOMBSTONE_SECONDS)
@@ -45,29 +50,21 @@ def _bury(store: Store, places: list[Doc]) -> None:
     insert_new(store.tombstones, [{**place, "deleted_at": now} for place in places])
 
 
-def keyed(store: Store, tenant: str) -> dict[str, Doc]:
-    """The tenant's keyed assistants by key: their `_id`, id, creation time and
-    content hash (not their content).
+# What is read of a keyed assistant to plan a line or answer it unchanged: its
+# `_id`, id, creation time and content hash (not its content).
+KEYED_VIEW = {"id": 1, KEY: 1, "created_at": 1, CONTENT_HASH: 1}
 
-    One read a batch. MongoDB serves it from the partial key index (the filter
-    implies the index's), at a cost of the tenant's keyed assistants.
-    SecantusDB reads the tenant's range of the (tenant, created_at) index
-    instead, a cost of all the tenant's assistants; hinted to the key index it
-    scans every tenant's keys (3.1 s against 14 ms for a tenant of 10 keys
-    beside one of 20,000), so it is not hinted. Keys are not looked up with
-    `$in`: SecantusDB's cost is keys times the tenant's documents (6.4 s for 50
-    keys of a tenant with 20,000), so assistants are then found by id.
-    """
-    found = store.assistants.find(
-        {"tenant": tenant, KEY: {"$type": "string"}},
-        {"id": 1, KEY: 1, "created_at": 1, CONTENT_HASH: 1},
-    )
+
+def keyed(
+    store: Store, tenant: str, keys: Iterable[str], projection: Doc | None = KEYED_VIEW
+) -> dict[str, Doc]:
+    """The tenant's assistants with these provisioning keys, by key: a lookup
+    of exactly those keys in the key index, whatever else the tenant keyed."""
+    refs = sorted({key_ref(tenant, key) for key in keys if key})
+    mine = {"tenant": tenant}
+    view = None if projection is None else {**projection, KEY: 1}
+    found = find_in(store.assistants, KEY_REF, refs, view, where=mine)
     return {doc[KEY]: doc for doc in found}
-
-
-def keyed_ids(store: Store, tenant: str) -> dict[str, str]:
-    """Each provisioning key of the tenant, mapped to its assistant's id."""
-    return {key: doc["id"] for key, doc in keyed(store, tenant).items()}
 
 
 def may_be_id(name: str) -> bool:
@@ -75,25 +72,15 @@ def may_be_id(name: str) -> bool:
 
 
 def find_named(
-    store: Store, tenant: str, names: list[str], keyed: dict[str, str] | None = None
+    store: Store, tenant: str, names: list[str], projection: Doc | None = None
 ) -> dict[str, Doc]:
     """The tenant's assistants an apply line names: by provisioning key, or else
-    by id; each name mapped to its assistant. `keyed` is `keyed_ids`, if read."""
-    if not names:
-        return {}
-    if keyed is None:
-        keyed = keyed_ids(store, tenant)
-    ids = {keyed.get(name, name) for name in names}
-    ids = {one for one in ids if may_be_id(one)}
+    by id; each name mapped to its assistant."""
+    named = keyed(store, tenant, names, projection)
+    ids = sorted({name for name in names if name not in named and may_be_id(name)})
     mine = {"tenant": tenant}
-    found = {doc["id"]: doc for doc in find_in(store.assistants, "id", sorted(ids), where=mine)}
-    named: dict[str, Doc] = {}
-    for name in names:
-        doc = found.get(keyed[name]) if name in keyed else None
-        if doc is None or doc.get(KEY) != name:
-            doc = found.get(name)
-        if doc is not None:
-            named[name] = doc
+    for doc in find_in(store.assistants, "id", ids, projection, where=mine):
+        named[doc["id"]] = doc
     return named
 
 
@@ -141,11 +128,42 @@ def iter_all(store: Store, tenant: str) -> Iterator[Doc]:
 
 
 def iter_keyed(store: Store, tenant: str) -> Iterator[Doc]:
-    """The tenant's assistants that carry a provisioning key: their `_id`, id and
-    key. Not hinted, as `keyed` says."""
+    """All the tenant's assistants that carry a provisioning key (what a prune
+    may delete): their `_id`, id and key, one range of the key index."""
+    low, high = key_refs(tenant)
     yield from store.assistants.find(
-        {"tenant": tenant, KEY: {"$type": "string"}}, {"id": 1, KEY: 1}, batch_size=1000
+        {KEY_REF: {"$gte": low, "$lt": high}, "tenant": tenant},
+        {"id": 1, KEY: 1},
+        batch_size=1000,
     )
+
+
+def _give_keys_refs(store: Store) -> None:
+    """Once, where keys were held by the old index: give each keyed assistant
+    its `key_ref` (the same string `key_ref` makes), then drop that index. Idempotent,
+    so processes starting together may all run it."""
+    if OLD_KEY_INDEX not in store.assistants.index_information():
+        return
+    store.assistants.update_many(
+        {KEY: {"$type": "string"}, KEY_REF: {"$exists": False}},
+        [
+            {
+                "$set": {
+                    KEY_REF: {
+                        "$concat": [
+                            {"$toString": {"$strLenCP": "$tenant"}},
+                            ":",
+                            "$tenant",
+                            "/",
+                            f"${KEY}",
+                        ]
+                    }
+                }
+            }
+        ],
+    )
+    with contextlib.suppress(OperationFailure):  # another process dropped it first
+        store.assistants.drop_index(OLD_KEY_INDEX)
 
 
 def delete_by_oids(store: Store, oids: list[Any]) -> None:
