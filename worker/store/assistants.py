@@ -13,7 +13,8 @@ from pymongo.errors import OperationFailure
 from worker.domain.assistants import CONTENT_HASH, KEY, KEY_REF, key_ref, key_refs
 from worker.domain.documents import Doc
 from worker.store import pages
-from worker.store.connection import Store, find_in, insert_new
+from worker.store.connection import Store, insert_new
+from worker.store.secantus import find_in
 
 # The index that held keys before `key_ref`: per tenant, partial. MongoDB can
 # use a partial index only for a filter that implies its expression, and the

@@ -14,6 +14,7 @@ from worker.domain.documents import Doc, Tally
 from worker.domain.statuses import BatchStatus
 from worker.store import pages
 from worker.store.connection import Store
+from worker.store.secantus import update_then_read
 
 VISIBLE = {"status": {"$ne": BatchStatus.VALIDATING}}
 
@@ -44,10 +45,9 @@ def set_metadata_json(store: Store, tenant: str, batch_id: str, metadata_json: s
 
 def commit(store: Store, tenant: str, batch_id: str, *, now: int, total: int, chunks: int) -> Doc:
     """Make a stored batch visible; journaled, it also holds the writes before it."""
-    # Updates by _id, then reads (here and below): SecantusDB plans
-    # find_one_and_update as a scan of the collection (see `units.claim`). No
-    # chunk is sent before this returns, so nothing else changes it meanwhile.
-    written = store.journaled("batches").update_one(
+    # No chunk is sent before this returns, so nothing else changes it meanwhile.
+    doc = update_then_read(
+        store.journaled("batches"),
         {"_id": batch_id, "tenant": tenant, "status": BatchStatus.VALIDATING},
         {
             "$set": {
@@ -59,8 +59,6 @@ def commit(store: Store, tenant: str, batch_id: str, *, now: int, total: int, ch
             }
         },
     )
-    assert written.matched_count == 1
-    doc = store.batches.find_one({"_id": batch_id, "tenant": tenant})
     assert doc is not None
     return doc
 
@@ -114,10 +112,12 @@ def add_tallies(store: Store, tenant: str, batch_id: str, tallies: dict[int, Tal
     query = {"_id": batch_id, "tenant": tenant}
     if not tallies:
         return store.batches.find_one(query, projection)
-    store.batches.update_one(
-        query, {"$set": {f"tally.{seq}": list(tally) for seq, tally in tallies.items()}}
+    return update_then_read(
+        store.batches,
+        query,
+        {"$set": {f"tally.{seq}": list(tally) for seq, tally in tallies.items()}},
+        projection,
     )
-    return store.batches.find_one(query, projection)
 
 
 def tallied_seqs(store: Store, tenant: str, batch_id: str) -> list[int] | None:

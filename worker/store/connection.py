@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,26 +18,6 @@ from worker.domain.documents import Doc
 from worker.settings import Settings
 
 DUPLICATE_KEY = 11000
-
-# SecantusDB checks each document an `$in` finds against the whole list, so n
-# documents read by an `$in` of their n values cost n squared comparisons (a
-# chunk's 500 assistants: most of the chunk's time). Read in groups of this
-# many (`find_in`), they cost n times the group; MongoDB pays a round trip a group.
-IN_GROUP = 50
-
-
-def find_in(
-    collection: Collection[Doc],
-    field: str,
-    values: Sequence[Any],
-    projection: Doc | None = None,
-    where: Doc | None = None,
-) -> Iterator[Doc]:
-    """The documents whose `field` is one of `values` (and that match `where`,
-    the tenant for one), read in groups of IN_GROUP."""
-    for start in range(0, len(values), IN_GROUP):
-        group = list(values[start : start + IN_GROUP])
-        yield from collection.find({field: {"$in": group}, **(where or {})}, projection)
 
 
 def insert_new(collection: Collection[Doc], docs: list[Doc]) -> set[int]:

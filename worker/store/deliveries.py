@@ -13,6 +13,7 @@ from worker.domain.documents import Delivery, Doc
 from worker.domain.statuses import DeliveryStatus
 from worker.store import pages
 from worker.store.connection import Store, insert_new
+from worker.store.secantus import update_then_read
 
 
 def _not_leased(now: float) -> Doc:
@@ -193,10 +194,9 @@ def claim(
 ) -> tuple[Delivery, str] | None:
     """Lease the delivery for its attempt, if one is due and nobody holds it."""
     token = secrets.token_hex(16)
-    # An update, then a read by _id with the lease checked here: SecantusDB
-    # plans find_one_and_update as a scan of the collection, and reads by _id
-    # alone fastest (see `units.claim`).
-    taken = store.deliveries.update_one(
+    # The lease is checked in what is read back (`secantus.update_then_read`).
+    doc = update_then_read(
+        store.deliveries,
         {
             "_id": delivery_id,
             "status": DeliveryStatus.PENDING,
@@ -205,9 +205,6 @@ def claim(
         },
         {"$set": {"lease": token, "lease_expires": now + lease_seconds}},
     )
-    if taken.matched_count == 0:
-        return None
-    doc = store.deliveries.find_one({"_id": delivery_id})
     if doc is None or doc.get("lease") != token:
         return None
     if doc.get("after_jobs_of") and _jobs_unattempted(store, doc["tenant"], doc["after_jobs_of"]):

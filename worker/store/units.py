@@ -182,10 +182,9 @@ def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
             }
         }
     ]
-    # An update, then a read of what this lease took: two round trips.
-    # find_one_and_update would be one, but SecantusDB plans it as a scan of
-    # the collection (tens of ms with thousands of units), an update by _id
-    # not; and it reads by _id alone fastest, so the lease is checked here.
+    # An update of many units, then a read of what this lease took (MongoDB
+    # has no command that does both for many); by `_id` alone, the lease
+    # checked here.
     store.jobs.update_many({"_id": {"$in": unit_ids}, "status": UnitStatus.QUEUED}, claim)
     found = store.jobs.find({"_id": {"$in": unit_ids}}, {"results": 0})
     return [cast(Unit, unit) for unit in found if unit.get("lease") == token]
@@ -236,11 +235,10 @@ OPEN = [UnitStatus.QUEUED, UnitStatus.IN_PROGRESS]
 def _changing(store: Store, targets: list[str], projection: Doc) -> Iterator[Doc]:
     """Units that change any of `targets`, finished ones too.
 
-    The query names `targets` alone and the rest is filtered here: SecantusDB
-    uses an index only for a query on its one field, and with other terms it
-    scans every unit, comparing each target list with the long `$in` (an
-    apply chunk names up to 500 assistants). Finished units are few here:
-    they are kept only for the retention window, and rarely share a target.
+    The query names `targets` alone and the rest is filtered here, a shape
+    for SecantusDB (`worker.store.secantus` says why and what it costs):
+    with other terms it scans every unit, comparing each target list with the
+    long `$in` (an apply chunk names up to 500 assistants).
     """
     yield from store.jobs.find(
         {"targets": {"$in": targets}}, {**projection, "status": 1}, batch_size=1000
