@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 # What each task does, as worker/tasks.py has it.
 SERVICES: dict[str, Callable[[Runtime, Any], None]] = {
     routes.PROCESS_SINGLE: lambda rt, ids: (
-        provisioning.process(rt, [ids] if isinstance(ids, str) else list(ids)) and None
+        provisioning.process(rt, [ids] if isinstance(ids, str) else list(ids), singles=True)
+        and None
     ),
     routes.PROCESS_CHUNK: lambda rt, unit_id: provisioning.process(rt, [unit_id]) and None,
     routes.PROCESS_TURN: lambda rt, _: provisioning.take_turn(rt),

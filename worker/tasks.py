@@ -21,7 +21,8 @@ RETRY = {"autoretry_for": TRANSIENT, "retry_backoff": 1, "retry_backoff_max": 60
 
 
 def _process_together(groups: list[list[str]]) -> list[BaseException | None]:
-    provisioning.process(runtime(), list(dict.fromkeys(i for ids in groups for i in ids)))
+    ids = list(dict.fromkeys(i for ids in groups for i in ids))
+    provisioning.process(runtime(), ids, singles=True)
     return [None] * len(groups)
 
 
@@ -34,9 +35,9 @@ _together: GroupCommit[list[str]] = GroupCommit(_process_together)
 @app.task(name=routes.PROCESS_SINGLE)
 def process_single(job_ids: str | list[str]) -> None:
     # The edge sends the creates it stored together as one message (group
-    # commit); the reconciler sends one id at a time. Each lot costs one claim,
-    # one insert_many and one bulk_write. A failure leaves the jobs queued or
-    # leased in MongoDB, where the reconciler finds them.
+    # commit); the reconciler sends one id at a time. Each lot of creates costs
+    # one read, one insert_many and one bulk_write. A failure leaves the jobs
+    # queued or leased in MongoDB, where the reconciler finds them.
     ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
     try:
         _together.submit(ids)

@@ -65,6 +65,10 @@ class Unit(TypedDict):
     # A chunk of an apply batch whose every line the edge found unchanged when it
     # took the batch: stored with its results, done once the batch is, never sent.
     settled: NotRequired[bool]
+    # Set when the reconciler sent it again: its next run claims it (`units.take`).
+    resent: NotRequired[bool]
+    # In a worker's hands only, never stored: taken as read, without a claim.
+    unclaimed: NotRequired[bool]
 
 
 class Tally(NamedTuple):

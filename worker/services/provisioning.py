@@ -1,8 +1,9 @@
 """Processing units: claim, validate, persist, record; in bulk, idempotently.
 
 One call handles any number of units (a burst of single creates or one batch
-chunk) with a fixed number of round trips: one claim, one read, one
-`insert_many` of assistants, one `bulk_write` of results, one publish.
+chunk) with a fixed number of round trips: one read (with a claim before it,
+but for first runs of pure creates), one `insert_many` of assistants, one
+`bulk_write` of results, one publish.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ log = logging.getLogger(__name__)
 Outcomes = dict[str, list[tuple[int, Any]]]
 
 
-def process(rt: Runtime, unit_ids: list[str]) -> int:
-    """Process the queued units among `unit_ids`; returns how many were finished."""
+def process(rt: Runtime, unit_ids: list[str], *, singles: bool = False) -> int:
+    """Process the queued units among `unit_ids`; returns how many were finished.
+    `singles`: sent to the single-create queue, where pure creates skip the
+    claim (`units.take`); a batch chunk is always claimed."""
     started = time.time()
     stages = Stages()
-    claimed = units.claim(rt.store, unit_ids, rt.settings.lease_seconds)
+    lease = rt.settings.lease_seconds
+    claimed = (units.take if singles else units.claim)(rt.store, unit_ids, lease)
     # Modifies and deletes wait for earlier changes of their assistants.
     claimed = changes.hold_back(rt, claimed)
     if not claimed:

@@ -164,9 +164,49 @@ def list_jobs(
     return (page[::-1] if backwards else page), False
 
 
-def claim(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
-    """Take the queued units under a fresh lease token; only that lease may finish them."""
+def take(store: Store, unit_ids: list[str], lease_seconds: int) -> list[Unit]:
+    """The queued units among `unit_ids`, to process under one token.
+
+    A unit of pure single creates on its first run is taken as read, without
+    a claim: its effects are idempotent by construction (each assistant's
+    `_id` comes from its job, events are keyed by the job), so a second run of
+    it writes the same documents and loses `record`'s conditional write
+    `queued -> done`. One read, then the results' one write. Every other unit
+    is claimed under the lease (`claim`): changes, whose order matters, and
+    units the reconciler sent again or took back, so that a unit which keeps
+    killing its worker has its attempts counted and fails after the limit."""
     token = secrets.token_hex(16)
+    found = [
+        cast(Unit, unit)
+        for unit in store.jobs.find(
+            {"_id": {"$in": unit_ids}, "status": UnitStatus.QUEUED}, {"results": 0}
+        )
+    ]
+    taken = [unit for unit in found if _creates_first_run(unit)]
+    now = int(time.time())
+    for unit in taken:
+        # What a claim would have set, written with the results (`record`).
+        unit["lease"], unit["unclaimed"] = token, True
+        unit["attempts"] += 1
+        unit["started_at"] = unit["started_at"] or now
+    rest = [unit["_id"] for unit in found if not unit.get("unclaimed")]
+    return taken + (claim(store, rest, lease_seconds, token) if rest else [])
+
+
+def _creates_first_run(unit: Unit) -> bool:
+    return (
+        "batch_id" not in unit
+        and unit["attempts"] == 0
+        and not unit.get("resent")
+        and all(item.get("op") is None for item in unit["items"])
+    )
+
+
+def claim(
+    store: Store, unit_ids: list[str], lease_seconds: int, token: str | None = None
+) -> list[Unit]:
+    """Take the queued units under a fresh lease token; only that lease may finish them."""
+    token = token or secrets.token_hex(16)
     now = time.time()
     claim = [
         {
@@ -211,9 +251,14 @@ def record(
         if unit["_id"] in owing:
             # The outbox: the events are owed in the same write as the result.
             update["events_pending"] = True
+        fence: Doc = {"lease": unit["lease"], "status": UnitStatus.IN_PROGRESS}
+        if unit.get("unclaimed"):
+            # Taken as read (`take`): the first run to finish it writes its results.
+            fence = {"status": UnitStatus.QUEUED}
+            update.update(attempts=unit["attempts"], started_at=unit["started_at"])
         ops.append(
             UpdateOne(
-                {"_id": unit["_id"], "lease": unit["lease"], "status": UnitStatus.IN_PROGRESS},
+                {"_id": unit["_id"], **fence},
                 {"$set": update, "$unset": {"lease": "", "due_at": ""}},
             )
         )
@@ -501,7 +546,8 @@ def claim_resend(store: Store, unit_id: str, now: int, next_due: int) -> bool:
     """Take the resend of a queued unit, so two reconcilers do not both send it."""
     claimed = store.jobs.update_one(
         {"_id": unit_id, "status": UnitStatus.QUEUED, "due_at": {"$lt": now}},
-        {"$set": {"due_at": next_due}},
+        # Its next run claims it (`take`), counting the attempt.
+        {"$set": {"due_at": next_due, "resent": True}},
     )
     return claimed.modified_count == 1
 
