@@ -103,7 +103,7 @@ def plan_seen(
             checked.append(_check(rt, line, body))
             breathe()
         # An apply line whose body hashes as its keyed assistant's content is
-        # unchanged, known without reading the assistant.
+        # unchanged, known without reading the rest of the assistant.
         unchanged: dict[int, Doc] = {}
         wanted: list[str] = []
         for index, (line, request) in enumerate(zip(group, checked, strict=True)):
@@ -113,8 +113,9 @@ def plan_seen(
             body = bodies[index]
             if known is not None and assistant_docs.decide(known, body)[0] == "unchanged":
                 unchanged[index] = assistant_docs.public_from_request(body, reference(known))
-            else:
-                wanted.append(line.custom_id)
+            elif known is not None or assistants.may_be_id(line.custom_id):
+                wanted.append(line.custom_id)  # read whole: its changes are shown
+            # else a new key: no assistant to read
         named = assistants.find_named(rt.store, tenant, wanted)
         targets = [line.target for line in group if line.target is not None]
         by_id = assistants.find_mine(rt.store, tenant, targets)
