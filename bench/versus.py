@@ -13,6 +13,11 @@ For each client count it measures, in turn:
       job has finished, from the first send to the last finish (latency is
       the 202's own).
 
+Each case also reports the commands the store served per create (its
+`serverStatus` opcounters, less its idle rate and the bench's own polls), and
+the CPU per create of the service's own processes (edge, workers, Redis)
+against the peer's.
+
     PYTHONPATH=. .venv/bin/python -m bench.versus [--seconds 5] [--clients 1,8]
 """
 
@@ -60,6 +65,10 @@ class Case:
     latencies: list[float]
     note: str = ""
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group
+    # Commands the store served during the case (its opcounters), less what it
+    # serves idle over as long, and less the bench's own reads (`polls`).
+    commands: float = 0.0
+    polls: int = 0
 
     @property
     def rate(self) -> float:
@@ -75,9 +84,12 @@ class Case:
 
 
 class CpuMeter:
-    """CPU seconds spent by each part of the run, to see where a case's time goes."""
+    """CPU seconds spent by each part of the run, to see where a case's time goes,
+    and the commands the store served (`serverStatus` opcounters)."""
 
     def __init__(self, stack: Stack, peer_pid: int) -> None:
+        self.store = stack.store()
+        self.idle_commands_per_s = 0.0
         processes = stack.processes
         self.roots: dict[str, list[int]] = {
             "store": [stack.servers.mongo.process.pid],
@@ -96,19 +108,35 @@ class CpuMeter:
         used["loadgen"] = cpu_seconds(os.getpid())
         return used
 
+    def commands(self) -> int:
+        counters = self.store.client.admin.command("serverStatus")["opcounters"]
+        return sum(int(counters[name]) for name in COUNTED)
+
     def idle(self, seconds: float) -> dict[str, float]:
         """What the deployment spends with no load (periodic sweeps, heartbeats)."""
-        before = self.read()
+        before, commands = self.read(), self.commands()
         time.sleep(seconds)
         after = self.read()
+        self.idle_commands_per_s = (self.commands() - commands - 1) / seconds
         return {name: max(0.0, after[name] - before[name]) for name in after}
 
     def measure(self, case: Callable[..., Case], *args: Any) -> Case:
-        before = self.read()
+        before, commands, started = self.read(), self.commands(), time.perf_counter()
         result = case(*args)
-        after = self.read()
+        after, wall = self.read(), time.perf_counter() - started
         result.cpu = {name: max(0.0, after[name] - before[name]) for name in after}
+        served = self.commands() - commands - 1  # less the serverStatus before
+        result.commands = max(0.0, served - result.polls - self.idle_commands_per_s * wall)
         return result
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# The store's opcounters: every command a client sends is one of these.
+COUNTED = ("insert", "query", "update", "delete", "getmore", "command")
+# What the service runs on, beside the store: its own CPU, against the peer's.
+SERVICE = ("edge", "workers", "redis")
 
 
 def edge_workers(stack: Stack) -> int:
@@ -196,7 +224,9 @@ def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
         # job, so watching takes a small, steady share of the store however long
         # the backlog, and the last few jobs are still seen finish within ~10 ms.
         pending = accepted
+        polls = 0
         while True:
+            polls += 1
             unfinished = store.jobs.find(
                 {"items.id": {"$in": pending}, "status": {"$ne": "done"}}, {"items.id": 1}
             )
@@ -225,7 +255,9 @@ def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
     )
     if others:
         note += f"; non-202: {others}"
-    return Case("(c) service: 202, until finished", clients, succeeded, total, run.latencies, note)
+    case = Case("(c) service: 202, until finished", clients, succeeded, total, run.latencies, note)
+    case.polls = polls + 1  # and the count of those that succeeded
+    return case
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -262,6 +294,25 @@ def report(cases: list[Case]) -> None:
             if seconds >= 0.05
         )
         print(f"  {case.clients} {case.label[:3]} over {case.seconds:.1f} s: {parts}")
+    print("per create: store commands, and CPU of the service (edge, workers, Redis) or the peer")
+    for case in cases:
+        own = sum(
+            case.cpu.get(name, 0.0) for name in (("peer",) if "(a)" in case.label else SERVICE)
+        )
+        creates = max(case.creates, 1)
+        print(
+            f"  {case.clients} {case.label[:3]}: {case.commands / creates:.2f} commands, "
+            f"own CPU {own / creates * 1000:.2f} ms"
+        )
+    for clients in sorted({case.clients for case in cases}):
+        a, c = by_key["(a)", clients], by_key["(c)", clients]
+        peer_cpu = a.cpu.get("peer", 0.0) / max(a.creates, 1)
+        service_cpu = sum(c.cpu.get(name, 0.0) for name in SERVICE) / max(c.creates, 1)
+        print(
+            f"  {clients} client(s), (c) against (a): {c.commands / max(c.creates, 1):.2f} vs "
+            f"{a.commands / max(a.creates, 1):.2f} commands a create (goal at 8: at most 1); "
+            f"own CPU {service_cpu / peer_cpu:.2f}x the peer's (goal: within 2x)"
+        )
     print(
         "latency histograms (ms bucket:count). A delayed-ACK stall on some requests shows as"
         " suspects, requests ~40 ms over the median (clear where the spread is narrow, as"
@@ -326,6 +377,7 @@ def main() -> None:
                 cases.append(meter.measure(run_waited, stack, clients, args.seconds))
                 cases.append(meter.measure(run_accepted, stack, clients, args.seconds))
             report(cases)
+            meter.close()
         finally:
             stop(process)
 

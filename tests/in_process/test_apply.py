@@ -634,3 +634,56 @@ def test_keys_stored_before_key_refs_are_found_after_the_index_moves(paused: Loc
     assert counts(again)["unchanged"] == 30
     assert (counts(mine)["unchanged"], counts(mine)["created"]) == (3, 1)
     assert db.assistants.count_documents({}) == 34
+
+
+def test_an_apply_racing_deletes_and_modifies_of_its_assistants_answers_every_line(
+    local: Local,
+) -> None:
+    """An apply naming 60 assistants by id while another client deletes them one by
+    one and a third modifies them: every line, delete and modify is answered (200
+    or 404), no unit runs past its lease or twice, and nothing deleted comes back."""
+    tenant = local.new_tenant()
+    made = submit(
+        tenant, jsonl([{"body": {"model": "gpt-4", "name": f"a{i}"}} for i in range(60)])
+    )
+    ids = [
+        row["body"]["id"]
+        for row in results(tenant, finished_batch(tenant, made.json()["id"])["id"])
+    ]
+    lines = [{"custom_id": one, "body": {"model": "gpt-4", "name": "applied"}} for one in ids]
+
+    def deletes() -> list[int]:
+        return [tenant.request("DELETE", f"/v1/assistants/{one}").status_code for one in ids]
+
+    def modifies() -> list[Any]:
+        return [
+            tenant.request("POST", f"/v1/assistants/{one}", json={"name": "modified"})
+            for one in ids[::2]
+        ]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        applied = pool.submit(apply, tenant, lines)
+        deleted, modified = pool.submit(deletes), pool.submit(modifies)
+        batch, delete_codes, modify_answers = applied.result(), deleted.result(), modified.result()
+
+    rows = results(tenant, batch["id"])
+    assert len(rows) == 60
+    assert {row["status_code"] for row in rows} <= {200, 404}, rows
+    assert set(delete_codes) <= {200, 202, 404}, delete_codes
+    for answer in modify_answers:
+        if answer.status_code == 404:  # already deleted when it came
+            continue
+        assert answer.status_code in (200, 202), answer.text
+        job = tenant.wait_job(answer.json()["id"]) if answer.status_code == 202 else None
+        assert job is None or job["result"]["status_code"] in (200, 404), job
+    wait_until(
+        lambda: (
+            local.db.jobs.count_documents({"tenant": tenant.name, "status": {"$ne": "done"}}) == 0
+        )
+    )
+    assert local.db.jobs.count_documents({"tenant": tenant.name, "attempts": {"$gt": 1}}) == 0
+    # Every delete answered 200 or 202 took effect: nothing deleted is back.
+    for one, code in zip(ids, delete_codes, strict=True):
+        if code in (200, 202):
+            assert tenant.request("GET", f"/v1/assistants/{one}").status_code == 404, one
+    assert local.db.assistants.count_documents({"tenant": tenant.name}) == 0
