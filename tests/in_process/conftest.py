@@ -13,6 +13,7 @@ import pytest
 
 from cli.embedded import Server, start_mongo
 from tests.local import Local, LocalTenant
+from tests.stack import Servers
 from worker.store.connection import Store
 
 
@@ -46,3 +47,14 @@ def hung_store(tmp_path: Path) -> Iterator[Server]:
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+@pytest.fixture
+def paused(servers: Servers) -> Iterator[Local]:
+    """A deployment of the test's own whose worker serves its queues only within
+    `paused.worker.running()` (or when the test runs it)."""
+    own = Local(servers.settings())
+    try:
+        yield own
+    finally:
+        own.close()

@@ -341,16 +341,6 @@ def test_worker_killed_mid_apply_applies_every_key_once(own: Stack) -> None:
     assert names["k700"] == "n700"
 
 
-@pytest.fixture
-def paused(servers: Servers) -> Iterator[Local]:
-    """In process; its worker serves only within `paused.worker.running()`."""
-    own = Local(servers.settings())
-    try:
-        yield own
-    finally:
-        own.close()
-
-
 def test_unchanged_lines_are_answered_at_the_edge_after_earlier_changes(paused: Local) -> None:
     tenant = paused.new_tenant()
     lines = manifest(1200)  # three chunks
@@ -643,9 +633,7 @@ def test_an_apply_racing_deletes_and_modifies_of_its_assistants_answers_every_li
     one and a third modifies them: every line, delete and modify is answered (200
     or 404), no unit runs past its lease or twice, and nothing deleted comes back."""
     tenant = local.new_tenant()
-    made = submit(
-        tenant, jsonl([{"body": {"model": "gpt-4", "name": f"a{i}"}} for i in range(60)])
-    )
+    made = submit(tenant, jsonl([{"body": {"model": "gpt-4", "name": f"a{i}"}} for i in range(60)]))
     ids = [
         row["body"]["id"]
         for row in results(tenant, finished_batch(tenant, made.json()["id"])["id"])

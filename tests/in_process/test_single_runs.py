@@ -13,7 +13,6 @@ import redis
 from pymongo import MongoClient, monitoring
 
 from tests.local import Local
-from tests.stack import Servers
 from worker.queueing import routes
 from worker.runtime import Runtime
 from worker.services import provisioning, reconciler
@@ -37,16 +36,6 @@ class Commands(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
-
-
-@pytest.fixture
-def paused(servers: Servers) -> Iterator[Local]:
-    """In process; nothing serves its queues unless a test runs it."""
-    own = Local(servers.settings())
-    try:
-        yield own
-    finally:
-        own.close()
 
 
 @pytest.fixture
