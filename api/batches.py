@@ -385,7 +385,7 @@ def _abort_quietly(stager: batches.Stager) -> None:
 def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
     response = jsonify(public(doc))
     response.status_code = 202
-    response.headers["Location"] = url_for(".get_batch", batch_id=doc["_id"])
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=doc["_id"])
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response

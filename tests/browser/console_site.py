@@ -45,7 +45,7 @@ def jsonl(lines: list[dict[str, Any]]) -> bytes:
 MIXED = [
     {"custom_id": "support-bot", "body": {"model": "gpt-4o", "name": "Support"}},
     {"custom_id": "no-model", "body": {"name": "Lost"}},
-    {"custom_id": "bad-fields", "body": {"model": "gpt-4o", "name": 5, "temperature": 9}},
+    {"custom_id": "bad-fields", "body": {"model": "gpt-4o", "name": 5, "metadata": {"team": 5}}},
 ]
 
 
