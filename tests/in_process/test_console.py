@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 
 import pytest
 from flask.testing import FlaskClient
 
 from tests.browser.console_site import JSONL, csrf_of, finished_batch, jsonl, sign_in
-from tests.local import Local, LocalTenant
+from tests.local import Local, LocalTenant, running_local
+from tests.stack import Servers
 from worker.store import tenants
 
 
@@ -271,3 +273,26 @@ def test_batches_are_listed_newest_first_as_the_api_lists_them(
     shown = re.findall(r'href="/console/batches/(batch_[A-Za-z0-9]+)"', html)
     assert shown == listed
     assert csrf_of(html)
+
+
+@pytest.fixture(scope="module")
+def tight(servers: Servers) -> Iterator[Local]:
+    """A deployment whose keys may make 5 requests a minute."""
+    with running_local(servers.settings(RATE_LIMIT="5/minute")) as deployment:
+        yield deployment
+
+
+def test_console_pages_count_against_the_keys_rate_limit(tight: Local) -> None:
+    """The console is no way around the API's limits: its pages spend the budget of
+    the key the session signed in with, and what is left is the API's too."""
+    tenant = tight.new_tenant()
+    client = tight.app.test_client()
+    sign_in(client, tenant.api_key)  # one counted page: the batches it lands on
+    statuses = [client.get("/console/jobs").status_code for _ in range(5)]
+    assert statuses == [200] * 4 + [429]
+    limited = client.get("/console/batches")
+    assert limited.status_code == 429
+    assert "Too many requests" in limited.get_data(as_text=True)
+    assert tenant.request("GET", "/v1/batches").status_code == 429
+    other = tight.new_tenant()
+    assert other.request("GET", "/v1/batches").status_code == 200
