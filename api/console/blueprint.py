@@ -182,11 +182,13 @@ def csrf_token() -> str:
 
 
 @bp.app_template_filter("when")
-def when(at: float | None) -> str:
-    """A Unix time as the pages show it: UTC, to the second."""
+def when(at: float | None, short: bool = False) -> str:
+    """A Unix time as the pages show it: UTC, to the second (to the minute in
+    tables, whose column says UTC)."""
     if at is None:
         return "—"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    moment = datetime.fromtimestamp(at, UTC)
+    return moment.strftime("%Y-%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S UTC")
 
 
 @bp.app_template_filter("iso")

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from tests.local import Local, LocalTenant, Worker
 from worker.queueing import routes
@@ -125,11 +125,16 @@ def chromium(profile: Path, size: tuple[int, int] = (1280, 900)) -> Iterator[Web
         driver.quit()
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass  # a line per request would bury what a failing test says
+
+
 @contextmanager
 def served(app: Flask) -> Iterator[str]:
     """The app served over HTTP on a free loopback port, by a real (threaded)
     WSGI server in this process; its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
