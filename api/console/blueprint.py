@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException
 
 from api.console import sessions
 from api.context import runtime
+from api.context import settings as rt_settings
 from api.errors import ApiError
 from worker.services import intake
 from worker.store import tenants
@@ -61,6 +62,8 @@ HEADERS = {
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+# Room for a form's fields and multipart framing around its one upload.
+FORM_OVERHEAD = 64 * 1024
 # Endpoints open without a session.
 PUBLIC = frozenset({"console.sign_in", "console.sign_in_post", "console.static"})
 
@@ -87,6 +90,9 @@ def register(app: Flask) -> None:
         if not is_console():
             return None
         _check_origin()
+        # No form is bigger than a manifest (multipart parts go to disk, and the
+        # body is read under the serving layer's body deadline).
+        request.max_content_length = rt_settings().console_max_manifest_bytes + FORM_OVERHEAD
         if request.endpoint in PUBLIC:
             return None
         rt = runtime()
@@ -106,10 +112,6 @@ def register(app: Flask) -> None:
         g.tenant = found.tenant
         g.console = found
         g.key_hash = found.key_hash
-        if request.method == "POST":
-            given = request.form.get("csrf_token", "")
-            if not hmac.compare_digest(given.encode(), found.csrf.encode()):
-                raise Refused(403, "This form has expired; go back, reload the page and try again")
         return None
 
     @app.after_request
@@ -118,6 +120,19 @@ def register(app: Flask) -> None:
             for name, value in HEADERS.items():
                 response.headers.setdefault(name, value)
         return response
+
+
+@bp.before_request
+def check_csrf() -> None:
+    """Every POST of a signed-in page carries its session's token. Checked here,
+    after the app's rate limits and shares (which run first), so a form's body
+    is read only once they have let the request in, as a /v1 body is."""
+    found: sessions.Session | None = g.get("console")
+    if request.method != "POST" or found is None:
+        return
+    given = request.form.get("csrf_token", "")
+    if not hmac.compare_digest(given.encode(), found.csrf.encode()):
+        raise Refused(403, "This form has expired; go back, reload the page and try again")
 
 
 def _check_origin() -> None:

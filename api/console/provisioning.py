@@ -19,14 +19,12 @@ from typing import Any
 from flask import Response, redirect, request, url_for
 
 from api import batches as batch_routes
-from api.console.blueprint import Refused, bp, page, session
+from api.console.blueprint import FORM_OVERHEAD, Refused, bp, page, session
 from api.context import runtime
 from api.errors import ApiError
 from api.preconditions import ETAG, REMEMBER_SECONDS
 
 SHOWN = 1000  # plan lines shown (changes and invalid lines); the counts cover all
-# Room for the multipart framing around the manifest.
-FORM_OVERHEAD = 64 * 1024
 
 
 def _kept(digest: str, prune: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
@@ -296,3 +297,66 @@ def test_console_pages_count_against_the_keys_rate_limit(tight: Local) -> None:
     assert tenant.request("GET", "/v1/batches").status_code == 429
     other = tight.new_tenant()
     assert other.request("GET", "/v1/batches").status_code == 200
+
+
+def test_a_session_made_by_one_edge_process_is_honoured_by_another(
+    stack: Local, tenant: LocalTenant
+) -> None:
+    """The signing secret is made once and shared through Redis, so a browser may
+    land on any process behind the load balancer."""
+    from api.app import create_app
+    from api.context import close
+
+    client = client_of(stack)
+    sign_in(client, tenant.api_key)
+    cookie = client.get_cookie("console_session", path="/console")
+    assert cookie is not None
+    other = create_app(stack.settings)
+    try:
+        elsewhere = other.test_client()
+        elsewhere.set_cookie("console_session", cookie.value, path="/console")
+        assert elsewhere.get("/console/batches").status_code == 200
+    finally:
+        close(other)
+
+
+def test_a_configured_secret_signs_instead_and_other_secrets_fail(
+    servers: Servers, stack: Local, tenant: LocalTenant
+) -> None:
+    from api.app import create_app
+    from api.context import close
+
+    client = client_of(stack)
+    sign_in(client, tenant.api_key)
+    cookie = client.get_cookie("console_session", path="/console")
+    assert cookie is not None
+    other = create_app(stack.settings.model_copy(update={"console_secret": "s3cret-of-ops"}))
+    try:
+        elsewhere = other.test_client()
+        elsewhere.set_cookie("console_session", cookie.value, path="/console")
+        assert elsewhere.get("/console/batches").status_code == 303
+        fresh = other.test_client()
+        sign_in(fresh, tenant.api_key)
+        assert fresh.get("/console/batches").status_code == 200
+    finally:
+        close(other)
+
+
+@pytest.fixture(scope="module")
+def small_forms(servers: Servers) -> Iterator[Local]:
+    with running_local(servers.settings(CONSOLE_MAX_MANIFEST_BYTES="1000")) as deployment:
+        yield deployment
+
+
+def test_a_form_bigger_than_the_manifest_cap_is_413_and_plans_nothing(small_forms: Local) -> None:
+    tenant = small_forms.new_tenant()
+    client = small_forms.app.test_client()
+    csrf = sign_in(client, tenant.api_key)
+    big = b'{"custom_id": "a", "body": {"model": "m"}}\n' * 2000
+    data = {"csrf_token": csrf, "manifest": (io.BytesIO(big), "big.jsonl")}
+    answer = client.post(
+        "/console/provisioning/plan", data=data, content_type="multipart/form-data"
+    )
+    assert answer.status_code == 413
+    assert "Content-Security-Policy" in answer.headers
+    assert tenant.request("GET", "/v1/batches").json()["data"] == []
