@@ -123,13 +123,15 @@ def apply_plan() -> Response | tuple[str, int]:
         raise Refused(422, "This form names no plan; upload the manifest again")
     key = _kept(digest, prune)
     rt = runtime()
-    data = rt.redis.get(key)
+    # Taken, not read: a second press of the button (or a second tab) finds
+    # nothing to apply instead of applying the plan twice.
+    data = rt.redis.getdel(key)
     if not isinstance(data, bytes):
         return page(
             "provisioning.html",
             410,
             plan=None,
-            errors=["This plan has expired; upload the manifest again to see its plan."],
+            errors=["This plan was applied or has expired; upload the manifest again."],
         )
     try:
         answer = batch_routes.upload(
@@ -137,14 +139,14 @@ def apply_plan() -> Response | tuple[str, int]:
         )
     except ApiError as exc:
         if exc.status != 412:
+            # Not taken (429, 503...): the same plan can be applied again.
+            rt.redis.set(key, data, ex=REMEMBER_SECONDS)
             raise
-        rt.redis.delete(key)
         errors = [
             "Nothing was applied: the plan changed since it was shown "
             "(an assistant it names was changed). Upload the manifest again to see the new plan.",
             *_messages(exc.detail),
         ]
         return page("provisioning.html", 412, plan=None, errors=errors)
-    rt.redis.delete(key)
     batch = json.loads(answer.get_data())
     return redirect(url_for("console.batch_page", batch_id=batch["id"]), 303)  # type: ignore[return-value]

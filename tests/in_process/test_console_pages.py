@@ -301,6 +301,13 @@ def test_provisioning_shows_the_plan_as_a_diff_and_applies_it(
     )
     assert applied_now.status_code == 303
     batch_id = applied_now.headers["Location"].split("/console/batches/")[1]
+    # Pressed again (or from a second tab): nothing more is applied.
+    twice = client.post(
+        "/console/provisioning/apply",
+        data={"csrf_token": csrf_of(html), "digest": dry.headers["ETag"].strip('"'), "prune": "on"},
+    )
+    assert twice.status_code == 410
+    assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 2
     done = wait_for(
         lambda: (
             (b := tenant.request("GET", f"/v1/batches/{batch_id}").json())["status"] == "completed"
