@@ -22,8 +22,9 @@
       schedule(); // the network blinked: try again at the next tick
       return;
     }
-    if (response.status === 401) {
-      window.location.reload(); // signed out meanwhile: the page goes to sign-in
+    if (response.status === 401 || response.status === 404) {
+      // Signed out meanwhile (the page goes to sign-in), or the batch is gone.
+      window.location.reload();
       return;
     }
     if (response.ok) {
