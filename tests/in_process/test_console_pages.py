@@ -381,3 +381,45 @@ def test_a_manifest_with_structural_errors_is_listed_by_line(
     )
     assert answer.status_code == 422
     assert "line 2" in answer.get_data(as_text=True)
+
+
+def test_every_page_labels_its_controls_and_heads_its_tables(
+    tenant: LocalTenant, console: tuple[FlaskClient, str]
+) -> None:
+    """What a screen reader and a keyboard need: a language, one h1, a label for
+    every field, headers for every table, buttons that say what they do."""
+    client, csrf = console
+    batch = finished_batch(tenant)
+    with Receiver() as hook:
+        tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url()})
+        sent = tenant.request("POST", "/v1/webhook_endpoint/test").json()
+        hook.wait_for(1)
+    plan = upload(client, csrf, [{"custom_id": "a11y", "body": {"model": "gpt-4o"}}])
+    pages = {
+        "sign-in": stack_page(tenant),
+        "batches": text(client, "/console/batches"),
+        "batch": text(client, f"/console/batches/{batch['id']}"),
+        "jobs": text(client, "/console/jobs"),
+        "deliveries": text(client, "/console/deliveries"),
+        "delivery": text(client, f"/console/deliveries/{sent['id']}"),
+        "provisioning": plan.get_data(as_text=True),
+    }
+    for name, html in pages.items():
+        assert '<html lang="en">' in html, name
+        assert html.count("<h1") == 1, name
+        assert 'href="#main"' in html and 'id="main"' in html, name
+        fields = re.findall(r"<(?:input|select|textarea)\b[^>]*>", html)
+        for field in fields:
+            if 'type="hidden"' in field:
+                continue
+            field_id = re.search(r'\bid="([^"]+)"', field)
+            assert field_id is not None, (name, field)
+            assert f'<label for="{field_id.group(1)}"' in html, (name, field)
+        for table in re.findall(r"<table\b.*?</table>", html, re.S):
+            assert "<th" in table, name
+        for button in re.findall(r"<button\b[^>]*>(.*?)</button>", html, re.S):
+            assert button.strip(), name
+
+
+def stack_page(tenant: LocalTenant) -> str:
+    return tenant.local.app.test_client().get("/console/sign-in").get_data(as_text=True)
