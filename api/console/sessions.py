@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass
 
 from flask import Flask, Response, request
@@ -27,6 +28,8 @@ from worker.runtime import Runtime
 COOKIE = "console_session"
 PATH = "/console"
 _SECRET = "assistant_ingest.console_secret"
+# Sessions kept per API key: a person's browsers and tabs, not a flood.
+SESSIONS_PER_KEY = 16
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,26 @@ def _redis_key(rt: Runtime, session_id: str) -> str:
 
 
 def start(app: Flask, rt: Runtime, tenant: str, key_hash: str) -> tuple[str, Session]:
-    """A new session for the tenant: the cookie's value, and the session."""
+    """A new session for the tenant: the cookie's value, and the session.
+
+    A key's sessions are indexed by when they began, and only its newest
+    SESSIONS_PER_KEY are kept: signing in again and again cannot fill Redis.
+    """
     session_id = secrets.token_urlsafe(32)
     session = Session(_redis_key(rt, session_id), tenant, key_hash, secrets.token_urlsafe(32))
     record = {"tenant": tenant, "key_hash": key_hash, "csrf": session.csrf}
-    rt.redis.set(session.key, json.dumps(record), ex=rt.settings.console_session_seconds)
+    ttl, now = rt.settings.console_session_seconds, time.time()
+    index = f"{rt.settings.redis_prefix}:console:sessions:{key_hash}"
+    pipe = rt.redis.pipeline()
+    pipe.set(session.key, json.dumps(record), ex=ttl)
+    pipe.zadd(index, {session.key: now})
+    pipe.zremrangebyscore(index, 0, now - ttl)  # sessions that have lapsed
+    pipe.zrange(index, 0, -(SESSIONS_PER_KEY + 1))  # the oldest beyond the cap
+    pipe.expire(index, ttl)
+    *_, oldest, _ = pipe.execute()
+    if oldest:
+        rt.redis.delete(*oldest)
+        rt.redis.zrem(index, *oldest)
     return sign(secret(app, rt), session_id), session
 
 

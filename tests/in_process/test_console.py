@@ -360,3 +360,19 @@ def test_a_form_bigger_than_the_manifest_cap_is_413_and_plans_nothing(small_form
     assert answer.status_code == 413
     assert "Content-Security-Policy" in answer.headers
     assert tenant.request("GET", "/v1/batches").json()["data"] == []
+
+
+def test_a_key_keeps_only_its_newest_sessions(stack: Local, tenant: LocalTenant) -> None:
+    """Signing in again and again cannot fill Redis: past the cap, the oldest
+    sessions of the key end."""
+    from api.console.sessions import SESSIONS_PER_KEY
+
+    clients = [client_of(stack) for _ in range(SESSIONS_PER_KEY + 2)]
+    for client in clients:
+        sign_in(client, tenant.api_key)
+    statuses = [client.get("/console/jobs").status_code for client in clients]
+    assert statuses == [303, 303] + [200] * SESSIONS_PER_KEY
+    prefix = f"{stack.settings.redis_prefix}:console:session:"
+    records = [stack.rt.redis.get(key) or b"" for key in stack.rt.redis.scan_iter(prefix + "*")]
+    mine = [r for r in records if tenants.hash_key(tenant.api_key).encode() in r]
+    assert len(mine) == SESSIONS_PER_KEY
