@@ -80,7 +80,8 @@ def upload(
     """A batch upload read from `stream` (JSONL, else one JSON document), for the
     request's tenant: its dry run's plan (200, with the ETag of an apply's plan),
     or the batch stored (202); applied only as planned if `expected` names a plan.
-    The console's provisioning page uploads its manifests through it."""
+    The console's provisioning page uploads its manifests through it (without an
+    Idempotency-Key: a key's fingerprint reads `prune` from the request's query)."""
     limits = settings()
     rt = runtime()
     reader = Reader(
