@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         assistants,
         auth,
         batches,
+        console,
         errors,
         health,
         jobs,
@@ -31,7 +32,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     settings = settings or Settings()
-    app = Flask(__name__)
+    # No app-wide /static: the console serves its own assets under /console.
+    app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["assistant_ingest.settings"] = settings
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.register(app)
     errors.register(app)
     auth.register(app)
+    console.register(app)  # right after auth: its session's tenant is the key's
     limits.register(app, settings)  # after auth: 401 comes before 429
     queries.register(app)  # after both: a query's 422 comes after 401 and 429
     for blueprint in (assistants.bp, jobs.bp, batches.bp, models.bp, health.bp, webhooks.bp):

@@ -7,7 +7,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from pymongo.errors import PyMongoError
@@ -51,17 +51,44 @@ def create_batch() -> Response:
         raise ApiError(413, f"Request body is larger than {limits.max_batch_bytes} bytes")
     key = inputs.idempotency_key()
     callback = inputs.callback_url()
+    return upload(
+        request.stream,
+        jsonl=mimetype in JSONL_TYPES,
+        mode=mode,
+        prune=prune,
+        dry_run=dry_run,
+        expected=expected,
+        key=key,
+        callback=callback,
+        job_events=job_events,
+    )
+
+
+def upload(
+    stream: IO[bytes],
+    *,
+    jsonl: bool,
+    mode: str,
+    prune: bool,
+    dry_run: bool = False,
+    expected: str | None = None,
+    key: str | None = None,
+    callback: str | None = None,
+    job_events: bool = False,
+) -> Response:
+    """A batch upload read from `stream` (JSONL, else one JSON document), for the
+    request's tenant: its dry run's plan (200, with the ETag of an apply's plan),
+    or the batch stored (202); applied only as planned if `expected` names a plan.
+    The console's provisioning page uploads its manifests through it (without an
+    Idempotency-Key: a key's fingerprint reads `prune` from the request's query)."""
+    limits = settings()
     rt = runtime()
     reader = Reader(
         max_bytes=limits.max_batch_bytes,
         max_body_bytes=limits.max_body_bytes,
         apply=mode == "apply",
     )
-    requests = (
-        reader.jsonl(request.stream)
-        if mimetype in JSONL_TYPES
-        else (reader.json_document(request.stream))
-    )
+    requests = reader.jsonl(stream) if jsonl else reader.json_document(stream)
     if dry_run:
         return _dry_run(reader, requests, prune)
     _refuse_over_quota(rt)
@@ -333,7 +360,7 @@ def _abort_quietly(stager: batches.Stager) -> None:
 def _answer(doc: dict[str, object], *, replayed: bool) -> Response:
     response = jsonify(public(doc))
     response.status_code = 202
-    response.headers["Location"] = url_for(".get_batch", batch_id=doc["_id"])
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=doc["_id"])
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -395,6 +422,12 @@ def retry_batch(batch_id: str) -> Response:
     put in line as an upload is; 409 while the batch runs or if none is left."""
     queries.allow_only(("only",))
     only = queries.choice("only", ("cancelled", "failed"))
+    return _answer(retry(batch_id, only), replayed=False)
+
+
+def retry(batch_id: str, only: str | None) -> dict[str, Any]:
+    """The request's tenant's new batch of the batch's failed or cancelled lines
+    (also the console's retry button); 404, 409 and 429 as ApiErrors."""
     rt = runtime()
     _refuse_over_quota(rt)
     try:
@@ -405,7 +438,7 @@ def retry_batch(batch_id: str) -> Response:
         raise intake.Unavailable from exc
     if doc is None:
         raise not_found("No batch found")
-    return _answer(doc, replayed=False)
+    return doc
 
 
 @bp.get("/batches/<batch_id>/results")
@@ -413,10 +446,17 @@ def retry_batch(batch_id: str) -> Response:
 def batch_results(batch_id: str) -> Response:
     queries.allow_only(("status", "format"))
     status = queries.choice("status", ("succeeded", "failed", "cancelled"))
+    as_input = queries.choice("format", ("input", "result"), "result") == "input"
+    return results(batch_id, status, as_input=as_input)
+
+
+def results(batch_id: str, status: str | None, *, as_input: bool) -> Response:
+    """The request's tenant's batch results (of `status`, if given) as a stream of
+    NDJSON lines, or as input lines to submit again; 404 for no such batch."""
     db = store()
     if batch_store.get(db, tenant(), batch_id) is None:
         raise not_found("No batch found")
-    if queries.choice("format", ("input", "result"), "result") == "input":
+    if as_input:
         return ndjson.stream(batches.iter_input(db, tenant(), batch_id, status))
 
     return ndjson.stream(_first_read(batches.iter_results(db, tenant(), batch_id, status)))

@@ -37,6 +37,8 @@ MAKE_JOBS = frozenset(
         "assistants.modify_assistant",
         "assistants.delete_assistant",
         "batches.create_batch",
+        "console.retry_batch",
+        "console.apply_plan",
     }
 )
 # Routes that queue deliveries themselves, whatever the endpoint.
@@ -45,6 +47,9 @@ QUEUE_DELIVERIES = frozenset(
         "webhooks.retry_delivery",
         "webhooks.test_endpoint",
         "webhooks.recover_deliveries",
+        "console.retry_delivery",
+        "console.test_endpoint",
+        "console.recover_deliveries",
     }
 )
 # Deliveries drain at their receivers' pace: a client told to come back later

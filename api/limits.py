@@ -75,14 +75,29 @@ class RateLimit:
 
 def api_key_identity() -> str:
     # Authentication has already accepted this key; a digest keeps it out of Redis.
+    # A console session keeps that same digest of the key it signed in with, so
+    # the console's requests share the key's budget.
+    signed_in: str | None = g.get("key_hash")
+    if signed_in is not None:
+        return signed_in
     _, _, key = request.headers.get("Authorization", "").partition(" ")
     return hashlib.sha256(key.strip().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # The routes whose requests hold the edge long (streams) or cost it much CPU
 # (uploads), each capped per tenant: endpoint names, and what the 429 says.
-STREAMS = frozenset({"batches.batch_results", "assistants.export_assistants"})
-UPLOADS = frozenset({"batches.create_batch"})
+STREAMS = frozenset(
+    {"batches.batch_results", "assistants.export_assistants", "console.batch_results"}
+)
+UPLOADS = frozenset({"batches.create_batch", "console.plan_manifest", "console.apply_plan"})
+
+
+def limited() -> bool:
+    """A request the limits count: a /v1 route's, or a signed-in console page's
+    (the console's session check puts its tenant on the request as auth does)."""
+    if g.get("tenant") is None:
+        return False
+    return request.path.startswith(("/v1/", "/console/"))
 
 
 class InFlight:
@@ -121,7 +136,7 @@ def register(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def check() -> None:
-        if not request.path.startswith("/v1/") or g.get("tenant") is None:
+        if not limited():
             return
         rt = runtime()
         length = request.content_length
@@ -154,7 +169,7 @@ def register(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def concurrency() -> None:
-        if request.path.startswith("/v1/") and g.get("tenant") is not None:
+        if limited():
             g.in_flight = in_flight.enter(api_key_identity())
             shares = (
                 streams

@@ -90,6 +90,12 @@ def get_delivery(delivery_id: str) -> Response:
 
 @bp.post("/webhook_deliveries/<delivery_id:delivery_id>/retry")
 def retry_delivery(delivery_id: str) -> Response:
+    return jsonify(delivery_public(retry(delivery_id)))
+
+
+def retry(delivery_id: str) -> dict[str, Any]:
+    """The request's tenant's delivery, sent again if it failed (also the console's
+    retry button); 404, and 409 for one that was delivered, as ApiErrors."""
     doc, resent = outbox.retry(runtime(), tenant(), delivery_id)
     if doc is None:
         raise not_found("No webhook delivery found")
@@ -97,7 +103,7 @@ def retry_delivery(delivery_id: str) -> Response:
         raise ApiError(409, "Only a failed webhook delivery can be retried; this one was delivered")
     # A pending delivery is already on its way: answered unchanged, so a
     # client repeating its retry call does no harm.
-    return jsonify(delivery_public(doc))
+    return doc
 
 
 @bp.post("/webhook_deliveries/recover")

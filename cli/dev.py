@@ -91,6 +91,8 @@ def run_dev(args: argparse.Namespace) -> int:
             "REDIS_URL": f"redis://127.0.0.1:{valkey.port}/0",
             "WEBHOOK_ALLOW_PRIVATE": os.environ.get("WEBHOOK_ALLOW_PRIVATE", "true"),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            # The console is served over plain HTTP on loopback here.
+            "CONSOLE_COOKIE_SECURE": os.environ.get("CONSOLE_COOKIE_SECURE", "false"),
         }
         tenant, api_key, secret, reused = dev_key(env["MONGODB_URI"], data, args.tenant)
         write_env_file(data, env)
@@ -119,6 +121,7 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  tenant:         {tenant}")
         print(f"  API key:        {api_key} ({kept})")
         print(f"  webhook secret: {secret}")
+        print(f"  console:        {url}/console (sign in with the API key above)")
         print(f"  metrics:        {url}/metrics (the edge's and every worker's)")
         print(f"  data and logs:  {data}")
         print("Other commands reach this stack's servers through --data-dir or these:")

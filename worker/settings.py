@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     # Operations: the port a worker serves Prometheus metrics on (0: none).
     metrics_port: int = 0
 
+    # The console (/console): how long a sign-in lasts (the session is ended
+    # sooner by signing out or when its API key is revoked); whether its cookie
+    # is sent over HTTPS only (bin/dev turns it off: it serves plain HTTP on
+    # loopback); and the secret its session cookies are signed with, which
+    # every edge process must share: empty, one is made once and kept in Redis.
+    console_session_seconds: int = 8 * 3600
+    console_cookie_secure: bool = True
+    console_secret: str = ""
+    # The largest manifest the console's provisioning page takes: it is kept
+    # in Redis between its plan and its apply (bigger ones: the CLI's `apply`).
+    console_max_manifest_bytes: int = 8 * 1024 * 1024
+
     @field_validator("models", "webhook_schedule", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -67,7 +67,12 @@ def revoke_key(store: Store, api_key: str) -> bool:
 
 def authenticate(store: Store, api_key: str) -> str | None:
     """The tenant of a live key, else None."""
-    digest = hash_key(api_key)
+    return authenticate_hash(store, hash_key(api_key))
+
+
+def authenticate_hash(store: Store, digest: str) -> str | None:
+    """The tenant of a live key given by its hash (what a console session keeps
+    instead of the key), else None."""
     doc = store.api_keys.find_one({"_id": digest})
     if doc is None or doc.get("revoked_at") is not None:
         return None
