@@ -129,6 +129,26 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
             process.wait(30)
 
 
+def test_an_edge_stopped_while_its_worker_boots_stops_once_booted(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # The arbiter listens before its worker has booted: a SIGTERM now reaches
+    # the worker before it handles signals itself (`dev` stopped at once, a
+    # deployment stopped as it starts). It once served on until the grace
+    # ran out; the grace here is far above the bound below.
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    process = start_edge(stack, "gunicorn", port, log, gunicorn_args="--graceful-timeout=120")
+    try:
+        wait_for_port(port, process, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
 def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_port(
     stack: Stack, tmp_path: Path
 ) -> None:
