@@ -111,10 +111,6 @@ def hold(rt: Runtime, doc: Delivery, token: str) -> None:
     ):
         metrics.webhook_held()
         log.info("delivery %s held: %s", doc["_id"], endpoint_rules.DISABLED_ERROR)
-    # Those behind it in line for the endpoint's slots are held too, now rather
-    # than at their due time (about a lease away): no attempt gives a slot back
-    # to wake them while the endpoint is disabled.
-    wake(rt, slots.next_in_line(rt, slot_limits(rt, doc)))
 
 
 def slow_down(rt: Runtime, policy: RetryPolicy, doc: Delivery, outcome: Outcome) -> None:

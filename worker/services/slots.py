@@ -155,20 +155,6 @@ def give_back(rt: Runtime, slot: Slot) -> list[str]:
     return [w.decode() if isinstance(w, bytes) else str(w) for w in woken if w]
 
 
-def next_in_line(rt: Runtime, limits: list[Limit]) -> list[str]:
-    """Take the first delivery waiting in each limit's line off it, for the caller
-    to wake: one that took no slot passes its place on, as a slot given back does."""
-    try:
-        pipe = rt.redis.pipeline(transaction=False)
-        for limit in limits:
-            pipe.lpop(_waiting_key(rt, limit.name))
-        woken = pipe.execute()
-    except RedisError:
-        log.warning("the line for a slot not passed on; it waits its due time", exc_info=True)
-        return []
-    return [w.decode() if isinstance(w, bytes) else str(w) for w in woken if w]
-
-
 def _waiting_key(rt: Runtime, name: str) -> str:
     return f"{rt.settings.redis_prefix}:webhook-waiting:{name}"
 
