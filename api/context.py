@@ -49,6 +49,13 @@ def close(app: Flask) -> None:
         held[1].close()
 
 
+def end_waits(app: Flask) -> None:
+    """The process is stopping: requests held by `Prefer: wait` answer now."""
+    listener = app.extensions.get("assistant_ingest.listener")
+    if listener is not None:
+        listener.end_waits()
+
+
 def settings_of(app: Flask) -> Settings:
     value: Settings = app.extensions["assistant_ingest.settings"]
     return value

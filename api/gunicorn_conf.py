@@ -11,7 +11,9 @@ store's indexes before the first request.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -59,6 +61,31 @@ def on_starting(server: Any) -> None:
         # prometheus_client reads this when first imported: in each worker, after fork.
         os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="assistant-ingest-metrics-")
         server._metrics_dir_made = os.environ[_METRICS_DIR]
+
+
+# Signals that stop a worker; gunicorn's worker handles them from its
+# init_signals on, once gevent is patched in and its settings are read.
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # Until the worker installs its own handlers, a stop signal reaches the
+    # arbiter's, inherited across the fork, which only queues it: a worker
+    # stopped while it boots would serve on until the arbiter's graceful
+    # timeout (30 s) killed it. Here such a stop is kept, and once booted the
+    # worker goes at once.
+    def stop(_signum: int, _frame: Any) -> None:
+        worker.alive = False
+
+    for sig in _STOPS:
+        signal.signal(sig, stop)
+    # Any that came between the fork and here is in the arbiter's queue.
+    while True:
+        try:
+            if server.SIG_QUEUE.get_nowait() in _STOPS:
+                worker.alive = False
+        except queue.Empty:
+            break
 
 
 def post_worker_init(worker: Any) -> None:

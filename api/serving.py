@@ -27,7 +27,9 @@ On top of gevent's worker:
 On a graceful stop (SIGTERM) the connections kept alive between requests are
 closed at once: gunicorn's worker waits until every connection's greenlet ends,
 and an idle one would otherwise end only when its keep-alive ran out, so every
-stop took that long. Requests in progress finish, and their connections close.
+stop took that long. Requests in progress finish, and their connections close;
+those held by `Prefer: wait` answer at once, with their job as it is (a 202
+for one not finished), rather than hold the stop for up to a minute.
 """
 
 from __future__ import annotations
@@ -290,6 +292,16 @@ class EdgeWorker(GeventWorker):  # type: ignore[misc]
         super().handle_exit(sig, frame)
         for client in list(self.idle):
             _end(client)
+        app = getattr(self, "wsgi", None)  # None while the worker boots
+        if app is not None:
+            # Imported here: the arbiter, which imports this module, never
+            # imports the store's driver. Out of the signal handler, as
+            # gunicorn's gevent worker does for SIGQUIT: it takes a lock.
+            import gevent
+
+            from api.context import end_waits
+
+            gevent.spawn(end_waits, app)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         super().handle_error(req, client, addr, exc)

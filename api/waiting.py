@@ -85,7 +85,7 @@ class Expected:
                 if job is None or finished(job):
                     return job
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._listener._ending.is_set():
                 job = read()  # as it is at the deadline
                 stages.lap("read")
                 return job
@@ -107,6 +107,8 @@ class FinishedListener:
         self._waiters: dict[str, set[_Waiter]] = {}
         self._subscribed = threading.Event()
         self._closed = threading.Event()
+        # Set when the process stops: waits answer at once (`end_waits`).
+        self._ending = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _start(self) -> None:
@@ -145,6 +147,13 @@ class FinishedListener:
         if self._thread is not None:
             self._thread.join(5)
         self._client.close()
+
+    def end_waits(self) -> None:
+        """The process is stopping: every request held by a wait answers now, with
+        its job as it is, and later ones do not wait. A graceful stop is then
+        not held for as long as the longest wait (`max_wait_seconds`)."""
+        self._ending.set()
+        self._wake_all()
 
     def _wake(self, jobs: dict[str, Job | None]) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,58 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
         process.send_signal(signal.SIGTERM)
         # Stopped well before the kept-alive connection's 60 s (or the 30 s grace).
         assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+def test_an_edge_stopped_while_its_worker_boots_stops_once_booted(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # The arbiter listens before its worker has booted: a SIGTERM now reaches
+    # the worker before it handles signals itself (`dev` stopped at once, a
+    # deployment stopped as it starts). It once served on until the grace
+    # ran out; the grace here is far above the bound below.
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    process = start_edge(stack, "gunicorn", port, log, gunicorn_args="--graceful-timeout=120")
+    try:
+        wait_for_port(port, process, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
+def test_a_graceful_stop_answers_requests_held_by_a_wait_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # A queue no worker serves, so the job stays queued; the grace is far above
+    # the wait, which is far above the bound below.
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    prefix = f"nowork-{uuid.uuid4().hex[:8]}"
+    process = start_edge(
+        stack, "gunicorn", port, log, gunicorn_args="--graceful-timeout=120", REDIS_PREFIX=prefix
+    )
+    tenant = stack.new_tenant()
+    try:
+        wait_for_port(port, process, timeout=60)
+        url = f"http://127.0.0.1:{port}/v1/assistants"
+        headers = {"Authorization": f"Bearer {tenant.api_key}", "Prefer": "wait=60"}
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(requests.post, url, json={"model": "m"}, headers=headers, timeout=90)
+            # Stored, so held in its wait (or about to be).
+            wait_until(lambda: stack.db.jobs.count_documents({"tenant": tenant.name}) == 1)
+            assert not held.done()
+            process.send_signal(signal.SIGTERM)
+            answer = held.result(40)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "queued"
+        assert process.wait(40) == 0
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

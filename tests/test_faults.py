@@ -52,10 +52,10 @@ def workers_of_their_own(edge: Stack) -> Iterator[Stack]:
         edge.stop(names=[name for name in edge.processes if name != "api"])
 
 
-def edge_alone(servers: Servers, logs_dir: Path) -> Iterator[Stack]:
+def edge_alone(servers: Servers, logs_dir: Path, **overrides: str) -> Iterator[Stack]:
     """A deployment whose edge (gunicorn) alone is started: its tests start the
     workers they break (`workers_of_their_own`)."""
-    stack = Stack(servers, logs_dir, SMALLER_CHUNKS)
+    stack = Stack(servers, logs_dir, {**SMALLER_CHUNKS, **overrides})
     try:
         stack.start_api()
         yield stack
@@ -110,8 +110,10 @@ def own_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnServers
 
 @pytest.fixture(scope="module")
 def edge_on_own_servers(own_servers: OwnServers, logs_dir: Path) -> Iterator[Stack]:
-    """An edge on the servers the tests kill: it stays up through their faults."""
-    yield from edge_alone(own_servers, logs_dir)
+    """An edge on the servers the tests kill: it stays up through their faults.
+    Its store deadline is shorter than the usual 5 s: while MongoDB is down each
+    request waits that long for its 503, and the test waits for a few rounds."""
+    yield from edge_alone(own_servers, logs_dir, STORE_DEADLINE_MS="2500")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics
-from cli.embedded import free_port
+from cli.embedded import free_port, wait_for_port
 from tests.in_process.test_batches import submit
 from tests.stack import Servers, Stack, Tenant, wait_until
 
@@ -62,6 +62,9 @@ def observed(servers: Servers, logs_dir: Path) -> Iterator[Observed]:
             {"env": {"METRICS_PORT": str(worker_port)}},
             api_env={"METRICS_PORT": str(edge_port)},
         )
+        # Ready is the API's port; gunicorn binds the metrics port after it (and
+        # tries again for a few seconds while it is in use).
+        wait_for_port(edge_port, stack.processes["api"], timeout=60)
         yield Observed(stack, edge_port, worker_port)
     finally:
         stack.stop()

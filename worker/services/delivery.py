@@ -196,6 +196,11 @@ def disable(
         why,
         extra={"tenant": tenant, "reason": reason},
     )
+    # Its deliveries that wait (in line for a slot, or spaced by the breaker,
+    # up to a lease away) are held now rather than at their due time.
+    held = deliveries.due_now(rt.store, tenant, url, time.time())
+    if held:
+        outbox.send(rt, held)
     return True
 
 

@@ -269,6 +269,26 @@ def wake(store: Store, delivery_id: str, now: float) -> bool:
     return result.modified_count == 1
 
 
+def due_now(store: Store, tenant: str, url: str, now: float, limit: int = 1000) -> list[str]:
+    """Make the deliveries to `url` that wait (for a slot, or for a failing
+    endpoint's breaker) due now, as `wake` does; returns their ids (at most
+    `limit`: the sweep finds the others at their due time)."""
+    query = {
+        "tenant": tenant,
+        "url": url,
+        "status": DeliveryStatus.PENDING,
+        "next_attempt_at": {"$gt": now},
+        **_not_leased(now),
+    }
+    ids = [doc["_id"] for doc in store.deliveries.find(query, {"_id": 1}, limit=limit)]
+    if ids:
+        store.deliveries.update_many(
+            {**query, "_id": {"$in": ids}},
+            {"$set": {"next_attempt_at": now, "swept_at": now}, "$unset": {"waiting": ""}},
+        )
+    return ids
+
+
 def hold(store: Store, delivery_id: str, token: str, error: str, expire_at: datetime) -> bool:
     """End the delivery as failed without an attempt, saying why (its endpoint
     is disabled), fenced by its lease."""
