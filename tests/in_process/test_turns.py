@@ -9,10 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from bson import ObjectId
+from pymongo import MongoClient, monitoring
 from pymongo.errors import PyMongoError
 
 from cli.embedded import free_port
@@ -21,7 +24,9 @@ from tests.stack import Servers
 from worker.queueing.routes import BULK_QUEUE, SINGLE_QUEUE
 from worker.runtime import Runtime
 from worker.services import provisioning, reconciler, turns
+from worker.store import assistants
 from worker.store.connection import Store
+from worker.store.secantus import INSERT_GROUP
 
 CHUNK = 10
 
@@ -229,3 +234,43 @@ def test_a_turn_that_fails_puts_its_chunk_back_in_its_place(paused: Local) -> No
     turns.put_back(paused.rt, taken)
     paused.worker.run_queued()
     assert status(tenant, first) == status(tenant, second) == "completed"
+
+
+class Inserts(monitoring.CommandListener):
+    """The documents of each `insert` command the client sends."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "insert":
+            self.sizes.append(len(event.command["documents"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_chunks_assistants_are_inserted_in_groups_and_those_stored_before_are_found(
+    servers: Servers,
+) -> None:
+    # A store that locks a collection for a whole insert holds another tenant's
+    # small batch behind a chunk's; in groups, it waits for one group at most.
+    inserts = Inserts()
+    settings = servers.settings()
+    client: MongoClient[Any] = MongoClient(settings.mongodb_uri, event_listeners=[inserts])
+    store = Store(client=client, db=client[f"groups_{uuid.uuid4().hex[:8]}"])
+    try:
+        docs = [{"_id": ObjectId(), "n": n} for n in range(250)]
+        # Two stored before, in different groups: a chunk run again after a crash.
+        store.assistants.insert_many([docs[7], docs[180]])
+        inserts.sizes.clear()
+        stored = assistants.insert(store, docs)
+        assert inserts.sizes == [INSERT_GROUP, INSERT_GROUP, 50]
+        assert [doc["n"] for doc in stored] == [7, 180]
+        assert store.assistants.count_documents({}) == 250
+    finally:
+        client.drop_database(store.db.name)
+        client.close()

@@ -14,7 +14,7 @@ from worker.domain.assistants import CONTENT_HASH, KEY, KEY_REF, key_ref, key_re
 from worker.domain.documents import Doc
 from worker.store import pages
 from worker.store.connection import Store, insert_new
-from worker.store.secantus import find_in
+from worker.store.secantus import find_in, insert_in_groups
 
 # The index that held keys before `key_ref`: per tenant, partial. MongoDB can
 # use a partial index only for a filter that implies its expression, and the
@@ -175,7 +175,7 @@ def delete_by_oids(store: Store, oids: list[Any]) -> None:
 
 def insert(store: Store, docs: list[Doc]) -> list[Doc]:
     """Insert the assistants; returns the ones whose `_id` was stored already."""
-    existing = insert_new(store.assistants, docs)
+    existing = insert_in_groups(store.assistants, docs)
     return [doc for i, doc in enumerate(docs) if i in existing]
 
 
