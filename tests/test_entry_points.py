@@ -10,7 +10,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,23 @@ def start_edge(
         )
 
 
+@contextmanager
+def gunicorn_edge(
+    stack: Stack, tmp_path: Path, gunicorn_args: str, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """An edge under gunicorn, serving once its port answers; killed with its group
+    if the test leaves it running."""
+    port = free_port()
+    process = start_edge(stack, "gunicorn", port, tmp_path / "gunicorn.log", gunicorn_args, **env)
+    try:
+        wait_for_port(port, process, timeout=60)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+
+
 @pytest.mark.parametrize("how", ["gunicorn", "assistant-ingest api"])
 def test_the_edge_serves_with_json_logs_and_gevent_patched_first(
     stack: Stack, tmp_path: Path, how: str
@@ -114,20 +133,12 @@ def test_a_graceful_stop_closes_idle_kept_alive_connections_at_once(
     stack: Stack, tmp_path: Path
 ) -> None:
     # Keep-alive far above the bound below: the stop must not wait for it.
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    process = start_edge(stack, "gunicorn", port, log, gunicorn_args="--keep-alive=60")
-    try:
-        wait_for_port(port, process, timeout=60)
+    with gunicorn_edge(stack, tmp_path, "--keep-alive=60") as (process, port):
         client = requests.Session()
         assert client.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
         process.send_signal(signal.SIGTERM)
         # Stopped well before the kept-alive connection's 60 s (or the 30 s grace).
         assert process.wait(20) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
 
 
 def test_an_edge_stopped_while_its_worker_boots_stops_once_booted(
@@ -137,17 +148,9 @@ def test_an_edge_stopped_while_its_worker_boots_stops_once_booted(
     # the worker before it handles signals itself (`dev` stopped at once, a
     # deployment stopped as it starts). It once served on until the grace
     # ran out; the grace here is far above the bound below.
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    process = start_edge(stack, "gunicorn", port, log, gunicorn_args="--graceful-timeout=120")
-    try:
-        wait_for_port(port, process, timeout=60)
+    with gunicorn_edge(stack, tmp_path, "--graceful-timeout=120") as (process, _):
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
 
 
 def test_a_graceful_stop_answers_requests_held_by_a_wait_at_once(
@@ -155,15 +158,10 @@ def test_a_graceful_stop_answers_requests_held_by_a_wait_at_once(
 ) -> None:
     # A queue no worker serves, so the job stays queued; the grace is far above
     # the wait, which is far above the bound below.
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
     prefix = f"nowork-{uuid.uuid4().hex[:8]}"
-    process = start_edge(
-        stack, "gunicorn", port, log, gunicorn_args="--graceful-timeout=120", REDIS_PREFIX=prefix
-    )
     tenant = stack.new_tenant()
-    try:
-        wait_for_port(port, process, timeout=60)
+    grace = "--graceful-timeout=120"
+    with gunicorn_edge(stack, tmp_path, grace, REDIS_PREFIX=prefix) as (process, port):
         url = f"http://127.0.0.1:{port}/v1/assistants"
         headers = {"Authorization": f"Bearer {tenant.api_key}", "Prefer": "wait=60"}
         with ThreadPoolExecutor(1) as pool:
@@ -176,10 +174,6 @@ def test_a_graceful_stop_answers_requests_held_by_a_wait_at_once(
         assert answer.status_code == 202, answer.text
         assert answer.json()["status"] == "queued"
         assert process.wait(40) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(30)
 
 
 def test_with_a_metrics_port_the_edge_serves_metrics_there_and_not_on_the_api_port(
