@@ -34,8 +34,12 @@ NOT_FOUND = {"detail": "No assistant found"}
 
 
 # A turn for the other requests of the process at least this often while an
-# upload is parsed and planned (seconds of CPU for a large one).
-TURN_SECONDS = 0.003
+# upload is parsed and planned (seconds of CPU for a large one). Each upload in
+# progress runs this long before a waiting request's next step, and a create
+# takes several steps: beside 3 dry runs a process, another tenant's creates
+# took 2.6-2.9x their quiet time with 1 ms, 3.7-5.1x with 3 ms (bench.edge_load
+# dryruns), the dry runs as long either way.
+TURN_SECONDS = 0.001
 # Not 0: under gevent a sleep of 0 runs the greenlets already runnable but may
 # not let the loop poll for I/O, so a new connection (a `/healthz`) could wait
 # for the upload; any longer sleep waits for the loop's next turn, which polls.
