@@ -7,6 +7,7 @@ separate processes reached only over sockets, exactly as Redis and mongod.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -17,12 +18,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+# Where Linux takes the local ports of outgoing connections unless the system
+# says otherwise (`ip_local_port_range`).
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST = 10000
+
 
 def free_port() -> int:
+    """A loopback port free now, for a server started next. Picked below the
+    ports the kernel gives outgoing connections: a port from that range can be
+    taken by any connection opened between this answer and the server's bind
+    (a test process's store client, while another starts an edge)."""
+    try:
+        ephemeral = int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for _ in range(100 if ephemeral - _LOWEST > 1000 else 0):
+        port = random.randrange(_LOWEST, ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

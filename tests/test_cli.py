@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -302,3 +303,16 @@ def test_apply_if_plan_shows_the_plan_then_applies_exactly_it(
     again = cli(stack, "apply", str(manifest), "--if-plan", "--yes", env=env)
     assert again.returncode == 0, again.stderr
     assert "nothing to apply" in again.stderr
+
+
+def test_free_ports_are_below_the_ports_outgoing_connections_take() -> None:
+    # A port from the kernel's range for outgoing connections can be taken by
+    # any connection opened between `free_port` and the server's bind (an
+    # edge's metrics port was, with three test processes).
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert all(10000 <= port < ephemeral for port in ports), ports
+    assert len(set(ports)) > 40, ports  # spread: two callers rarely meet
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
