@@ -85,7 +85,7 @@ class Expected:
                 if job is None or finished(job):
                     return job
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._listener._ending.is_set():
+            if remaining <= 0 or self._listener.ending:
                 job = read()  # as it is at the deadline
                 stages.lap("read")
                 return job
@@ -147,6 +147,11 @@ class FinishedListener:
         if self._thread is not None:
             self._thread.join(5)
         self._client.close()
+
+    @property
+    def ending(self) -> bool:
+        """The process is stopping (`end_waits`): waits answer at once."""
+        return self._ending.is_set()
 
     def end_waits(self) -> None:
         """The process is stopping: every request held by a wait answers now, with

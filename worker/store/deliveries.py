@@ -271,8 +271,8 @@ def wake(store: Store, delivery_id: str, now: float) -> bool:
 
 def due_now(store: Store, tenant: str, url: str, now: float, limit: int = 1000) -> list[str]:
     """Make the deliveries to `url` that wait (for a slot, or for a failing
-    endpoint's breaker) due now, as `wake` does; returns their ids (at most
-    `limit`: the sweep finds the others at their due time)."""
+    endpoint's breaker) due now, as `wake` does; returns the ids of at most
+    `limit` of them to send now (the sweep sends the others, due now too)."""
     query = {
         "tenant": tenant,
         "url": url,
@@ -283,7 +283,7 @@ def due_now(store: Store, tenant: str, url: str, now: float, limit: int = 1000) 
     ids = [doc["_id"] for doc in store.deliveries.find(query, {"_id": 1}, limit=limit)]
     if ids:
         store.deliveries.update_many(
-            {**query, "_id": {"$in": ids}},
+            query,
             {"$set": {"next_attempt_at": now, "swept_at": now}, "$unset": {"waiting": ""}},
         )
     return ids
