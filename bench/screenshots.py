@@ -28,7 +28,6 @@ from tests.browser.console_site import (
     finished_batch,
     jsonl,
     served,
-    wait_for,
 )
 from tests.local import NO_BULK, LocalTenant, running_local
 from tests.receiver import Receiver, Reply
@@ -104,14 +103,7 @@ def main() -> None:
                 test = "/v1/webhook_endpoint/test"
                 sent = [tenant.request("POST", test).json() for _ in range(2)]
                 for delivery in sent:
-                    wait_for(
-                        lambda d=delivery: (
-                            tenant.request("GET", f"/v1/webhook_deliveries/{d['id']}").json()[
-                                "status"
-                            ]
-                            == "delivered"
-                        )
-                    )
+                    tenant.wait_delivery(delivery["id"], "delivered")
                 browser_sign_in(driver, base, tenant.api_key)
                 shoot(driver, args.out / "console-batches.png")
                 driver.get(f"{base}/console/batches/{ids['failed']}")

@@ -266,6 +266,22 @@ class Calls:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} did not finish: {job}")
 
+    def delivery(self, delivery_id: str) -> dict[str, Any]:
+        """The webhook delivery as `GET /v1/webhook_deliveries/{id}` answers it (a 200)."""
+        response = self.request("GET", f"/v1/webhook_deliveries/{delivery_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_delivery(self, delivery_id: str, *statuses: str) -> dict[str, Any]:
+        """Poll until the delivery is in one of `statuses` (by default either final
+        one, delivered or failed); returns it."""
+        wanted = statuses or ("delivered", "failed")
+        found: dict[str, Any] = wait_until(
+            lambda: (d := self.delivery(delivery_id))["status"] in wanted and d
+        )
+        return found
+
 
 @dataclass
 class Tenant(Calls):

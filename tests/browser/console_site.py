@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from tests.local import Local, LocalTenant, Worker
+from tests.stack import wait_until
 from worker.queueing import routes
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -61,17 +61,6 @@ MIXED = [
 ]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 def finished_batch(tenant: LocalTenant, lines: list[dict[str, Any]] = MIXED) -> dict[str, Any]:
     """A batch of `lines`, submitted through the API and awaited until it is completed."""
     made = tenant.request("POST", "/v1/batches", data=jsonl(lines), headers=JSONL)
@@ -84,7 +73,7 @@ def finished_batch(tenant: LocalTenant, lines: list[dict[str, Any]] = MIXED) -> 
         doc: dict[str, Any] = tenant.request("GET", f"/v1/batches/{batch_id}").json()
         return doc if doc["status"] == "completed" else None
 
-    return dict(wait_for(completed))
+    return dict(wait_until(completed))
 
 
 # Debian's chromium and its driver (bin/chromium installs them).

@@ -22,11 +22,10 @@ from tests.browser.console_site import (
     jsonl,
     run_bulk,
     served,
-    wait_for,
 )
 from tests.local import NO_BULK, Local, running_local
 from tests.receiver import Receiver, Reply
-from tests.stack import Servers
+from tests.stack import Servers, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -115,16 +114,7 @@ def test_sign_in_follow_a_batch_retry_it_read_a_delivery_and_sign_out(
         browser.find_element(By.XPATH, "//button[text()='Send a test event']").click()
         wait(browser).until(EC.url_contains("notice=test"))
         delivery_id = browser.current_url.split("/console/deliveries/")[1].split("?")[0]
-        wait_for(
-            lambda: (
-                len(
-                    tenant.request("GET", f"/v1/webhook_deliveries/{delivery_id}").json()[
-                        "attempts"
-                    ]
-                )
-                >= 2
-            )
-        )
+        wait_until(lambda: len(tenant.delivery(delivery_id)["attempts"]) >= 2)
     browser.refresh()
     attempts = browser.find_elements(By.CSS_SELECTOR, "ol.attempts > li")
     assert len(attempts) >= 2

@@ -18,11 +18,10 @@ from tests.browser.console_site import (
     finished_batch,
     jsonl,
     sign_in,
-    wait_for,
 )
 from tests.local import NO_BULK, Local, LocalTenant, running_local
 from tests.receiver import Receiver, Reply
-from tests.stack import Servers
+from tests.stack import Servers, wait_until
 
 
 @pytest.fixture
@@ -169,12 +168,7 @@ def test_deliveries_show_each_attempt_with_the_receivers_answer(
         answer = client.post("/console/endpoint/test", data={"csrf_token": csrf})
         assert answer.status_code == 303
         delivery_id = answer.headers["Location"].split("/console/deliveries/")[1].split("?")[0]
-        wait_for(
-            lambda: (
-                tenant.request("GET", f"/v1/webhook_deliveries/{delivery_id}").json()["status"]
-                == "failed"
-            )
-        )
+        tenant.wait_delivery(delivery_id, "failed")
         html = text(client, f"/console/deliveries/{delivery_id}")
         assert html.count('answered <span class="code">500</span>') == 4
         assert "receiver is down for maintenance" in html
@@ -184,12 +178,7 @@ def test_deliveries_show_each_attempt_with_the_receivers_answer(
         # Retry: the same delivery, sent again; the receiver answers 200 now.
         answer = client.post(f"/console/deliveries/{delivery_id}/retry", data={"csrf_token": csrf})
         assert answer.status_code == 303
-        wait_for(
-            lambda: (
-                tenant.request("GET", f"/v1/webhook_deliveries/{delivery_id}").json()["status"]
-                == "delivered"
-            )
-        )
+        tenant.wait_delivery(delivery_id, "delivered")
         html = text(client, f"/console/deliveries/{delivery_id}")
         assert 'answered <span class="code">200</span>' in html
         assert "Send it again" not in html
@@ -206,21 +195,11 @@ def test_recover_sends_failed_deliveries_again(
         hook.then(*[Reply(500)] * 4)
         tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url()})
         sent = tenant.request("POST", "/v1/webhook_endpoint/test").json()
-        wait_for(
-            lambda: (
-                tenant.request("GET", f"/v1/webhook_deliveries/{sent['id']}").json()["status"]
-                == "failed"
-            )
-        )
+        tenant.wait_delivery(sent["id"], "failed")
         answer = client.post("/console/deliveries/recover", data={"csrf_token": csrf, "hours": "1"})
         assert answer.status_code == 303
         assert "1 failed deliveries will be sent again" in text(client, answer.headers["Location"])
-        wait_for(
-            lambda: (
-                tenant.request("GET", f"/v1/webhook_deliveries/{sent['id']}").json()["status"]
-                == "delivered"
-            )
-        )
+        tenant.wait_delivery(sent["id"], "delivered")
         bad = client.post("/console/deliveries/recover", data={"csrf_token": csrf, "hours": "x"})
         assert bad.status_code == 422
 
@@ -233,7 +212,7 @@ def test_a_disabled_endpoint_shows_why_and_can_be_enabled(
         hook.then(Reply(410))
         tenant.request("PUT", "/v1/webhook_endpoint", json={"url": hook.url()})
         tenant.request("POST", "/v1/webhook_endpoint/test")
-        wait_for(
+        wait_until(
             lambda: tenant.request("GET", "/v1/webhook_endpoint").json()["status"] == "disabled"
         )
         html = text(client, "/console/deliveries")
@@ -264,7 +243,7 @@ def test_provisioning_shows_the_plan_as_a_diff_and_applies_it(
     applied = tenant.request(
         "POST", "/v1/batches?mode=apply", data=jsonl(base), headers=JSONL
     ).json()
-    wait_for(
+    wait_until(
         lambda: (
             tenant.request("GET", f"/v1/batches/{applied['id']}").json()["status"] == "completed"
         )
@@ -308,7 +287,7 @@ def test_provisioning_shows_the_plan_as_a_diff_and_applies_it(
     )
     assert twice.status_code == 410
     assert len(tenant.request("GET", "/v1/batches").json()["data"]) == 2
-    done = wait_for(
+    done = wait_until(
         lambda: (
             (b := tenant.request("GET", f"/v1/batches/{batch_id}").json())["status"] == "completed"
             and b
@@ -333,7 +312,7 @@ def test_an_apply_whose_plan_changed_meanwhile_applies_nothing(
         data=jsonl([{"custom_id": "bot", "body": {"model": "gpt-4o", "name": "One"}}]),
         headers=JSONL,
     ).json()
-    wait_for(
+    wait_until(
         lambda: tenant.request("GET", f"/v1/batches/{first['id']}").json()["status"] == "completed"
     )
     answer = upload(

@@ -23,22 +23,6 @@ from tests.receiver import Receiver, Reply
 from tests.stack import wait_until
 from worker.store.connection import Store
 
-FINAL = ("delivered", "failed")
-
-
-def delivery(tenant: LocalTenant, msg_id: str) -> dict[str, Any]:
-    response = tenant.request("GET", f"/v1/webhook_deliveries/{msg_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def final(tenant: LocalTenant, msg_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = wait_until(
-        lambda: (d := delivery(tenant, msg_id))["status"] in FINAL and d
-    )
-    return found
-
 
 def all_deliveries(tenant: LocalTenant) -> list[dict[str, Any]]:
     page = tenant.request("GET", "/v1/webhook_deliveries", params={"limit": 100}).json()
@@ -84,7 +68,7 @@ def test_the_test_event_is_signed_and_verifies_with_standardwebhooks(
     assert request.path == "/tenant"
     assert request.headers["webhook-id"] == queued["id"]
     assert again["id"] != queued["id"]  # each test is an event of its own
-    assert final(tenant, queued["id"])["status"] == "delivered"
+    assert tenant.wait_delivery(queued["id"])["status"] == "delivered"
 
 
 # -- the receiver's answer -------------------------------------------------
@@ -109,7 +93,7 @@ def test_each_attempt_shows_the_receivers_status_headers_and_the_start_of_its_bo
         hook.then(Reply(200, {"Content-Type": "application/json"}, b'{"ok": true}'))
         tenant.create({"model": "m"}, **{"Callback-URL": hook.url()})
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
 
     failed, delivered = found["attempts"]
     assert failed["status_code"] == 503
@@ -166,7 +150,7 @@ def test_410_disables_the_endpoint_holds_later_events_and_recover_sends_them_aft
         disabled = wait_until(lambda: (e := endpoint(tenant))["status"] == "disabled" and e)
         assert disabled["disabled_at"] >= since
         assert disabled["disabled_reason"] == "gone: the endpoint answered 410 Gone"
-        refused = final(tenant, gone.headers["webhook-id"])
+        refused = tenant.wait_delivery(gone.headers["webhook-id"])
         assert refused["attempts"][0]["response"]["body"] == "gone for good"
         # Shown in the metrics and the log.
         assert disabled_count("gone") == counted + 1
@@ -213,7 +197,7 @@ def test_410_disables_the_endpoint_holds_later_events_and_recover_sends_them_aft
     assert {r.headers["webhook-id"] for r in arrived[1:]} == held_ids | {gone.headers["webhook-id"]}
     for request in arrived[1:]:
         Webhook(tenant.webhook_secret).verify(request.body, request.headers)
-    assert all(final(tenant, i)["status"] == "delivered" for i in held_ids)
+    assert all(tenant.wait_delivery(i)["status"] == "delivered" for i in held_ids)
 
 
 def test_recover_takes_only_the_window_and_the_event_type_asked(tenant: LocalTenant) -> None:

@@ -32,20 +32,6 @@ def callback(url: str) -> dict[str, str]:
     return {"Callback-URL": url}
 
 
-def delivery(tenant: Tenant, msg_id: str) -> dict[str, Any]:
-    response = tenant.request("GET", f"/v1/webhook_deliveries/{msg_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def wait_final(tenant: Tenant, msg_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = wait_until(
-        lambda: (d := delivery(tenant, msg_id))["status"] in FINAL and d
-    )
-    return found
-
-
 def deliveries(tenant: Tenant, **params: Any) -> dict[str, Any]:
     response = tenant.request("GET", "/v1/webhook_deliveries", params=params)
     assert response.status_code == 200, response.text
@@ -76,7 +62,7 @@ def test_job_succeeded_event_carries_the_200_object_and_is_signed(tenant: Tenant
         job = tenant.create({"model": "gpt-4", "name": "Hooked"}, **callback(hook.url())).json()
         (request,) = hook.wait_for(1)
         event = verify(tenant.webhook_secret, request)
-        found = wait_final(tenant, request.headers["webhook-id"])
+        found = tenant.wait_delivery(request.headers["webhook-id"])
 
     finished = tenant.request("GET", f"/v1/jobs/{job['id']}").json()
     assert event["type"] == "job.succeeded"
@@ -159,7 +145,7 @@ def test_failing_receiver_gets_retries_until_exactly_one_success_with_one_webhoo
         hook.fail(2)
         tenant.create({"model": "m"}, **callback(hook.url()))
         first = hook.wait_for(1)[0]
-        found = wait_final(tenant, first.headers["webhook-id"])
+        found = tenant.wait_delivery(first.headers["webhook-id"])
         requests = hook.requests
 
     assert found["status"] == "delivered"
@@ -181,7 +167,7 @@ def test_410_ends_the_delivery_as_failed(tenant: Tenant) -> None:
         hook.then(Reply(410))
         tenant.create({"model": "m"}, **callback(hook.url()))
         (request,) = hook.wait_for(1)
-        found = wait_final(tenant, request.headers["webhook-id"])
+        found = tenant.wait_delivery(request.headers["webhook-id"])
         assert len(hook.requests) == 1
 
     assert found["status"] == "failed"
@@ -194,8 +180,8 @@ def test_429_retry_after_is_honoured(tenant: Tenant) -> None:
         hook.then(Reply(429, {"Retry-After": "3"}))
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        waiting = wait_until(lambda: (d := delivery(tenant, msg_id))["attempts"] and d)
-        found = wait_final(tenant, msg_id)
+        waiting = wait_until(lambda: (d := tenant.delivery(msg_id))["attempts"] and d)
+        found = tenant.wait_delivery(msg_id)
         first, second = hook.requests
 
     # The schedule says 1 s; the receiver asked for 3, and got them.
@@ -212,7 +198,7 @@ def test_retry_after_is_capped_at_one_hour(tenant: Tenant) -> None:
         hook.then(Reply(429, {"Retry-After": "86400"}))
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        waiting = wait_until(lambda: (d := delivery(tenant, msg_id))["attempts"] and d)
+        waiting = wait_until(lambda: (d := tenant.delivery(msg_id))["attempts"] and d)
 
     at = waiting["attempts"][0]["at"]
     assert waiting["status"] == "pending"
@@ -224,7 +210,7 @@ def test_timeout_is_a_failed_attempt_and_is_retried(tenant: Tenant) -> None:
         hook.then(Hang())
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
         requests = hook.requests
 
     assert found["status"] == "delivered"
@@ -240,7 +226,7 @@ def test_slow_drip_answer_is_cut_at_the_total_deadline(tenant: Tenant) -> None:
         hook.then(Drip(0.3))
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
 
     dripped, answered = found["attempts"]
     assert dripped["status_code"] is None and dripped["error"].startswith("timeout")
@@ -253,7 +239,7 @@ def test_endless_response_body_is_read_only_up_to_a_cap(tenant: Tenant) -> None:
         hook.then(Endless())
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
 
     # Reading it all would have run into the deadline: a timeout, not a 200.
     assert found["status"] == "delivered"
@@ -266,14 +252,14 @@ def test_exhausted_delivery_is_failed_and_kept(stack: Stack, tenant: Tenant) -> 
         hook.fail(attempts + 5)
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
         assert len(hook.requests) == attempts
 
     assert found["status"] == "failed"
     assert codes(found) == [500] * attempts
     assert found["next_attempt_at"] is None
     assert [d["id"] for d in deliveries(tenant, status="failed")["data"]] == [msg_id]
-    assert delivery(tenant, msg_id) == found
+    assert tenant.delivery(msg_id) == found
 
 
 def test_retry_resends_a_failed_delivery_with_the_same_webhook_id(
@@ -283,7 +269,7 @@ def test_retry_resends_a_failed_delivery_with_the_same_webhook_id(
         hook.then(Reply(410))
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        assert wait_final(tenant, msg_id)["status"] == "failed"
+        assert tenant.wait_delivery(msg_id)["status"] == "failed"
 
         assert (
             other_tenant.request("POST", f"/v1/webhook_deliveries/{msg_id}/retry").status_code
@@ -292,7 +278,7 @@ def test_retry_resends_a_failed_delivery_with_the_same_webhook_id(
         retried = tenant.request("POST", f"/v1/webhook_deliveries/{msg_id}/retry")
         assert retried.status_code == 200
         assert retried.json()["status"] in ("pending", "delivered")
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
         first, second = hook.requests
         again = tenant.request("POST", f"/v1/webhook_deliveries/{msg_id}/retry")
 
@@ -311,7 +297,7 @@ def test_redirect_is_not_followed(tenant: Tenant) -> None:
         hook.then(Reply(302, {"Location": target.url()}))
         tenant.create({"model": "m"}, **callback(hook.url()))
         msg_id = hook.wait_for(1)[0].headers["webhook-id"]
-        found = wait_final(tenant, msg_id)
+        found = tenant.wait_delivery(msg_id)
         assert target.requests == []
         assert len(hook.requests) == 1
 
@@ -470,7 +456,7 @@ def test_deliveries_list_pages_and_belongs_to_its_tenant(
             tenant.create({"model": "m"}, **callback(hook.url()))
         ids = {r.headers["webhook-id"] for r in hook.wait_for(3)}
         for msg_id in ids:
-            wait_final(tenant, msg_id)
+            tenant.wait_delivery(msg_id)
 
     first = deliveries(tenant, limit=2)
     assert first["object"] == "list"
@@ -522,7 +508,7 @@ def test_worker_killed_between_attempts_still_delivers(servers: Servers, logs_di
         own.kill("worker")
         with hook:
             own.start_worker("worker2")
-            found = wait_final(tenant, waiting["id"])
+            found = tenant.wait_delivery(waiting["id"])
             requests = hook.requests
 
     assert found["status"] == "delivered"
