@@ -64,10 +64,15 @@ class Worker:
     def __init__(self, rt: Runtime, queues: tuple[str, ...] = routes.ALL_QUEUES) -> None:
         self.rt = rt
         prefix = f"{rt.settings.redis_prefix}:celery:"
-        self._queues = [prefix + queue for queue in queues]
+        # In the order a worker's BRPOP names them: each lane, every queue.
+        lists = [routes.queue_lists(queue) for queue in queues]
+        self._queues = [
+            prefix + by_queue[lane] for lane in range(len(lists[0])) for by_queue in lists
+        ]
 
     def run_one(self, block: float = 0) -> bool:
-        """Run the oldest queued message of any queue; False when none came.
+        """Run the next queued message (the oldest of the first lane that has one);
+        False when none came.
         Safe side by side, as worker processes are: the services are written so."""
         popped = (
             self.rt.redis.brpop(self._queues, timeout=block)

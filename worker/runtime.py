@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from worker.domain.documents import Doc
+from worker.queueing.routes import queue_lists
 from worker.queueing.sender import Sender
 from worker.settings import Settings
 from worker.store.connection import Store
@@ -72,10 +73,12 @@ class Runtime:
             self.redis.publish(self.finished_channel, json.dumps(jobs, ensure_ascii=False))
 
     def queue_depth(self, queue: str) -> int:
-        """Messages waiting in a Celery queue (not counting those a worker prefetched)."""
-        # redis-py's types join its sync and async clients (and differ by version).
-        depth: Any = self.redis.llen(f"{self.settings.redis_prefix}:celery:{queue}")
-        return int(depth)
+        """Messages waiting in a Celery queue, all its lanes (not counting those a
+        worker prefetched)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in queue_lists(queue):
+            pipe.llen(f"{self.settings.redis_prefix}:celery:{name}")
+        return sum(int(n) for n in pipe.execute())
 
     def close(self) -> None:
         self.store.close()

@@ -7,7 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from worker.queueing.routes import QUEUE_OF, RECONCILE, SINGLE_QUEUE, SWEEP_WEBHOOKS
+from worker.queueing.routes import (
+    PRIORITY_SEP,
+    PRIORITY_STEPS,
+    QUEUE_OF,
+    RECONCILE,
+    SINGLE_QUEUE,
+    SWEEP_WEBHOOKS,
+)
 from worker.settings import Settings
 
 
@@ -26,6 +33,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": 3600,
             "global_keyprefix": f"{settings.redis_prefix}:celery:",
+            # The single-create queue's lanes (worker/services/lanes.py): named
+            # here so the metrics, the reconciler and the lanes agree with kombu.
+            "priority_steps": list(PRIORITY_STEPS),
+            "sep": PRIORITY_SEP,
         },
         "task_default_queue": SINGLE_QUEUE,
         "task_routes": {name: {"queue": queue} for name, queue in QUEUE_OF.items()},

@@ -33,3 +33,16 @@ QUEUE_OF = {
 def unit_task(batch_id: str | None) -> str:
     """The task that processes a unit: batch chunks go to the bulk queue."""
     return PROCESS_CHUNK if batch_id else PROCESS_SINGLE
+
+
+# Celery's Redis transport keeps a list per priority step for each queue, and a
+# worker takes from them in this order (the first step's list is the queue's
+# own name). Set in the transport's options (config.py), so both agree.
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEP = "\x06\x16"
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists of a queue (without the broker's key prefix), in the
+    order workers serve them."""
+    return [queue + (f"{PRIORITY_SEP}{step}" if step else "") for step in PRIORITY_STEPS]

@@ -18,6 +18,7 @@ from worker.domain.ids import new_id
 from worker.domain.units import group_key, job_public, merged, new_unit
 from worker.queueing.routes import PROCESS_SINGLE
 from worker.runtime import Runtime
+from worker.services import lanes
 from worker.services.group_commit import GroupCommit
 from worker.store import batches, idempotency, units
 from worker.telemetry.stages import Stages
@@ -171,16 +172,19 @@ def _store_and_send(rt: Runtime, group: list[Pending]) -> list[BaseException | N
     left to the reconciler."""
     docs, holder = _documents(group)
     existing = units.insert_units(rt.store, docs)
-    fresh = [unit["_id"] for i, unit in enumerate(docs) if i not in existing]
+    fresh = [unit for i, unit in enumerate(docs) if i not in existing]
     if fresh:
-        try:
-            rt.sender.send(PROCESS_SINGLE, fresh)
-        except Exception:
-            log.warning(
-                "%d units stored but not sent; the reconciler will send them",
-                len(fresh),
-                exc_info=True,
-            )
+        # One message per lane: a tenant with many creates waiting goes behind
+        # the others (lanes.py).
+        for priority, ids in lanes.assign(rt, fresh).items():
+            try:
+                rt.sender.send(PROCESS_SINGLE, ids, priority=priority)
+            except Exception:
+                log.warning(
+                    "%d units stored but not sent; the reconciler will send them",
+                    len(ids),
+                    exc_info=True,
+                )
     return [DuplicateKeyError("stored already") if h in existing else None for h in holder]
 
 

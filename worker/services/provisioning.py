@@ -22,7 +22,7 @@ from worker.domain.schema import AssistantCreate, validate_create
 from worker.domain.statuses import UnitStatus
 from worker.domain.units import accepted_at, job_public, results_fields
 from worker.runtime import Runtime
-from worker.services import applying, batches, changes, outbox, turns
+from worker.services import applying, batches, changes, lanes, outbox, turns
 from worker.store import assistants, tenants, units
 from worker.telemetry import metrics
 from worker.telemetry.stages import Stages
@@ -40,6 +40,8 @@ def process(rt: Runtime, unit_ids: list[str], *, singles: bool = False) -> int:
     stages = Stages()
     lease = rt.settings.lease_seconds
     claimed = (units.take if singles else units.claim)(rt.store, unit_ids, lease)
+    if singles:
+        lanes.taken(rt, claimed)
     # Modifies and deletes wait for earlier changes of their assistants.
     claimed = changes.hold_back(rt, claimed)
     if not claimed:

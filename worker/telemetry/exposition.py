@@ -16,12 +16,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from worker.queueing.routes import ALL_QUEUES
-
-# Celery's Redis transport keeps a queue's prioritised messages in lists named
-# after it; priority 0 is the plain name.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITIES = (0, 3, 6, 9)
+from worker.queueing.routes import ALL_QUEUES, queue_lists
 
 
 class QueueDepth(Collector):
@@ -45,15 +40,14 @@ class QueueDepth(Collector):
         family = self._family()
         pipe = self._redis.pipeline(transaction=False)
         for queue in ALL_QUEUES:
-            for priority in _PRIORITIES:
-                suffix = f"{_PRIORITY_SEP}{priority}" if priority else ""
-                pipe.llen(f"{self._prefix}:celery:{queue}{suffix}")
+            for name in queue_lists(queue):
+                pipe.llen(f"{self._prefix}:celery:{name}")
         try:
             lengths = pipe.execute()
         except Exception:
             logging.getLogger(__name__).warning("queue depth unavailable: Redis did not answer")
             return
-        per_queue = len(_PRIORITIES)
+        per_queue = len(queue_lists(ALL_QUEUES[0]))
         for index, queue in enumerate(ALL_QUEUES):
             depth = sum(lengths[index * per_queue : (index + 1) * per_queue])
             family.add_metric([queue], depth)
