@@ -30,6 +30,7 @@ from tests.outcomes import Outcome, assert_each_accepted_job_done_once, outcome
 from tests.stack import Servers, Stack, Tenant, wait_until
 from worker.domain.batches import new_batch
 from worker.domain.ids import new_id
+from worker.queueing import routes
 from worker.store import idempotency
 
 # Six chunks, as 3,000 lines in chunks of the default 500 would be, at half the
@@ -382,8 +383,9 @@ def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, own: Stack
 
     broker = redis.Redis.from_url(servers.redis_url)
     prefix = f"{stack.name}:celery:"
-    queues = [prefix + "single", prefix + "bulk"]
-    assert all(broker.llen(queue) for queue in queues)
+    # Every lane of both queues (one tenant's 100 creates fill three).
+    queues = [prefix + name for q in ("single", "bulk") for name in routes.queue_lists(q)]
+    assert broker.llen(prefix + "single") and broker.llen(prefix + "bulk")
     broker.delete(*queues, prefix + "unacked", prefix + "unacked_index")
     broker.close()
 
@@ -391,6 +393,23 @@ def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, own: Stack
     accepted = finished_as_accepted(tenant, response.json()["id"], 1000)
     accepted.add(clients.accepted)
     each_done_once(stack, tenant, accepted)
+
+
+def test_a_quiet_tenants_create_is_served_ahead_of_another_tenants_flood(own: Stack) -> None:
+    """The lanes of the single queue, served by a real Celery worker: started
+    after one tenant queued 60 creates and another one, it takes the other's
+    among the first (first in, first out, it would be the last)."""
+    flood, quiet = own.new_tenant(), own.new_tenant()
+    for _ in range(60):
+        assert flood.create({"model": "m"}).status_code == 202
+    job_id = quiet.create({"model": "m"}).json()["id"]
+    own.start_worker(queues="single", beat=False)
+    assert quiet.wait_job(job_id)["status"] == "succeeded"
+    done = own.db.jobs.count_documents({"tenant": flood.name, "status": "done"})
+    # The flood's first lane (8), what the worker had prefetched (8), and a few
+    # finished while this read was on its way; not 60.
+    assert done < 30
+    wait_until(lambda: own.db.jobs.count_documents({"tenant": flood.name, "status": "done"}) == 60)
 
 
 # -- MongoDB: killed under load, started again on the same data ---------------
