@@ -73,3 +73,28 @@ def test_a_message_run_twice_counts_once(paused: Local) -> None:
     paused.worker.run_queued()
     assert waiting(paused, tenant) == waiting(paused, other) == 0
     assert done(paused, tenant) == 2
+
+
+def test_modifies_served_out_of_order_apply_in_order_and_count_once(paused: Local) -> None:
+    """A later modify in an earlier lane waits for the earlier ones (held back,
+    still counted), then applies; every count is taken off once."""
+    tenant = paused.new_tenant()
+    tenant.create({"model": "m", "name": "n"})
+    paused.worker.run_queued()
+    (assistant,) = paused.db.assistants.find({"tenant": tenant.name})
+    path = f"/v1/assistants/{assistant['id']}"
+    for index in range(lanes.SHARE + 2):  # the last 2 in the second lane
+        assert tenant.request("POST", path, json={"name": f"m{index}"}).status_code == 202
+    for _ in range(lanes.SHARE):
+        assert paused.worker.run_one()
+    assert waiting(paused, tenant) == 2
+    # A tenant with 2 waiting: the next modify takes the first lane, ahead of
+    # them (where each finished change also sent the assistant's queued ones
+    # again, `changes.wake`: extra messages that find their unit taken).
+    assert lengths(paused)[1] == 2
+    assert tenant.request("POST", path, json={"name": "last"}).status_code == 202
+    assert lengths(paused)[1] == 2
+    paused.worker.run_queued()
+    assert tenant.request("GET", path).json()["name"] == "last"
+    assert waiting(paused, tenant) == 0
+    assert paused.db.jobs.count_documents({"tenant": tenant.name, "status": "done"}) == 12

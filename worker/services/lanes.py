@@ -14,11 +14,11 @@ at most a lane's share of a flooding tenant's (and what the workers have
 prefetched), while a lone tenant's flood still keeps every worker busy:
 nothing waits while a lane has work.
 
-Within a tenant, creates are independent (each its own assistant), so that a
-later one may be served from an earlier lane changes nothing they promise.
-Changes (modify, delete) keep the first lane: their order is kept by
-`changes.hold_back`, not by the queue, and each waits for its assistant's
-earlier ones anyway.
+Within a tenant, a later create may be served from an earlier lane: creates
+are independent (each its own assistant). Modifies and deletes come through
+the same intake and take lanes too: their order per assistant is kept by
+`changes.hold_back`, not by the queue (one that comes early waits, counted as
+waiting, for the earlier ones, and is taken off once it runs).
 
 The count is a hint, never the truth (MongoDB is): a send that fails leaves
 the count high until it lapses (`TTL_MS` after the tenant's last send); a
@@ -110,12 +110,13 @@ def assign(rt: Runtime, units: Iterable[Unit]) -> dict[int, list[str]]:
 
 
 def taken(rt: Runtime, units: Iterable[Unit]) -> None:
-    """Take the creates of units on their first run off their tenants' counts."""
+    """Take units on their first run off their tenants' counts: those that go
+    on, after `changes.hold_back` (a change held back is released with its
+    attempt given back, and counted off when it runs)."""
     counts: dict[str, int] = {}
     for unit in units:
-        # Only the edge's creates were counted: not batch chunks sent as one
-        # (express), not changes (`targets`).
-        if unit["attempts"] == 1 and "batch_id" not in unit and not unit.get("targets"):
+        # Only the edge's units were counted, not batch chunks sent as one (express).
+        if unit["attempts"] == 1 and "batch_id" not in unit:
             counts[unit["tenant"]] = counts.get(unit["tenant"], 0) + len(unit["items"])
     if not counts:
         return

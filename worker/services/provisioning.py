@@ -40,10 +40,10 @@ def process(rt: Runtime, unit_ids: list[str], *, singles: bool = False) -> int:
     stages = Stages()
     lease = rt.settings.lease_seconds
     claimed = (units.take if singles else units.claim)(rt.store, unit_ids, lease)
-    if singles:
-        lanes.taken(rt, claimed)
     # Modifies and deletes wait for earlier changes of their assistants.
     claimed = changes.hold_back(rt, claimed)
+    if singles:
+        lanes.taken(rt, claimed)
     if not claimed:
         return 0
     stages.lap("claim")
