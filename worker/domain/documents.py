@@ -67,6 +67,9 @@ class Unit(TypedDict):
     settled: NotRequired[bool]
     # Set when the reconciler sent it again: its next run claims it (`units.take`).
     resent: NotRequired[bool]
+    # Set when it was held back for an earlier change of its assistants: the
+    # change that finishes sends it again (`changes.wake`).
+    held: NotRequired[bool]
     # In a worker's hands only, never stored: taken as read, without a claim.
     unclaimed: NotRequired[bool]
 

@@ -325,11 +325,13 @@ def open_changes_of(store: Store, tenant: str) -> tuple[set[str], bool]:
 
 
 def queued_changes(store: Store, targets: list[str]) -> list[Doc]:
-    """Queued units that change any of `targets`: those that waited for a change of them."""
+    """Queued units that change any of `targets` and were held back (`release`)
+    for an earlier change: those that wait to be sent again. The others still
+    have their first message queued (or, lost, the reconciler sends it)."""
     return [
         doc
-        for doc in _changing(store, targets, {"batch_id": 1})
-        if doc["status"] == UnitStatus.QUEUED
+        for doc in _changing(store, targets, {"batch_id": 1, "held": 1})
+        if doc["status"] == UnitStatus.QUEUED and doc.get("held")
     ]
 
 
@@ -343,6 +345,7 @@ def release(store: Store, unit: Unit, due_at: int) -> bool:
                     "status": UnitStatus.QUEUED,
                     "job_statuses": {"$literal": [JobStatus.QUEUED]},
                     "due_at": due_at,
+                    "held": True,
                     "attempts": {"$subtract": ["$attempts", 1]},
                     "started_at": {"$cond": [{"$lte": ["$attempts", 1]}, None, "$started_at"]},
                 }
