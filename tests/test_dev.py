@@ -4,11 +4,11 @@ which none of its processes and none of its ports is left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -138,10 +138,31 @@ def alive(pid: int) -> bool:
     return state is not None and state[0] not in ("Z", "X")
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def listeners(ports: list[int]) -> set[int]:
+    """The processes listening on any of `ports` (IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+                if state == "0A" and port in ports:  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    found = set()
+    for pid in processes():
+        with contextlib.suppress(OSError):
+            for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        found.add(pid)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""  # gone meanwhile
 
 
 def stop(dev: Dev, sig: int) -> None:
@@ -152,6 +173,7 @@ def stop(dev: Dev, sig: int) -> None:
         int(servers[name].rsplit(":", 1)[1].split("/")[0]) for name in ("MONGODB_URI", "REDIS_URL")
     ]
     everyone = family(dev.pid)
+    held = listeners(ports)
     os.kill(dev.pid, sig)
     try:
         if dev.process is not None:
@@ -161,7 +183,12 @@ def stop(dev: Dev, sig: int) -> None:
         for pid in everyone:  # only on failure is any left to clean up
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-    assert not [port for port in ports if listening(port)]
+    assert held and held <= everyone, (held, everyone)  # dev's processes served its ports
+    # Nothing listens on its ports but, at most, another test's server that
+    # took one of them since (the tests share the machine's ports): never a
+    # process of dev's, nor one named by its data folder, whatever its parent.
+    for pid in listeners(ports):
+        assert pid not in everyone and str(dev.data) not in command_line(pid), pid
     assert not (dev.data / ENV_FILE).exists()
 
 
