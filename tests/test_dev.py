@@ -172,8 +172,10 @@ def stop(dev: Dev, sig: int) -> None:
     ports = [dev.port] + [
         int(servers[name].rsplit(":", 1)[1].split("/")[0]) for name in ("MONGODB_URI", "REDIS_URL")
     ]
-    everyone = family(dev.pid)
+    # Listeners first: one forked meanwhile (dev's edge may still be starting
+    # its worker) is then in the family read after.
     held = listeners(ports)
+    everyone = family(dev.pid)
     os.kill(dev.pid, sig)
     try:
         if dev.process is not None:
