@@ -144,10 +144,10 @@ class Stager:
         names = [item["custom_id"] or "" for item in self.items]
         found = assistants.find_named(self.rt.store, tenant, names, assistants.APPLY_VIEW)
         docs: list[Doc | None] = []
-        for name in names:
+        for item, name in zip(self.items, names, strict=True):
             doc = found.get(name)
             if doc is not None:
-                self.items[len(docs)]["target"] = doc["id"]
+                item["target"] = doc["id"]
             docs.append(doc)
         return docs
 
