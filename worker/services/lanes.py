@@ -6,8 +6,10 @@ transport: `single`, then `single` + separator + 3, 6 and 9), and a worker's
 BRPOP names them in that order, so it takes from a lane only when the lanes
 ahead of it are empty. Each tenant's creates waiting for a worker are counted
 in Redis: the edge adds a group's creates as it sends them, and the worker
-takes a unit's off when it takes the unit (a unit is taken once: a message
-delivered twice finds it taken). The count before a send picks the lane: the
+takes a unit's off when it takes the unit on its first run (a message
+delivered again after its unit ran finds it done, and counts nothing; two
+runs of one at the same moment may both count it off, which can only lower
+a count that never goes below zero). The count before a send picks the lane: the
 first `SHARE` waiting go in the first lane, up to 4x in the second, up to 16x
 in the third, the rest in the last. So another tenant's create waits behind
 at most a lane's share of a flooding tenant's (and what the workers have
