@@ -35,7 +35,10 @@ QUIET = {"LOG_LEVEL": "WARNING", "WEBHOOK_ALLOW_PRIVATE": "true", **SERVICE_TIMI
 
 
 @contextmanager
-def deployment(**overrides: str) -> Iterator[tuple[Stack, Tenant]]:
+def deployment(
+    bulk_processes: int | None = None, **overrides: str
+) -> Iterator[tuple[Stack, Tenant]]:
+    """`bulk_processes`: the bulk worker's, instead of `dev`'s."""
     with tempfile.TemporaryDirectory(prefix="ai-bench-") as tmp:
         data = Path(tmp)
         valkey = start_valkey(data / "valkey")
@@ -44,7 +47,10 @@ def deployment(**overrides: str) -> Iterator[tuple[Stack, Tenant]]:
         try:
             stack.start_api()
             for name, worker_args in DEV_WORKERS.items():
-                stack.spawn(name, *worker_args)
+                args = list(worker_args)
+                if name == "worker-bulk" and bulk_processes is not None:
+                    args[args.index("--concurrency") + 1] = str(bulk_processes)
+                stack.spawn(name, *args)
             stack.spawn("beat", "beat", "--schedule", str(data / "celerybeat-schedule"))
             tenant = stack.new_tenant("bench")
             warm_up(tenant)

@@ -58,46 +58,58 @@ def main() -> None:
     parser.add_argument(
         "--chunk-sizes", default="500", help="CHUNK_SIZE of each deployment, comma-separated"
     )
+    parser.add_argument(
+        "--bulk-processes",
+        default="",
+        help="the bulk worker's processes in each deployment, comma-separated (dev's if empty)",
+    )
     args = parser.parse_args()
     small_data, big_data = upload(args.small, "s"), upload(args.big, "b")
+    processes = [int(n) for n in args.bulk_processes.split(",") if n] or [None]
     for chunk_size in args.chunk_sizes.split(","):
-        with deployment(CHUNK_SIZE=chunk_size) as (stack, small):
-            big = stack.new_tenant("big")
-            alone = []
-            for _ in range(5):
-                # Spaced as the small batches beside are: each takes the lane
-                # a tenant may use once a second (`turns.EXPRESS_EVERY_MS`).
-                time.sleep(turns.EXPRESS_EVERY_MS / 1000)
-                alone.append(small_batch_seconds(small, small_data))
-            accepted_alone = statistics.median(ACCEPTED)
-            ACCEPTED.clear()
-            beside: list[float] = []
-            done_meanwhile: list[int] = []
-            big_seconds: list[float] = []
-            for _ in range(args.rounds):
-                started = time.perf_counter()
-                big_id = submit(big, big_data)
-                beside.append(small_batch_seconds(small, small_data))
-                counts = big.request("GET", f"/v1/batches/{big_id}").json()["request_counts"]
-                done_meanwhile.append(counts["completed"] + counts["failed"])
-                wait_batch(big, big_id)
-                big_seconds.append(time.perf_counter() - started)
-        p50_alone, p50_beside = statistics.median(alone), statistics.median(beside)
-        print(f"CHUNK_SIZE={chunk_size}")
-        print(f"  small batch ({args.small} lines) alone: p50 {p50_alone:.3f} s")
-        print(
-            f"  right after a {args.big:,}-line batch of another tenant: "
-            f"p50 {p50_beside:.3f} s (max {max(beside):.3f} s); the big batch had "
-            f"{statistics.median(done_meanwhile):,.0f} lines done by then"
-        )
-        print(
-            f"  of which to the 202: p50 {accepted_alone:.3f} s alone, "
-            f"{statistics.median(ACCEPTED):.3f} s beside"
-        )
-        ACCEPTED.clear()
-        print(f"  ratio beside / alone: {p50_beside / p50_alone:.1f}x")
-        rate = args.big / statistics.median(big_seconds)
-        print(f"  the big batch: {rate:,.0f} lines/s from upload to completed")
+        for bulk_processes in processes:
+            with deployment(bulk_processes, CHUNK_SIZE=chunk_size) as (stack, small):
+                print(f"CHUNK_SIZE={chunk_size}, bulk processes: {bulk_processes or 'as dev'}")
+                measure(args, stack.new_tenant("big"), small, big_data, small_data)
+
+
+def measure(
+    args: argparse.Namespace, big: Tenant, small: Tenant, big_data: bytes, small_data: bytes
+) -> None:
+    alone = []
+    for _ in range(5):
+        # Spaced as the small batches beside are: each takes the lane
+        # a tenant may use once a second (`turns.EXPRESS_EVERY_MS`).
+        time.sleep(turns.EXPRESS_EVERY_MS / 1000)
+        alone.append(small_batch_seconds(small, small_data))
+    accepted_alone = statistics.median(ACCEPTED)
+    ACCEPTED.clear()
+    beside: list[float] = []
+    done_meanwhile: list[int] = []
+    big_seconds: list[float] = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        big_id = submit(big, big_data)
+        beside.append(small_batch_seconds(small, small_data))
+        counts = big.request("GET", f"/v1/batches/{big_id}").json()["request_counts"]
+        done_meanwhile.append(counts["completed"] + counts["failed"])
+        wait_batch(big, big_id)
+        big_seconds.append(time.perf_counter() - started)
+    p50_alone, p50_beside = statistics.median(alone), statistics.median(beside)
+    print(f"  small batch ({args.small} lines) alone: p50 {p50_alone:.3f} s")
+    print(
+        f"  right after a {args.big:,}-line batch of another tenant: "
+        f"p50 {p50_beside:.3f} s (max {max(beside):.3f} s); the big batch had "
+        f"{statistics.median(done_meanwhile):,.0f} lines done by then"
+    )
+    print(
+        f"  of which to the 202: p50 {accepted_alone:.3f} s alone, "
+        f"{statistics.median(ACCEPTED):.3f} s beside"
+    )
+    ACCEPTED.clear()
+    print(f"  ratio beside / alone: {p50_beside / p50_alone:.1f}x")
+    rate = args.big / statistics.median(big_seconds)
+    print(f"  the big batch: {rate:,.0f} lines/s from upload to completed")
 
 
 if __name__ == "__main__":
