@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Container, Iterable, Iterator
 from itertools import islice
@@ -34,28 +35,43 @@ NOT_FOUND = {"detail": "No assistant found"}
 
 
 # A turn for the other requests of the process at least this often while an
-# upload is parsed and planned (seconds of CPU for a large one). Each upload in
-# progress runs this long before a waiting request's next step, and a create
-# takes several steps: beside 3 dry runs a process, another tenant's creates
-# took 2.6-2.9x their quiet time with 1 ms, 3.7-5.1x with 3 ms (bench.edge_load
-# dryruns), the dry runs as long either way.
+# upload is parsed and planned (seconds of CPU for a large one).
 TURN_SECONDS = 0.001
-# Not 0: under gevent a sleep of 0 runs the greenlets already runnable but may
-# not let the loop poll for I/O, so a new connection (a `/healthz`) could wait
-# for the upload; any longer sleep waits for the loop's next turn, which polls.
+# In a threaded process (a worker), a sleep lets the other threads take the
+# interpreter; not 0, which may not release it.
 _PAUSE = 0.0001
 _turn = [0.0]  # when the last turn was given: one clock for the whole process
 
 
 def breathe() -> None:
     """Give the other requests of this process a turn if this one has run on
-    for TURN_SECONDS: under gevent (the edge) every other greenlet, `/healthz`
-    included, runs before this one goes on; in a threaded process the others
-    take the interpreter. Cheap when not due."""
+    for TURN_SECONDS. Cheap when not due.
+
+    Under gevent (the edge) the upload then waits until the event loop is idle
+    (`gevent.idle`): every other greenlet with a step ready, and every new
+    connection the loop's poll finds (a `/healthz`), runs first, so uploads
+    run in the time the process's other requests leave, and several uploads
+    of one process do not each take a turn before a create's next step. With a
+    sleep instead (which only queues the upload behind the greenlets already
+    runnable), another tenant's waited creates beside 6 clients looping 97 MiB
+    dry runs took 3.0-4.2x their quiet p50, and with the wait for idle 1.7-2.4x
+    (bench.edge_load dryruns, three runs of each), the dry runs 22-26 s against
+    22 s. The price: on a process kept busy by other requests an upload waits;
+    its body's minimum rate (`BODY_TIMEOUT_SECONDS`) still bounds that."""
     now = time.monotonic()
     if now - _turn[0] >= TURN_SECONDS:
-        time.sleep(_PAUSE)
+        _pause()
         _turn[0] = time.monotonic()
+
+
+def _pause() -> None:
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("time"):
+        import gevent  # type: ignore[import-untyped]
+
+        gevent.idle()
+    else:
+        time.sleep(_PAUSE)
 
 
 class Line(NamedTuple):
