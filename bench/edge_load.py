@@ -184,7 +184,10 @@ def rss_mib(pid: int) -> float:
 
 
 def row_waiters(args: argparse.Namespace) -> None:
-    with deployment({}) as stack:
+    # As tests/test_edge_load.py sets it up: no small-batch lane, so the batches
+    # the waiters wait on stay queued (there is no bulk worker), and a store
+    # deadline long enough for the 1,000 waiters' first reads of this store.
+    with deployment({"EXPRESS_BATCH_LINES": "0", "STORE_DEADLINE_MS": "30000"}) as stack:
         victim = stack.new_tenant()
         probe = Probe(stack.port)
         quiet = measure(probe, victim, args.probes, args.creates)
