@@ -49,15 +49,14 @@ def breathe() -> None:
 
     Under gevent (the edge) the upload then waits until the event loop is idle
     (`gevent.idle`): every other greenlet with a step ready, and every new
-    connection the loop's poll finds (a `/healthz`), runs first, so uploads
-    run in the time the process's other requests leave, and several uploads
-    of one process do not each take a turn before a create's next step. With a
-    sleep instead (which only queues the upload behind the greenlets already
-    runnable), another tenant's waited creates beside 6 clients looping 97 MiB
-    dry runs took 3.0-4.2x their quiet p50, and with the wait for idle 1.7-2.4x
+    connection the loop's poll finds (a `/healthz`), runs first: uploads run
+    in the time the process's other requests leave. With a sleep instead
+    (which only queues the upload behind the greenlets already runnable),
+    another tenant's waited creates beside 6 clients looping 97 MiB dry runs
+    took 3.0-4.2x their quiet p50, and with the wait for idle 1.7-2.4x
     (bench.edge_load dryruns, three runs of each), the dry runs 22-26 s against
-    22 s. The price: on a process kept busy by other requests an upload waits;
-    its body's minimum rate (`BODY_TIMEOUT_SECONDS`) still bounds that."""
+    22 s. The price: on a process kept busy by other requests, an upload waits
+    for a pause in them."""
     now = time.monotonic()
     if now - _turn[0] >= TURN_SECONDS:
         _pause()
