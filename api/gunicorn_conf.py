@@ -37,8 +37,10 @@ graceful_timeout = 30
 # of X-Forwarded-Proto agrees with it (and trusts no one when it is empty,
 # where gunicorn alone would trust 127.0.0.1).
 forwarded_allow_ips = ",".join(Settings().forwarded_allow_ips)
-# The app writes its own access line (with the request id, as JSON).
+# The app writes its own access line (with the request id, as JSON); gunicorn
+# neither writes nor builds one.
 accesslog = None
+logger_class = "api.serving.EdgeLogger"
 # One control socket per user would be shared by every edge on the host.
 control_socket_disable = True
 # gunicorn's own loggers as JSON too; its access log is replaced by the app's.
