@@ -63,12 +63,9 @@ class Worker:
 
     def __init__(self, rt: Runtime, queues: tuple[str, ...] = routes.ALL_QUEUES) -> None:
         self.rt = rt
-        prefix = f"{rt.settings.redis_prefix}:celery:"
         # In the order a worker's BRPOP names them: each lane, every queue.
-        lists = [routes.queue_lists(queue) for queue in queues]
-        self._queues = [
-            prefix + by_queue[lane] for lane in range(len(lists[0])) for by_queue in lists
-        ]
+        keys = [routes.queue_keys(rt.settings.redis_prefix, queue) for queue in queues]
+        self._queues = [by_queue[lane] for lane in range(len(keys[0])) for by_queue in keys]
 
     def run_one(self, block: float = 0) -> bool:
         """Run the next queued message (the oldest of the first lane that has one);

@@ -385,9 +385,9 @@ def test_deleted_queues_are_sent_again_from_mongodb(servers: Servers, own: Stack
     assert response.status_code == 202, response.text
 
     broker = redis.Redis.from_url(servers.redis_url)
-    prefix = f"{stack.name}:celery:"
+    prefix = routes.broker_prefix(stack.name)
     # Every lane of both queues (one tenant's 100 creates fill three).
-    queues = [prefix + name for q in ("single", "bulk") for name in routes.queue_lists(q)]
+    queues = [key for q in ("single", "bulk") for key in routes.queue_keys(stack.name, q)]
     assert broker.llen(prefix + "single") and broker.llen(prefix + "bulk")
     broker.delete(*queues, prefix + "unacked", prefix + "unacked_index")
     broker.close()

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from worker.domain.documents import Doc
-from worker.queueing.routes import queue_lists
+from worker.queueing.routes import queue_keys
 from worker.queueing.sender import Sender
 from worker.settings import Settings
 from worker.store.connection import Store
@@ -76,8 +76,8 @@ class Runtime:
         """Messages waiting in a Celery queue, all its lanes (not counting those a
         worker prefetched)."""
         pipe = self.redis.pipeline(transaction=False)
-        for name in queue_lists(queue):
-            pipe.llen(f"{self.settings.redis_prefix}:celery:{name}")
+        for key in queue_keys(self.settings.redis_prefix, queue):
+            pipe.llen(key)
         return sum(int(n) for n in pipe.execute())
 
     def close(self) -> None:

@@ -16,8 +16,8 @@ def waiting(local: Local, tenant: LocalTenant) -> int:
 
 
 def lengths(local: Local) -> list[int]:
-    prefix = f"{local.settings.redis_prefix}:celery:"
-    return [int(local.rt.redis.llen(prefix + name)) for name in routes.queue_lists("single")]
+    keys = routes.queue_keys(local.settings.redis_prefix, routes.SINGLE_QUEUE)
+    return [int(local.rt.redis.llen(key)) for key in keys]
 
 
 def done(local: Local, tenant: LocalTenant) -> int:

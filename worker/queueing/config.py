@@ -14,6 +14,7 @@ from worker.queueing.routes import (
     RECONCILE,
     SINGLE_QUEUE,
     SWEEP_WEBHOOKS,
+    broker_prefix,
 )
 from worker.settings import Settings
 
@@ -32,7 +33,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # while its task still runs; the reconciler covers lost ones sooner.
         "broker_transport_options": {
             "visibility_timeout": 3600,
-            "global_keyprefix": f"{settings.redis_prefix}:celery:",
+            "global_keyprefix": broker_prefix(settings.redis_prefix),
             # The single-create queue's lanes (worker/services/lanes.py): named
             # here so the metrics, the reconciler and the lanes agree with kombu.
             "priority_steps": list(PRIORITY_STEPS),

@@ -46,3 +46,13 @@ def queue_lists(queue: str) -> list[str]:
     """The Redis lists of a queue (without the broker's key prefix), in the
     order workers serve them."""
     return [queue + (f"{PRIORITY_SEP}{step}" if step else "") for step in PRIORITY_STEPS]
+
+
+def broker_prefix(redis_prefix: str) -> str:
+    """What Celery's Redis transport puts before each of its keys (config.py)."""
+    return f"{redis_prefix}:celery:"
+
+
+def queue_keys(redis_prefix: str, queue: str) -> list[str]:
+    """The Redis keys of a queue's lists, in the order workers serve them."""
+    return [broker_prefix(redis_prefix) + name for name in queue_lists(queue)]

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from worker.queueing.routes import ALL_QUEUES, queue_lists
+from worker.queueing.routes import ALL_QUEUES, queue_keys
 
 
 class QueueDepth(Collector):
@@ -38,19 +38,17 @@ class QueueDepth(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
+        keys = {queue: queue_keys(self._prefix, queue) for queue in ALL_QUEUES}
         pipe = self._redis.pipeline(transaction=False)
-        for queue in ALL_QUEUES:
-            for name in queue_lists(queue):
-                pipe.llen(f"{self._prefix}:celery:{name}")
+        for key in (key for each in keys.values() for key in each):
+            pipe.llen(key)
         try:
-            lengths = pipe.execute()
+            lengths = iter(pipe.execute())
         except Exception:
             logging.getLogger(__name__).warning("queue depth unavailable: Redis did not answer")
             return
-        per_queue = len(queue_lists(ALL_QUEUES[0]))
-        for index, queue in enumerate(ALL_QUEUES):
-            depth = sum(lengths[index * per_queue : (index + 1) * per_queue])
-            family.add_metric([queue], depth)
+        for queue, each in keys.items():
+            family.add_metric([queue], sum(next(lengths) for _ in each))
         yield family
 
 
