@@ -245,6 +245,10 @@ class Stack:
         return Tenant(self, created.tenant, created.api_key, created.webhook_secret)
 
 
+# A webhook delivery's statuses once it is over.
+FINAL_DELIVERY = ("delivered", "failed")
+
+
 class Calls:
     """What a test does as a tenant, over its `request` (HTTP, or Flask's test client)."""
 
@@ -276,7 +280,7 @@ class Calls:
     def wait_delivery(self, delivery_id: str, *statuses: str) -> dict[str, Any]:
         """Poll until the delivery is in one of `statuses` (by default either final
         one, delivered or failed); returns it."""
-        wanted = statuses or ("delivered", "failed")
+        wanted = statuses or FINAL_DELIVERY
         found: dict[str, Any] = wait_until(
             lambda: (d := self.delivery(delivery_id))["status"] in wanted and d
         )

@@ -22,10 +22,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from cli.embedded import free_port
 from tests.local import Local
 from tests.receiver import Drip, Endless, Hang, Received, Receiver, Reply
-from tests.stack import Servers, Stack, Tenant, running_stack, wait_until
+from tests.stack import FINAL_DELIVERY, Servers, Stack, Tenant, running_stack, wait_until
 from worker.store.tenants import new_webhook_secret
-
-FINAL = ("delivered", "failed")
 
 
 def callback(url: str) -> dict[str, str]:
@@ -575,7 +573,11 @@ def test_private_address_is_refused_again_at_delivery(guarded: Local) -> None:
         tenant = guarded.new_tenant(webhook_url=hook.url())
         tenant.create({"model": "m"})
         found = wait_until(
-            lambda: (page := deliveries(tenant)["data"]) and page[0]["status"] in FINAL and page[0]
+            lambda: (
+                (page := deliveries(tenant)["data"])
+                and page[0]["status"] in FINAL_DELIVERY
+                and page[0]
+            )
         )
         assert hook.requests == []
 
