@@ -14,7 +14,9 @@ greenlets, memory, CPU and store connections, a count in the process needs no
 round trip and is never left behind by a process that dies, and across P
 processes a tenant holds at most P times its share.
 A fixed window per key starts at its first request; counting a request and
-reading what remains of its window is one Redis round trip (a script).
+reading what remains of its window is one Redis round trip (a script), and
+each process takes a few units at a time from it (allowances.py), so most
+requests need none.
 Headers follow the IETF RateLimit fields: `RateLimit-Reset` is seconds from
 now. `Retry-After` is set only on 429, since 202 answers use it for polling.
 """
@@ -34,6 +36,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from redis.exceptions import RedisError
 
+from api.allowances import TAKE, Allowances
 from api.context import runtime
 from api.errors import ApiError
 from worker.settings import Settings
@@ -42,18 +45,6 @@ log = logging.getLogger(__name__)
 
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _LIMIT = re.compile(r"^\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
-
-# Count the request in its key's window, starting the window at the first one;
-# answer the count and the milliseconds the window has left.
-_HIT = """
-local count = redis.call('INCRBY', KEYS[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-"""
 
 
 @dataclass(frozen=True)
@@ -134,11 +125,18 @@ def register(app: Flask, settings: Settings) -> None:
 
     per_unit = max(1, settings.rate_limit_bytes_per_unit)
 
+    def take(key: str, window_ms: int, need: int, ask: int, amount: int) -> Any:
+        # redis-py's types join its sync and async clients (and differ by version).
+        answer: Any = runtime().redis.eval(TAKE, 1, key, window_ms, need, ask, amount)
+        return answer
+
+    # Made with the app, in the process that serves it (after fork).
+    allowances = Allowances(take, limit.amount, limit.seconds)
+
     @app.before_request
     def check() -> None:
         if not limited():
             return
-        rt = runtime()
         length = request.content_length
         cost = 1 + max(0, (length or 0) - 1) // per_unit
         if length is None and request.method in ("POST", "PUT", "PATCH"):
@@ -147,11 +145,7 @@ def register(app: Flask, settings: Settings) -> None:
             request.environ["wsgi.input"] = counted
             g.body_counted = counted
         try:
-            # redis-py's types join its sync and async clients (and differ by version).
-            answer: Any = rt.redis.eval(
-                _HIT, 1, prefix + api_key_identity(), limit.seconds * 1000, cost
-            )
-            count, ttl_ms = int(answer[0]), int(answer[1])
+            count, ttl_ms = allowances.hit(prefix + api_key_identity(), cost)
         except RedisError as exc:
             # Redis down must not stop the edge: MongoDB holds the jobs and the
             # reconciler sends them, so requests go on unlimited until it is back.
@@ -207,7 +201,7 @@ def register(app: Flask, settings: Settings) -> None:
         """Count a body's units once it has been read: what was sent without a
         length costs what it would have with one (the next requests pay for it)."""
         with contextlib.suppress(RedisError):
-            runtime().redis.eval(_HIT, 1, key, limit.seconds * 1000, units)
+            allowances.hit(key, units)
 
     @app.after_request
     def rate_limit_headers(response: Response) -> Response:

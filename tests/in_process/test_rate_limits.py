@@ -4,11 +4,15 @@ checked after authentication and before everything else."""
 from __future__ import annotations
 
 import io
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
+from api.allowances import LEASE_MAX, TAKE, Allowances
 from api.limits import RateLimit
 from tests.in_process.test_batches import submit
 from tests.local import Local, LocalTenant, running_local
@@ -133,3 +137,83 @@ def test_the_limit_is_an_amount_per_window(text: str, amount: int, seconds: int,
 def test_a_malformed_limit_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="RATE_LIMIT must be like 6000/minute"):
         RateLimit.parse(text)
+
+
+# Allowances: each process takes a few units of a key's window at a time.
+
+
+@pytest.fixture
+def valkey(servers: Servers) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(servers.redis_url)
+    yield client
+    client.close()
+
+
+def allowances(client: redis.Redis, amount: int, seconds: int = 3600) -> Allowances:
+    def take(key: str, window_ms: int, need: int, ask: int, limit: int) -> Any:
+        return client.eval(TAKE, 1, key, window_ms, need, ask, limit)
+
+    return Allowances(take, amount, seconds)
+
+
+def test_a_process_takes_units_ahead_and_counts_each_request_exactly(
+    valkey: redis.Redis,
+) -> None:
+    key = f"rl-{uuid.uuid4().hex}"
+    process = allowances(valkey, 10_000)
+    counts = [process.hit(key, 1)[0] for _ in range(5)]
+    assert counts == [1, 2, 3, 4, 5]
+    # One round trip counted the first request and an allowance of 32 beyond it.
+    assert int(valkey.get(key) or 0) == 1 + LEASE_MAX
+    assert 3_590_000 < valkey.pttl(key) <= 3_600_000
+    # A cost larger than what is held spends it and asks Redis for the rest.
+    assert process.hit(key, LEASE_MAX) == (5 + LEASE_MAX, process.hit(key, 0)[1])
+    assert int(valkey.get(key) or 0) == 5 + LEASE_MAX + LEASE_MAX
+
+
+def test_processes_sharing_a_key_never_admit_more_than_the_limit(valkey: redis.Redis) -> None:
+    key = f"rl-{uuid.uuid4().hex}"
+    limit = 1_000  # each process asks for 10 units at a time
+    processes = [allowances(valkey, limit) for _ in range(3)]
+    admitted = refused = 0
+    for i in range(3 * limit):
+        count, _ = processes[i % 3 if i % 7 else 0].hit(key, 1)
+        if count <= limit:
+            admitted += 1
+        else:
+            refused += 1
+    assert admitted == limit
+    assert refused == 2 * limit
+
+
+def test_a_small_limit_is_counted_in_redis_on_every_request(valkey: redis.Redis) -> None:
+    key = f"rl-{uuid.uuid4().hex}"
+    first, second = allowances(valkey, 50), allowances(valkey, 50)
+    assert [first.hit(key, 1)[0], second.hit(key, 1)[0], first.hit(key, 1)[0]] == [1, 2, 3]
+    assert int(valkey.get(key) or 0) == 3
+
+
+def test_what_is_held_ends_with_its_window(valkey: redis.Redis) -> None:
+    key = f"rl-{uuid.uuid4().hex}"
+    process = allowances(valkey, 200, seconds=1)  # 2 units asked ahead
+    assert process.hit(key, 1)[0] == 1
+    assert process.hit(key, 1)[0] == 2
+    time.sleep(1.1)
+    # The window and what was held of it are gone: a new window counts anew.
+    assert process.hit(key, 1)[0] == 1
+    assert int(valkey.get(key) or 0) == 3
+
+
+def test_the_edge_answers_most_requests_from_its_allowance(servers: Servers) -> None:
+    with running_local(servers.settings(RATE_LIMIT="10000/hour")) as deployment:
+        client = deployment.new_tenant()
+        answers = [client.request("GET", "/v1/models") for _ in range(4)]
+        assert [a.headers["RateLimit-Remaining"] for a in answers] == [
+            "9999",
+            "9998",
+            "9997",
+            "9996",
+        ]
+        keys = deployment.rt.redis.keys(f"{deployment.settings.redis_prefix}:ratelimit:*")
+        assert len(keys) == 1
+        assert int(deployment.rt.redis.get(keys[0]) or 0) == 1 + LEASE_MAX
