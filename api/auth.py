@@ -23,21 +23,26 @@ CACHE_SIZE = 10_000
 class KeyCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tenants: dict[str, tuple[str, float]] = {}
+        # A live key's tenant and digest (the rate limit counts by the digest).
+        self._tenants: dict[str, tuple[str, str, float]] = {}
 
-    def tenant(self, key: str, ttl: float) -> str | None:
+    def tenant(self, key: str, ttl: float) -> tuple[str, str] | None:
+        """The key's tenant and its SHA-256 digest; None for no live key."""
         now = time.monotonic()
         with self._lock:
             known = self._tenants.get(key)
-        if known is not None and known[1] > now:
-            return known[0]
-        tenant = tenants.authenticate(store(), key)
-        if tenant is not None and ttl > 0:
+        if known is not None and known[2] > now:
+            return known[0], known[1]
+        digest = tenants.hash_key(key)
+        tenant = tenants.authenticate_hash(store(), digest)
+        if tenant is None:
+            return None
+        if ttl > 0:
             with self._lock:
                 if len(self._tenants) >= CACHE_SIZE:
                     self._tenants.clear()  # many live keys at once: start over
-                self._tenants[key] = (tenant, now + ttl)
-        return tenant
+                self._tenants[key] = (tenant, digest, now + ttl)
+        return tenant, digest
 
 
 def register(app: Flask) -> None:
@@ -52,8 +57,8 @@ def register(app: Flask) -> None:
         key = key.strip()
         if scheme.lower() != "bearer" or not key or len(key) > 512:
             raise ApiError(401, "Missing or invalid API key", CHALLENGE)
-        tenant = cache.tenant(key, settings().auth_cache_seconds)
-        if tenant is None:
+        found = cache.tenant(key, settings().auth_cache_seconds)
+        if found is None:
             raise ApiError(401, "Missing or invalid API key", CHALLENGE)
-        g.tenant = tenant
+        g.tenant, g.key_hash = found
         g.stages.lap("auth")
