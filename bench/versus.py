@@ -13,12 +13,16 @@ For each client count it measures, in turn:
       job has finished, from the first send to the last finish (latency is
       the 202's own).
 
+Each case's seconds are run in slices (`--rounds`, 3 by default), the three
+cases' slices in turn, and each case is the sum of its slices: the machines
+are shared, and a spell of slowness then weighs on every case alike.
+
 Each case also reports the commands the store served per create (its
 `serverStatus` opcounters, less its idle rate and the bench's own polls), and
 the CPU per create of the service's own processes (edge, workers, Redis)
 against the peer's.
 
-    PYTHONPATH=. .venv/bin/python -m bench.versus [--seconds 5] [--clients 1,8]
+    PYTHONPATH=. .venv/bin/python -m bench.versus [--seconds 5] [--clients 1,8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -260,6 +264,27 @@ def run_accepted(stack: Stack, clients: int, seconds: float) -> Case:
     return case
 
 
+def merged(slices: list[Case]) -> Case:
+    """One case from its slices, run in turn with the other cases' (`--rounds`):
+    each sum over them, so a drift of the machine's speed weighs on every case
+    alike instead of on whichever ran while it lasted."""
+    first = slices[0]
+    case = Case(
+        first.label,
+        first.clients,
+        sum(s.creates for s in slices),
+        sum(s.seconds for s in slices),
+        [latency for s in slices for latency in s.latencies],
+        " | ".join(s.note for s in slices if s.note),
+    )
+    for s in slices:
+        for name, seconds in s.cpu.items():
+            case.cpu[name] = case.cpu.get(name, 0.0) + seconds
+        case.commands += s.commands
+        case.polls += s.polls
+    return case
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -331,6 +356,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="of load per case")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="each case's seconds in this many slices, the cases' slices run in turn",
+    )
+    parser.add_argument(
         "--journaled-peer",
         action="store_true",
         help="the peer's insert waits for the journal, as the service's 202 write does",
@@ -358,7 +389,8 @@ def main() -> None:
             raw = raw_round_trip_seconds(stack, 300)
             print(
                 f"{os.cpu_count()} cores; edge and peer {workers} processes each; "
-                f"{args.seconds:g} s of load a case; peer insert "
+                f"{args.seconds:g} s of load a case, in {args.rounds} slices run in turn "
+                "with the other cases'; peer insert "
                 f"{'journaled' if args.journaled_peer else 'with the default write concern'}"
             )
             print(
@@ -372,10 +404,14 @@ def main() -> None:
                 + " ".join(f"{name} {seconds:.2f}" for name, seconds in idle.items())
             )
             cases: list[Case] = []
+            per_slice = args.seconds / args.rounds
             for clients in counts:
-                cases.append(meter.measure(run_peer, port, clients, args.seconds))
-                cases.append(meter.measure(run_waited, stack, clients, args.seconds))
-                cases.append(meter.measure(run_accepted, stack, clients, args.seconds))
+                slices: list[list[Case]] = [[], [], []]
+                for _ in range(args.rounds):
+                    slices[0].append(meter.measure(run_peer, port, clients, per_slice))
+                    slices[1].append(meter.measure(run_waited, stack, clients, per_slice))
+                    slices[2].append(meter.measure(run_accepted, stack, clients, per_slice))
+                cases.extend(merged(each) for each in slices)
             report(cases)
             meter.close()
         finally:
