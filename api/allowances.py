@@ -97,21 +97,27 @@ class Allowances:
         answer = self._take(key, self._window_ms, need, self._ask, self._amount)
         count, ttl_ms, grant = int(answer[0]), int(answer[1]), int(answer[2])
         now = time.monotonic()
+        ends = now + ttl_ms / 1000
         with self._lock:
+            self._forget_ended(now)
             held = self._held.get(key)
-            if held is not None and held.ends > now:
-                # Another request of the key asked meanwhile: both grants are held.
+            if held is not None and abs(held.ends - ends) < self._window_ms / 2000:
+                # Another request of the key asked in the same window meanwhile:
+                # both grants are held. (A window starts only once the last one
+                # ended, so two readings of one end differ by far less than that.)
                 held.count = max(held.count, count)
                 held.spare += grant
-            else:
-                held = self._held[key] = _Held(count, grant, now + ttl_ms / 1000)
-            self._forget_ended(now)
-            return held.count - held.spare, ttl_ms
+                return held.count - held.spare, ttl_ms
+            if held is None or held.ends < ends:
+                self._held[key] = _Held(count, grant, ends)
+            # Else the grant is of a window that has ended since: left unspent,
+            # never spent in the next one.
+            return count - grant, ttl_ms
 
     def _forget_ended(self, now: float) -> None:
         # With the lock held. A key is dropped when it is next served after its
         # window ended; the keys not served again are swept once the table has
-        # doubled since the last sweep, so a sweep costs O(1) a request.
+        # doubled since the last sweep, so sweeping costs a request O(1) on average.
         if len(self._held) >= self._sweep_at:
             for key in [k for k, held in self._held.items() if held.ends <= now]:
                 del self._held[key]

@@ -217,3 +217,27 @@ def test_the_edge_answers_most_requests_from_its_allowance(servers: Servers) -> 
         keys = deployment.rt.redis.keys(f"{deployment.settings.redis_prefix}:ratelimit:*")
         assert len(keys) == 1
         assert int(deployment.rt.redis.get(keys[0]) or 0) == 1 + LEASE_MAX
+
+
+def test_a_grant_of_a_window_that_ended_meanwhile_is_not_spent_in_the_next() -> None:
+    # Two requests of one key in one process ask at once: the first's answer
+    # comes from the window that was ending, the second's from the next one.
+    # (Scripted answers: the interleaving cannot be forced against a server.)
+    asked: list[int] = []
+
+    def take(key: str, window_ms: int, need: int, ask: int, limit: int) -> Any:
+        asked.append(need)
+        if len(asked) == 1:
+            second = process.hit(key, 1)  # the other request, answered first
+            assert second == (1, 3_600_000)
+            return [990, 5, 10]  # the old window, 5 ms left, 10 granted
+        return [1 + ask, 3_600_000, ask]
+
+    process = Allowances(take, 10_000, 3600)
+    assert process.hit("k", 1) == (980, 5)
+    # Only the new window's grant is spent: 32 requests, then Redis again.
+    for expected in range(2, 2 + LEASE_MAX):
+        assert process.hit("k", 1)[0] == expected
+    assert len(asked) == 2
+    process.hit("k", 1)
+    assert len(asked) == 3
