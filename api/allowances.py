@@ -4,21 +4,24 @@ Every edge process shares each key's fixed window in Redis (limits.py). Asking
 Redis on every request was the edge's costliest step after its store write: a
 round trip whose send alone was about a tenth of the edge's CPU at 8 clients
 (py-spy, `bench.versus`). So a process that goes to Redis for a request also
-takes an allowance for the key's next requests (at most `LEASE_MAX` units, and
-at most a hundredth of the limit), counted in the window at once, and spends it
-with no round trip until the window ends or the allowance is spent.
+takes an allowance for the key's next requests, counted in the window at once,
+and spends it with no round trip until the window ends or the allowance is
+spent. The first ask of a window is one unit and each next one twice the last,
+up to `LEASE_MAX` units and a hundredth of the limit: a key that sends a few
+requests holds next to nothing, a busy one goes to Redis once in 33 requests.
 
 What stays exact: the window never admits more than the limit, across any
 number of processes, since Redis grants an allowance only out of what the
 limit has left; a request that finds the limit spent is refused and counted as
 before. A key's requests to one process see the counts they would without
 allowances (`RateLimit-Remaining` less what this process holds unspent).
-What is looser, with P processes serving one key: near the end of its budget
-a key may be refused by one process while another still holds up to
+What is looser, with several processes serving one key: near the end of its
+budget a key may be refused by one process while another still holds up to
 `LEASE_MAX` unspent units (which the key's later requests to that process
-spend), and `RateLimit-Remaining` does not yet count what the other processes
-spent of their allowances. A limit under 100 units takes no allowances: every
-request is counted in Redis, as exact as one counter is.
+spend), and one process's `RateLimit-Remaining` counts what the others hold
+as spent, and not what they took since it last asked: off by up to
+`LEASE_MAX` units for each other process. A limit under 100 units takes no
+allowances: every request is counted in Redis, as exact as one counter is.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class _Held:
     count: int  # the window's count in Redis when this process last asked
     spare: int  # units counted there that this process has not spent
     ends: float  # time.monotonic() at which the window ends
+    ask: int  # units to ask beyond the next request's own
 
 
 class Allowances:
@@ -72,7 +76,7 @@ class Allowances:
         self._take = take
         self._amount = amount
         self._window_ms = seconds * 1000
-        self._ask = min(LEASE_MAX, amount // LEASE_SHARE)
+        self._most = min(LEASE_MAX, amount // LEASE_SHARE)
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
         self._sweep_at = SWEEP_FROM
@@ -92,9 +96,13 @@ class Allowances:
                 return held.count - held.spare, int((held.ends - now) * 1000)
             # What is held is spent on this request; Redis counts the rest.
             need = cost - (held.spare if held is not None else 0)
+            ask = held.ask if held is not None else min(1, self._most)
             if held is not None:
                 held.spare = 0
-        answer = self._take(key, self._window_ms, need, self._ask, self._amount)
+        answer = self._take(key, self._window_ms, need, ask, self._amount)
+        # Each ask of a window doubles the next, up to the most: a key with a
+        # few requests holds a unit or two, a busy one soon 32.
+        next_ask = min(self._most, 2 * ask)
         count, ttl_ms, grant = int(answer[0]), int(answer[1]), int(answer[2])
         now = time.monotonic()
         ends = now + ttl_ms / 1000
@@ -107,9 +115,10 @@ class Allowances:
                 # ended, so two readings of one end differ by far less than that.)
                 held.count = max(held.count, count)
                 held.spare += grant
+                held.ask = max(held.ask, next_ask)
                 return held.count - held.spare, ttl_ms
             if held is None or held.ends < ends:
-                self._held[key] = _Held(count, grant, ends)
+                self._held[key] = _Held(count, grant, ends, next_ask)
             # Else the grant is of a window that has ended since: left unspent,
             # never spent in the next one.
             return count - grant, ttl_ms

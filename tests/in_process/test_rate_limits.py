@@ -160,17 +160,25 @@ def test_a_process_takes_units_ahead_and_counts_each_request_exactly(
     valkey: redis.Redis,
 ) -> None:
     key = f"rl-{uuid.uuid4().hex}"
-    process = allowances(valkey, 10_000)
-    counts = [process.hit(key, 1)[0] for _ in range(5)]
-    assert counts == [1, 2, 3, 4, 5]
-    # One round trip counted the first request and an allowance of 32 beyond it.
-    assert int(valkey.get(key) or 0) == 1 + LEASE_MAX
+    asked: list[tuple[int, int]] = []
+
+    def take(key: str, window_ms: int, need: int, ask: int, limit: int) -> Any:
+        asked.append((need, ask))
+        return valkey.eval(TAKE, 1, key, window_ms, need, ask, limit)
+
+    process = Allowances(take, 10_000, 3600)
+    counts = [process.hit(key, 1)[0] for _ in range(100)]
+    assert counts == list(range(1, 101))
+    # Each ask of the window doubles the next, up to LEASE_MAX.
+    assert [a for _, a in asked] == [1, 2, 4, 8, 16, 32, 32]
+    held = sum(1 + a for _, a in asked) - 100
+    assert int(valkey.get(key) or 0) == 100 + held
     assert 3_590_000 < valkey.pttl(key) <= 3_600_000
     # A cost larger than what is held spends it and asks Redis for the rest.
-    count, ttl_ms = process.hit(key, LEASE_MAX)
-    assert count == 5 + LEASE_MAX
+    count, ttl_ms = process.hit(key, LEASE_MAX + held)
+    assert count == 100 + LEASE_MAX + held
+    assert asked[-1] == (LEASE_MAX, LEASE_MAX)
     assert 3_590_000 < ttl_ms <= 3_600_000
-    assert int(valkey.get(key) or 0) == 5 + LEASE_MAX + LEASE_MAX
 
 
 def test_processes_sharing_a_key_never_admit_more_than_the_limit(valkey: redis.Redis) -> None:
@@ -197,28 +205,26 @@ def test_a_small_limit_is_counted_in_redis_on_every_request(valkey: redis.Redis)
 
 def test_what_is_held_ends_with_its_window(valkey: redis.Redis) -> None:
     key = f"rl-{uuid.uuid4().hex}"
-    process = allowances(valkey, 200, seconds=1)  # 2 units asked ahead
-    assert process.hit(key, 1)[0] == 1
-    assert process.hit(key, 1)[0] == 2
+    process = allowances(valkey, 200, seconds=1)  # a unit asked ahead, then 2
+    assert [process.hit(key, 1)[0] for _ in range(3)] == [1, 2, 3]
+    assert int(valkey.get(key) or 0) == 5  # 1 + 1, then 1 + 2
     time.sleep(1.1)
-    # The window and what was held of it are gone: a new window counts anew.
+    # The window and what was held of it are gone: a new window counts anew,
+    # and its first ask is one unit again.
     assert process.hit(key, 1)[0] == 1
-    assert int(valkey.get(key) or 0) == 3
+    assert int(valkey.get(key) or 0) == 2
 
 
 def test_the_edge_answers_most_requests_from_its_allowance(servers: Servers) -> None:
     with running_local(servers.settings(RATE_LIMIT="10000/hour")) as deployment:
         client = deployment.new_tenant()
-        answers = [client.request("GET", "/v1/models") for _ in range(4)]
-        assert [a.headers["RateLimit-Remaining"] for a in answers] == [
-            "9999",
-            "9998",
-            "9997",
-            "9996",
-        ]
+        answers = [client.request("GET", "/v1/models") for _ in range(40)]
+        remaining = [int(a.headers["RateLimit-Remaining"]) for a in answers]
+        assert remaining == list(range(9999, 9959, -1))
         keys = deployment.rt.redis.keys(f"{deployment.settings.redis_prefix}:ratelimit:*")
         assert len(keys) == 1
-        assert int(deployment.rt.redis.get(keys[0]) or 0) == 1 + LEASE_MAX
+        # Counted ahead: asks of 1, 2, 4, 8, 16 and 32 units beyond a request.
+        assert int(deployment.rt.redis.get(keys[0]) or 0) == 6 + 63
 
 
 def test_a_grant_of_a_window_that_ended_meanwhile_is_not_spent_in_the_next() -> None:
@@ -233,13 +239,12 @@ def test_a_grant_of_a_window_that_ended_meanwhile_is_not_spent_in_the_next() -> 
             second = process.hit(key, 1)  # the other request, answered first
             assert second == (1, 3_600_000)
             return [990, 5, 10]  # the old window, 5 ms left, 10 granted
-        return [1 + ask, 3_600_000, ask]
+        return [6, 3_600_000, 5]  # the new window, 5 granted
 
     process = Allowances(take, 10_000, 3600)
     assert process.hit("k", 1) == (980, 5)
-    # Only the new window's grant is spent: 32 requests, then Redis again.
-    for expected in range(2, 2 + LEASE_MAX):
-        assert process.hit("k", 1)[0] == expected
+    # Only the new window's grant is spent: 5 requests, then Redis again.
+    assert [process.hit("k", 1)[0] for _ in range(5)] == [2, 3, 4, 5, 6]
     assert len(asked) == 2
     process.hit("k", 1)
     assert len(asked) == 3
