@@ -14,7 +14,7 @@ What stays exact: the window never admits more than the limit, across any
 number of processes, since Redis grants an allowance only out of what the
 limit has left; a request that finds the limit spent is refused and counted as
 before. A key's requests to one process see the counts they would without
-allowances (`RateLimit-Remaining` less what this process holds unspent).
+allowances, `RateLimit-Remaining` included.
 What is looser, with several processes serving one key: near the end of its
 budget a key may be refused by one process while another still holds up to
 `LEASE_MAX` unspent units (which the key's later requests to that process

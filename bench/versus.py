@@ -367,6 +367,8 @@ def main() -> None:
         help="the peer's insert waits for the journal, as the service's 202 write does",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     counts = [int(n) for n in args.clients.split(",")]
     with deployment(RATE_LIMIT=NO_RATE_LIMIT) as (stack, _tenant):
         workers = edge_workers(stack)
