@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from worker.domain.documents import Doc
-from worker.queueing.routes import queue_keys
+from worker.queueing.routes import queue_depths
 from worker.queueing.sender import Sender
 from worker.settings import Settings
 from worker.store.connection import Store
@@ -75,10 +75,7 @@ class Runtime:
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue, all its lanes (not counting those a
         worker prefetched)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key in queue_keys(self.settings.redis_prefix, queue):
-            pipe.llen(key)
-        return sum(int(n) for n in pipe.execute())
+        return queue_depths(self.redis, self.settings.redis_prefix, [queue])[queue]
 
     def close(self) -> None:
         self.store.close()

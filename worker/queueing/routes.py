@@ -5,6 +5,9 @@ Task names are a contract with messages already queued: keep them stable.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 SINGLE_QUEUE = "single"
 BULK_QUEUE = "bulk"
 WEBHOOK_QUEUE = "webhooks"
@@ -56,3 +59,14 @@ def broker_prefix(redis_prefix: str) -> str:
 def queue_keys(redis_prefix: str, queue: str) -> list[str]:
     """The Redis keys of a queue's lists, in the order workers serve them."""
     return [broker_prefix(redis_prefix) + name for name in queue_lists(queue)]
+
+
+def queue_depths(client: Any, redis_prefix: str, queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue, all its lanes summed (not counting those a
+    worker prefetched), read in one pipeline. Raises what Redis raises."""
+    keys = {queue: queue_keys(redis_prefix, queue) for queue in queues}
+    pipe = client.pipeline(transaction=False)
+    for key in (key for each in keys.values() for key in each):
+        pipe.llen(key)
+    lengths = iter(pipe.execute())
+    return {queue: sum(int(next(lengths)) for _ in each) for queue, each in keys.items()}

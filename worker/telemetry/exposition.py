@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
-from worker.queueing.routes import ALL_QUEUES, queue_keys
+from worker.queueing.routes import ALL_QUEUES, queue_depths
 
 
 class QueueDepth(Collector):
@@ -38,17 +38,13 @@ class QueueDepth(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
-        keys = {queue: queue_keys(self._prefix, queue) for queue in ALL_QUEUES}
-        pipe = self._redis.pipeline(transaction=False)
-        for key in (key for each in keys.values() for key in each):
-            pipe.llen(key)
         try:
-            lengths = iter(pipe.execute())
+            depths = queue_depths(self._redis, self._prefix, ALL_QUEUES)
         except Exception:
             logging.getLogger(__name__).warning("queue depth unavailable: Redis did not answer")
             return
-        for queue, each in keys.items():
-            family.add_metric([queue], sum(next(lengths) for _ in each))
+        for queue, depth in depths.items():
+            family.add_metric([queue], depth)
         yield family
 
 
