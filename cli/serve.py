@@ -15,7 +15,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.queueing.routes import WEBHOOK_QUEUE
@@ -126,11 +125,11 @@ def _run_worker(
     if args.hostname:
         argv += ["--hostname", args.hostname]
     if args.beat:
-        argv += [
-            "--beat",
-            "--schedule",
-            str(Path(tempfile.gettempdir()) / f"ai-beat-{os.getpid()}"),
-        ]
+        # Beat's schedule in memory: its entries are short fixed intervals, so
+        # a record of when each last ran is worth nothing across a restart, and
+        # a file per worker would be left behind by every start (or shared by
+        # two workers' beats, which its format does not allow).
+        argv += ["--beat", "--scheduler", "celery.beat:Scheduler"]
     logging.getLogger("worker").info(
         "worker starting",
         extra={

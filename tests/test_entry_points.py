@@ -229,3 +229,41 @@ def test_beat_keeps_its_schedule_file_out_of_the_folder_it_was_started_from(
         for path in state.parent.glob(state.name + "*"):
             path.unlink()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_workers_beat_schedules_from_memory_and_leaves_no_file(
+    stack: Stack, tmp_path: Path
+) -> None:
+    import redis as redis_client
+
+    from worker.queueing.routes import MAINTENANCE_QUEUE, queue_depths
+
+    prefix = f"beat-{uuid.uuid4().hex[:8]}"
+    scratch, folder = tmp_path / "tmp", tmp_path / "cwd"
+    scratch.mkdir()
+    folder.mkdir()
+    # Not serving the maintenance queue: what beat sends there stays to be seen.
+    process = subprocess.Popen(
+        [str(BIN / "assistant-ingest"), "worker", "--queues", "single", "--beat"],
+        cwd=folder,
+        env={**stack.env, "REDIS_PREFIX": prefix, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    redis = redis_client.Redis.from_url(stack.servers.redis_url)
+    try:
+        # The reconciler's entry runs every second (tests' settings): beat works.
+        wait_until(
+            lambda: queue_depths(redis, prefix, [MAINTENANCE_QUEUE])[MAINTENANCE_QUEUE] >= 2,
+            timeout=60,
+        )
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+        for key in redis.scan_iter(f"{prefix}*"):
+            redis.delete(key)
+        redis.close()
+    assert process.returncode == 0
+    assert list(scratch.iterdir()) == []
+    assert list(folder.iterdir()) == []
