@@ -84,6 +84,11 @@ def serve_bare(
     return port, process
 
 
+def bare(slot: int, i: int) -> bytes:
+    """A create as the bare apps and the peer are sent it: no key."""
+    return post("/v1/assistants", HOST, body_bytes(slot, i))
+
+
 def measure(target: Target, clients: int, seconds: float) -> None:
     pids = process_tree(target.pid)
     before = sum(cpu_seconds(pid) for pid in pids)
@@ -106,7 +111,6 @@ def main() -> None:
         tenant = stack.new_tenant()
         started: list[subprocess.Popen[bytes]] = []
         try:
-            bare = lambda s, i: post("/v1/assistants", HOST, body_bytes(s, i))  # noqa: E731
             flask_port, flask = serve_bare(
                 "flask_app", "gevent", workers, stack.logs / "floor-flask.log"
             )
