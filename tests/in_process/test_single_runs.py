@@ -123,7 +123,7 @@ def test_a_unit_sent_again_is_claimed_so_its_attempts_count(
     assert taken.get("unclaimed")
     assert paused.db.jobs.find_one({"_id": unit_id})["attempts"] == 0
     # The reconciler sends it again (its message gone from the queue too).
-    rt.redis.delete(f"{paused.settings.redis_prefix}:celery:{routes.SINGLE_QUEUE}")
+    rt.redis.delete(*routes.queue_keys(paused.settings.redis_prefix, routes.SINGLE_QUEUE))
     paused.db.jobs.update_one({"_id": unit_id}, {"$set": {"due_at": 0}})
     assert reconciler.resend_due(rt) == 1
     (claimed,) = units.take(rt.store, [unit_id], 60)

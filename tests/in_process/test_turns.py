@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 from cli.embedded import free_port
 from tests.local import Local, LocalTenant
 from tests.stack import Servers
-from worker.queueing.routes import BULK_QUEUE, SINGLE_QUEUE
+from worker.queueing.routes import BULK_QUEUE, SINGLE_QUEUE, queue_keys
 from worker.runtime import Runtime
 from worker.services import provisioning, reconciler, turns
 from worker.store import assistants
@@ -113,7 +113,7 @@ def test_tenants_alternate_and_each_keeps_its_batches_in_order(paused: Local) ->
 def lose_redis_state(local: Local, *, lines: bool) -> None:
     """What a Redis restart without persistence loses: the queued turns, and the lines."""
     prefix = local.settings.redis_prefix
-    local.rt.redis.delete(f"{prefix}:celery:{BULK_QUEUE}")
+    local.rt.redis.delete(*queue_keys(prefix, BULK_QUEUE))
     if lines:
         for key in local.rt.redis.scan_iter(f"{prefix}:turns:*"):
             local.rt.redis.delete(key)
