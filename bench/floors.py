@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ from bench.harness import cpu_seconds, deployment, process_tree
 from bench.loadgen import closed_loop, post
 from bench.versus import HOST, NO_RATE_LIMIT, body_bytes, edge_workers, service_request, stop
 from cli.embedded import free_port, wait_for_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -58,28 +55,7 @@ def serve_bare(
     app: str, worker_class: str, workers: int, log: Path
 ) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        f"bench.floor_apps:{app}",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "--worker-class",
-        worker_class,
-        "--worker-connections",
-        "4000",
-        "--log-level",
-        "warning",
-        "--chdir",
-        str(ROOT),
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = peer.gunicorn(f"bench.floor_apps:{app}", port, workers, log, worker_class)
     wait_for_port(port, process, timeout=60)
     return port, process
 
@@ -117,7 +93,7 @@ def main() -> None:
             started.append(flask)
             fastapi_port, fastapi = serve_bare(
                 "fastapi_app",
-                "uvicorn_worker.UvicornWorker",
+                peer.UVICORN_WORKER,
                 workers,
                 stack.logs / "floor-fastapi.log",
             )

@@ -138,18 +138,34 @@ def serve(
         "PEER_MONGODB_URI": mongodb_uri,
         "PEER_JOURNALED": "1" if journaled else "0",
     }
+    return gunicorn("bench.peer:app", port, workers, log, env=env)
+
+
+# uvicorn's own `uvicorn.workers` is deprecated in favour of this package.
+UVICORN_WORKER = "uvicorn_worker.UvicornWorker"
+
+
+def gunicorn(
+    app: str,
+    port: int,
+    workers: int,
+    log: Path,
+    worker_class: str = UVICORN_WORKER,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Serve `app` (module:variable, from the project's root) under gunicorn on
+    127.0.0.1:`port`, its output appended to `log`."""
     command = [
         sys.executable,
         "-m",
         "gunicorn",
-        "bench.peer:app",
+        app,
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
         str(workers),
-        # uvicorn's own `uvicorn.workers` is deprecated in favour of this package.
         "--worker-class",
-        "uvicorn_worker.UvicornWorker",
+        worker_class,
         "--log-level",
         "warning",
         "--chdir",
